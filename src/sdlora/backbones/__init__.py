@@ -1,0 +1,1 @@
+"""Backbones: timm ViTs and Hugging Face encoders behind one interface (`Backbone`)."""

@@ -1,0 +1,60 @@
+"""The backbone interface: a frozen feature extractor, `forward(inputs) -> [batch, feature_dim]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Wraps one timm or Hugging Face model (`self.model`, where adapters are injected).
+
+    Subclasses set `feature_dim`, `default_targets` (adapter target patterns, relative to `self.model`)
+    and implement `forward`; `collate` turns a list of dataset samples into (inputs, labels).
+    Registered classes also carry an `Options` dataclass and are built as `cls(options)`.
+    """
+
+    feature_dim: int
+    default_targets: list[str]
+    model: nn.Module
+
+    def collate(self, samples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        inputs, labels = zip(*samples, strict=True)
+        return torch.stack(list(inputs)), torch.as_tensor(labels, dtype=torch.long)
+
+    def info(self) -> dict[str, Any]:
+        """What results.json records about the weights (name, resolved tag, sha256 of the loaded weights)."""
+        return {"name": type(self).__name__}
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped model's own state dict, loadable by timm / transformers with strict=True."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+
+def move_to(inputs: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or a dict / list of tensors, to `device`."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device, non_blocking=True)
+    if isinstance(inputs, dict):
+        return {k: move_to(v, device) for k, v in inputs.items()}
+    if isinstance(inputs, list | tuple):
+        return type(inputs)(move_to(v, device) for v in inputs)
+    return inputs
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A stable hash of loaded weights (names, shapes, dtypes and raw bytes in key order)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Datasets, class orders and task splits."""

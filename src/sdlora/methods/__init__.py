@@ -1,0 +1,1 @@
+"""Continual-learning methods, one module each, registered in `sdlora.registry.METHODS`."""

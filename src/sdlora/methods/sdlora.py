@@ -1,0 +1,101 @@
+"""SD-LoRA (Wu et al., ICLR 2025) and its variants RR and KD, as one registered method.
+
+Per adapted matrix, while learning task t:  W = W0 + sum_{k<t} alpha_k U_k D_k / n_k + alpha_t U_t D_t (...)
+The maths lives in `sdlora.adapters`; this class wires it into the class-incremental lifecycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.backbones.base import Backbone
+from sdlora.config import TrainConfig
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import Method
+from sdlora.registry import METHODS
+
+RR_SCHEDULE = [[0, 10], [4, 8], [8, 6]]
+
+
+@METHODS.register("sdlora")
+class SDLoRA(Method):
+    """SD-LoRA: frozen past directions, magnitudes that keep learning; RR and KD by options."""
+
+    @dataclass
+    class Options:
+        rank: int = 10
+        targets: list[str] | None = None  # None: the backbone's default (q and v)
+        norm: Literal["product", "factors"] = "product"
+        current_mode: Literal["official", "paper", "continuous"] = "continuous"
+        magnitude_init: float = 0.8
+        variant: Literal["plain", "rr", "kd"] = "plain"
+        rank_schedule: list[list[int]] | None = None  # [[first_task, rank], ...]; rr default 10/8/6
+        kd_tau: float = 9e-4
+        kd_fit: Literal["joint", "per_layer"] = "joint"
+        magnitude_lr: float | None = None  # learning rate of the magnitudes (None: train.lr)
+
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
+        super().__init__(backbone, options, train)
+        schedule = options.rank_schedule
+        if schedule is None and options.variant == "rr":
+            schedule = RR_SCHEDULE
+        self.adapter = SDLoRAAdapter(
+            backbone.model,
+            SDLoRAConfig(
+                targets=options.targets or backbone.default_targets,
+                rank=options.rank,
+                rank_schedule=schedule,
+                norm=options.norm,
+                current_mode=options.current_mode,
+                magnitude_init=options.magnitude_init,
+                kd=options.variant == "kd",
+                kd_tau=options.kd_tau,
+                kd_fit=options.kd_fit,
+            ),
+        )
+
+    def begin_task(self, task: TaskInfo) -> None:
+        super().begin_task(task)
+        self.adapter.begin_task()
+        self.adapter.to(next(self.backbone.parameters()).device)
+
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        groups = super().trainable_parameters()
+        magnitudes = list(self.adapter.magnitudes.parameters())
+        ids = {id(p) for p in magnitudes}
+        directions = [p for p in self.adapter.trainable_parameters() if id(p) not in ids]
+        lr = self.options.magnitude_lr
+        groups.append({"params": directions})
+        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {})})
+        return groups
+
+    @torch.no_grad()
+    def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
+        info = super().end_task(task, train_loader)
+        info.update(self.adapter.end_task())
+        info["ranks"] = list(self.adapter.ranks)
+        info["magnitudes"] = [float(a) for a in self.adapter.magnitude_values()]
+        return info
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        structure, tensors = super().checkpoint_state()
+        structure["adapter"] = self.adapter.structure()
+        tensors.update({f"adapter.{k}": v for k, v in self.adapter.state_tensors().items()})
+        return structure, tensors
+
+    def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_checkpoint_state(structure, tensors)
+        self.adapter.load_state(structure["adapter"],
+                                {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        self.adapter.to(next(self.backbone.parameters()).device)
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"backbone.{k}": v for k, v in self.adapter.merged_state_dict().items()}
+        out["head.weight"] = self.head.weight().detach().clone()
+        out["head.bias"] = self.head.bias().detach().clone()
+        return out

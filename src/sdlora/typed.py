@@ -1,0 +1,119 @@
+"""Build typed dataclasses from plain dicts (YAML), with errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type; the message names the key."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        (item,) = get_args(tp) or (Any,)
+        return f"list of {_type_name(item)}"
+    if origin is dict:
+        return "mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def convert(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the type hint `tp` and convert it (nested dataclasses included)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return convert(option, value, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item,) = get_args(tp) or (Any,)
+        return [convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vt = get_args(tp) or (str, Any)
+        return {str(k): convert(vt, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type, data: Any, key: str = "config") -> Any:
+    """Instantiate dataclass `cls` from `data`; unknown keys, wrong types and missing keys are errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: expected a mapping ({cls.__name__}), got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, fld in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name in data:
+            kwargs[name] = convert(hints[name], data[name], sub)
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{sub}: required key is missing (expected {_type_name(hints[name])})")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: {err}") from err
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a (nested) dataclass, for JSON and YAML."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+__all__ = ["ConfigError", "convert", "from_dict", "to_dict"]
