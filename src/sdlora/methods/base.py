@@ -31,8 +31,6 @@ class Method(nn.Module):
     Options: type
     #: the trainer trains only when this is true (prototype methods set it to False)
     trains: bool = True
-    #: the trainer feeds every task's data seen so far (the joint upper bound sets it)
-    cumulative_data: bool = False
 
     def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
         super().__init__()
@@ -59,7 +57,7 @@ class Method(nn.Module):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
         """CE over the current task's logits only (`train.loss: current`, the official code) or all seen."""
-        if self.train_cfg.loss == "current" and not self.cumulative_data:
+        if self.train_cfg.loss == "current":
             return F.cross_entropy(logits[:, task.known:task.total], labels - task.known)
         return F.cross_entropy(logits[:, : task.total], labels)
 

@@ -1,0 +1,146 @@
+"""`sdlora train | eval | export | report | list | data check`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sdlora.typed import ConfigError
+
+log = logging.getLogger("sdlora")
+
+
+def _config(args: argparse.Namespace):
+    from sdlora.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sdlora.engine.runner import run_config
+
+    cfg = _config(args)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
+    run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    print(f"\nrun written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sdlora.engine import build
+    from sdlora.engine.loop import evaluate
+    from sdlora.engine.restore import restore_run
+
+    run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
+    data = build.build_benchmark(run.cfg)
+    scenario = build.build_scenario(run.cfg, data, run.seed)
+    task = scenario.task(run.tasks_done - 1)
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(scenario.eval_set(task.index, args.split), batch_size=run.cfg.train.eval_batch_size,
+                        collate_fn=run.method.backbone.collate)
+    device = next(run.method.parameters()).device
+    row, counts = evaluate(run.method, loader, scenario, task, device)
+    total = sum(a * n for a, n in zip(row, counts, strict=True)) / max(sum(counts), 1)
+    print(json.dumps({"run": str(run.folder), "split": args.split, "tasks": run.tasks_done,
+                      "accuracy": round(total, 4), "per_task": [round(a, 4) for a in row]}, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sdlora.engine.restore import export_run, restore_run
+
+    run = restore_run(Path(args.run_dir), args.seed)
+    state = export_run(run, Path(args.out))
+    print(f"exported {len(state)} tensors ({run.tasks_done} tasks, merged) to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sdlora.report import report_main
+
+    print(report_main(args.run_dirs, args.format, args.plot))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
+
+    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES)):
+        print(f"{title}:")
+        for name, doc in registry.describe().items():
+            print(f"  {name:<14} {doc}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from sdlora.data.check import run_check
+
+    return run_check(_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sdlora", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a config (every seed) into an output folder")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--out", help="output folder (default runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--device", help="cpu, cuda, cuda:1... (default: the config's, auto)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="re-evaluate a finished run on every seen class")
+    e.add_argument("run_dir")
+    e.add_argument("--seed", type=int)
+    e.add_argument("--split", default="test", choices=["test", "val"])
+    e.add_argument("--device")
+    e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="merged backbone + head as safetensors (plain timm / transformers keys)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True)
+    x.add_argument("--seed", type=int)
+    x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="a table across methods and seeds")
+    r.add_argument("run_dirs", nargs="+")
+    r.add_argument("--format", default="md", choices=["md", "csv"])
+    r.add_argument("--plot", help="also write the accuracy curves of every method to this PNG")
+    r.set_defaults(func=cmd_report)
+
+    sub.add_parser("list", help="methods, benchmarks and backbones").set_defaults(func=cmd_list)
+
+    d = sub.add_parser("data", help="data utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="verify a benchmark's files and counts")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.set_defaults(func=cmd_data_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    from sdlora.engine.loop import TrainingDiverged
+    from sdlora.engine.runner import OutputExists
+
+    try:
+        return args.func(args)
+    except (ConfigError, KeyError, FileNotFoundError, OutputExists, TrainingDiverged, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"sdlora: error: {message}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError | KeyError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

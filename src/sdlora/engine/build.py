@@ -1,0 +1,38 @@
+"""Build the pieces of a run from the config through the registries."""
+
+from __future__ import annotations
+
+from sdlora.backbones.base import Backbone
+from sdlora.config import RunConfig, resolve_options
+from sdlora.data.base import BenchmarkData, resolve_data_root
+from sdlora.data.scenario import Scenario
+from sdlora.methods.base import Method
+from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
+
+
+def build_benchmark(cfg: RunConfig) -> BenchmarkData:
+    entry = BENCHMARKS.get(cfg.benchmark.name)
+    options = resolve_options(entry.Options, cfg.benchmark.options, "benchmark.options")
+    return entry(options, resolve_data_root(cfg.benchmark.data_root)).load()
+
+
+def build_scenario(cfg: RunConfig, data: BenchmarkData, seed: int) -> Scenario:
+    b = cfg.benchmark
+    return Scenario(data, b.class_order, b.init_classes, b.increment, seed, b.num_tasks)
+
+
+def build_backbone(cfg: RunConfig) -> Backbone:
+    entry = BACKBONES.get(cfg.backbone.name)
+    return entry(resolve_options(entry.Options, cfg.backbone.options, "backbone.options"))
+
+
+def build_method(cfg: RunConfig, backbone: Backbone) -> Method:
+    entry = METHODS.get(cfg.method.name)
+    return entry(backbone, resolve_options(entry.Options, cfg.method.options, "method.options"), cfg.train)
+
+
+def validate_plugins(cfg: RunConfig) -> None:
+    """Fail early (before loading data or weights) on unknown plugin names or bad options."""
+    for section, registry in (("benchmark", BENCHMARKS), ("backbone", BACKBONES), ("method", METHODS)):
+        plugin = getattr(cfg, section)
+        resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")

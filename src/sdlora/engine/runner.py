@@ -1,0 +1,152 @@
+"""Run a config over its seeds: OUT/seed-N/ for each, then OUT/summary.json (mean and standard error)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import yaml
+
+from sdlora.config import RunConfig, config_to_dict
+from sdlora.engine import build
+from sdlora.engine.checkpoint import write_json_atomic
+from sdlora.engine.csvlog import write_metrics_csv
+from sdlora.engine.metrics import summarize_runs
+from sdlora.engine.trainer import CheckpointHook, Trainer
+
+log = logging.getLogger("sdlora")
+
+RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
+
+
+class OutputExists(FileExistsError):
+    """The output folder holds another run."""
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto`: a CUDA GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}"
+
+
+def holds_run(out: Path) -> bool:
+    return out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or any(out.glob("seed-*")))
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    if holds_run(out) and not resume:
+        if not overwrite:
+            raise OutputExists(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        for entry in [*(out / f for f in RUN_FILES), *out.glob("seed-*")]:
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            elif entry.exists():
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _file_logger(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: bool = False, overwrite: bool = False,
+               quiet: bool = False, on_checkpoint: CheckpointHook | None = None,
+               stream: TextIO | None = None) -> dict[str, Any]:
+    """Train every seed of `cfg` into `out`; returns the summary."""
+    build.validate_plugins(cfg)
+    out = Path(out)
+    prepare_output(out, resume, overwrite)
+    saved = out / "config.yaml"
+    if resume and saved.is_file():
+        previous = yaml.safe_load(saved.read_text())
+        if previous != config_to_dict(cfg):
+            raise ValueError(f"--resume: the config differs from the one saved in {saved}; resume with the same config")
+    saved.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    dev = pick_device(device or cfg.device)
+    data = build.build_benchmark(cfg)
+    results = []
+    for seed in cfg.seeds:
+        folder = seed_dir(out, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        handler = _file_logger(folder / "train.log")
+        try:
+            existing = folder / "results.json"
+            if resume and existing.is_file() and json.loads(existing.read_text()).get("status") == "complete":
+                log.info("seed %d already complete", seed)
+                results.append(json.loads(existing.read_text()))
+                continue
+            log.info("seed %d: %s on %s with %s, device %s", seed, cfg.method.name, cfg.benchmark.name,
+                     cfg.backbone.name, dev)
+            trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint)
+            result = trainer.run(resume=resume)
+            write_metrics_csv(result, folder / "metrics.csv")
+            write_plots(result, folder)
+            results.append(result)
+            print_table(result, stream or sys.stdout)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    summary = summarize_runs(results)
+    summary["out"] = str(out)
+    write_json_atomic(out / "summary.json", summary)
+    if len(results) > 1:
+        print_summary(summary, stream or sys.stdout)
+    return summary
+
+
+def write_plots(result: dict[str, Any], folder: Path) -> None:
+    from sdlora.engine.plots import plot_accuracy_curve, plot_accuracy_matrix
+
+    plot_accuracy_curve(result, folder / "accuracy_curve.png")
+    plot_accuracy_matrix(result, folder / "accuracy_matrix.png")
+
+
+METRIC_LABELS = {
+    "final_accuracy": "final accuracy (sample-weighted)",
+    "final_accuracy_task_mean": "final accuracy (task-weighted)",
+    "average_incremental_accuracy": "average incremental accuracy (AAA)",
+    "forgetting": "forgetting",
+    "backward_transfer": "backward transfer",
+}
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:6.2f}"
+
+
+def print_table(result: dict[str, Any], stream: TextIO) -> None:
+    """The per-task table and the final metrics of one seed."""
+    lines = [f"\n{result['method']} on {result['benchmark']}, seed {result['seed']}",
+             f"{'task':>4} {'classes':>7} {'accuracy':>8}  per-task accuracy"]
+    for i, (acc, row) in enumerate(zip(result["accuracy_curve"], result["accuracy_matrix"], strict=True)):
+        total = sum(result["task_sizes"][: i + 1])
+        lines.append(f"{i + 1:>4} {total:>7} {acc:8.2f}  " + " ".join(f"{a:5.1f}" for a in row))
+    for key, label in METRIC_LABELS.items():
+        lines.append(f"{label:>38}: {_fmt(result['metrics'].get(key))}")
+    lines.append(f"{'wall time':>38}: {result['wall_time_s']:6.1f} s")
+    stream.write("\n".join(lines) + "\n")
+
+
+def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
+    lines = [f"\nover seeds {summary['seeds']} (mean ± standard error)"]
+    for key, label in METRIC_LABELS.items():
+        m = summary["metrics"].get(key)
+        if m and m.get("mean") is not None:
+            lines.append(f"{label:>38}: {m['mean']:6.2f} ± {m['stderr']:.2f}")
+    stream.write("\n".join(lines) + "\n")

@@ -1,0 +1,168 @@
+"""The trainer: one loop for every method, one seed per call (task -> epochs -> end_task -> evaluate).
+
+After every epoch and every task the full state is checkpointed atomically; `resume=True` continues from
+the last checkpoint and ends with the same results.json as an uninterrupted run (bit for bit on the CPU
+in deterministic mode; timing fields aside).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sdlora.config import RunConfig
+from sdlora.data.base import BenchmarkData
+from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.engine import build
+from sdlora.engine.checkpoint import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    save_checkpoint,
+    write_json_atomic,
+)
+from sdlora.engine.loop import StepContext, evaluate, train_epoch
+from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
+from sdlora.engine.results import RunRecord
+from sdlora.engine.seeding import data_generator, rng_state, seed_everything, set_rng_state
+from sdlora.methods.base import Method
+
+log = logging.getLogger("sdlora")
+
+CheckpointHook = Callable[[int, int, bool], None]  # (task, epochs done, task finished)
+
+
+class Trainer:
+    """Runs one seed of a config into `out_dir`."""
+
+    def __init__(self, cfg: RunConfig, seed: int, out_dir: Path, device: torch.device, data: BenchmarkData,
+                 quiet: bool = False, on_checkpoint: CheckpointHook | None = None) -> None:
+        self.cfg, self.seed, self.out_dir, self.device = cfg, seed, Path(out_dir), device
+        self.quiet = quiet
+        self.on_checkpoint = on_checkpoint
+        seed_everything(seed, cfg.deterministic)
+        self.scenario: Scenario = build.build_scenario(cfg, data, seed)
+        self.backbone = build.build_backbone(cfg).to(device)
+        self.method: Method = build.build_method(cfg, self.backbone).to(device)
+        self.record = RunRecord.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.counter = 0
+
+    # -- data ------------------------------------------------------------------------------------
+    def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
+        t = self.cfg.train
+        return DataLoader(
+            dataset,
+            batch_size=t.batch_size if shuffle else t.eval_batch_size,
+            shuffle=shuffle,
+            generator=data_generator(self.seed, task, epoch) if shuffle else None,
+            collate_fn=self.backbone.collate,
+            num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _save(self, task: int, epochs_done: int, finished: bool, optimizer: torch.optim.Optimizer | None) -> None:
+        structure, tensors = self.method.checkpoint_state()
+        rng_meta, rng_tensors = rng_state()
+        meta: dict[str, Any] = {
+            "counter": self.counter,
+            "position": {"task": task, "epochs_done": epochs_done, "finished": finished},
+            "method": structure,
+            "rng": rng_meta,
+            "record": self.record.progress(),
+        }
+        tensors = {f"method.{k}": v for k, v in tensors.items()} | rng_tensors
+        if optimizer is not None and not finished:
+            opt_meta, opt_tensors = optimizer_state(optimizer)
+            meta["optimizer"] = opt_meta
+            tensors |= opt_tensors
+        save_checkpoint(self.ckpt_dir, meta, tensors)
+        self.counter += 1
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(task, epochs_done, finished)
+
+    def _restore(self) -> tuple[int, int, dict[str, Any] | None, dict[str, torch.Tensor]]:
+        """Load the last checkpoint; returns (task to run, epochs already done in it, optimizer meta, tensors)."""
+        loaded = load_checkpoint(self.ckpt_dir)
+        if loaded is None:
+            return 0, 0, None, {}
+        meta, tensors = loaded
+        self.counter = meta["counter"] + 1
+        method_tensors = {k[7:]: v.to(self.device) for k, v in tensors.items() if k.startswith("method.")}
+        self.method.load_checkpoint_state(meta["method"], method_tensors)
+        self.record.restore(meta["record"])
+        pos = meta["position"]
+        set_rng_state(meta["rng"], tensors)
+        if pos["finished"]:
+            log.info("resuming after task %d", pos["task"] + 1)
+            return pos["task"] + 1, 0, None, {}
+        self.method.restore_trainable_flags(self.scenario.task(pos["task"]))
+        log.info("resuming task %d after epoch %d", pos["task"] + 1, pos["epochs_done"])
+        return pos["task"], pos["epochs_done"], meta.get("optimizer"), tensors
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        start_task, start_epoch, opt_meta, tensors = self._restore() if resume else (0, 0, None, {})
+        clock = time.perf_counter()
+        for t in range(start_task, self.scenario.num_tasks):
+            task = self.scenario.task(t)
+            task_clock = time.perf_counter()
+            resuming_mid_task = t == start_task and opt_meta is not None
+            if not resuming_mid_task:
+                self.method.begin_task(task)
+            trainable = self.method.num_trainable()
+            self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,
+                             tensors)
+            info = self.method.end_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
+            row, counts = evaluate(self.method, self._loader(self.scenario.eval_set(t, self.cfg.eval_split), False),
+                                   self.scenario, task, self.device, self.cfg.train.amp)
+            self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
+            log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
+                     self.record.accuracy_curve[-1], task.total,
+                     " ".join(f"{a:.1f}" for a in row))
+            self.record.add_time(time.perf_counter() - clock)
+            clock = time.perf_counter()
+            self._save(t, self.cfg.train.epochs, True, None)
+            self.write_results()
+        self.record.complete()
+        self.write_results()
+        return self.record.to_dict()
+
+    def _train_task(self, task: TaskInfo, start_epoch: int, opt_meta: dict[str, Any] | None,
+                    tensors: dict[str, torch.Tensor]) -> None:
+        schedule = task_schedule(self.cfg.train, task.index)
+        if not self.method.trains or schedule.epochs == 0:
+            return
+        optimizer = build_optimizer(self.method.trainable_parameters(), self.cfg.train, schedule)
+        scheduler = build_scheduler(optimizer, self.cfg.train, schedule)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+            for _ in range(start_epoch):
+                scheduler.step()
+        if opt_meta is not None:
+            load_optimizer_state(optimizer, opt_meta, {k: v.to(self.device) for k, v in tensors.items()})
+        use_scaler = self.device.type == "cuda" and self.cfg.train.amp == "fp16"
+        ctx = StepContext(self.method, optimizer, torch.amp.GradScaler("cuda") if use_scaler else None,
+                          self.device, self.cfg.train.amp, self.cfg.train.grad_clip)
+        train_set = self.scenario.train_set(task.index)
+        for epoch in range(start_epoch, schedule.epochs):
+            loader = self._loader(train_set, shuffle=True, task=task.index, epoch=epoch)
+            desc = f"task {task.index + 1}/{task.num_tasks} epoch {epoch + 1}/{schedule.epochs}"
+            with tqdm(total=len(loader), desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True) as bar:
+                loss = train_epoch(ctx, loader, task, bar)
+            scheduler.step()
+            log.info("%s: loss %.4f, lr %.3g", desc, loss, optimizer.param_groups[0]["lr"])
+            self._save(task.index, epoch + 1, False, optimizer)
+
+    def write_results(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out_dir / "results.json", self.record.to_dict())
