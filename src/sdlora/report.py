@@ -1,0 +1,186 @@
+"""Comparison table over methods and seeds (`sdlora report`): mean ± standard error per (benchmark, method).
+
+Runs are grouped by benchmark and by a label: config `name` when set, else the method name plus its
+`variant` option when that differs from the method's default (e.g. `sdlora-rr`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sdlora.engine.metrics import summarize_runs
+from sdlora.engine.plots import plot_curves
+
+TABLE_METRICS = ("final_accuracy", "final_accuracy_task_mean", "average_incremental_accuracy", "forgetting")
+PUBLISHED = {"final_accuracy": "Acc", "average_incremental_accuracy": "AAA"}  # config.published keys
+DASH = "–"
+
+
+def collect_runs(paths: list[Path]) -> list[dict]:
+    """Every results.json under the given paths (a run dir, a multi-seed dir, any parent folder, or the
+    file itself), each dict with `_dir` set to its run directory. An unreadable file comes back as a
+    run with status `unreadable` so that the report can say so."""
+    files: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"no such run directory or file: {path}")
+        found = [path] if path.is_file() else sorted(path.rglob("results.json"))
+        files.update(dict.fromkeys(f.resolve() for f in found))
+    runs = []
+    for file in files:
+        try:
+            run = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            run = {"status": f"unreadable ({err})"}
+        runs.append({**run, "_dir": str(file.parent)})
+    return runs
+
+
+def _default_option(method: str, key: str) -> Any:
+    """The registered method's default for an option; None when the method or option is unknown."""
+    from sdlora.registry import METHODS
+
+    try:
+        options = METHODS.get(method).Options
+    except (KeyError, ImportError, AttributeError):
+        return None
+    return next((f.default for f in dataclasses.fields(options) if f.name == key), None)
+
+
+def run_label(run: dict) -> str:
+    """config.name, else `method` or `method-variant` when the variant option is not the default."""
+    config = run.get("config") or {}
+    if config.get("name"):
+        return str(config["name"])
+    method = str(run.get("method", "?"))
+    variant = ((config.get("method") or {}).get("options") or {}).get("variant")
+    if variant is None or variant == _default_option(method, "variant"):
+        return method
+    return f"{method}-{variant}"
+
+
+def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
+    """Complete runs by (benchmark, label), sorted; notes for skipped runs and repeated seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    notes = []
+    for run in runs:
+        where = run.get("_dir") or f"{run.get('method')} seed {run.get('seed')}"
+        if run.get("status") != "complete":
+            notes.append(f"skipped {where}: status {run.get('status')!r}")
+            continue
+        groups.setdefault((str(run.get("benchmark", "?")), run_label(run)), []).append(run)
+    for (benchmark, label), members in groups.items():
+        repeated = sorted(s for s, c in Counter(r.get("seed") for r in members).items() if c > 1)
+        if repeated:
+            notes.append(f"{benchmark} / {label}: seed(s) {repeated} appear more than once; all are averaged")
+    return dict(sorted(groups.items())), notes
+
+
+def _published(members: list[dict]) -> dict[str, float]:
+    return next(((r.get("config") or {}).get("published") or {} for r in members
+                 if (r.get("config") or {}).get("published")), {})
+
+
+def _rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    rows = []
+    for (benchmark, label), members in groups.items():
+        summary = summarize_runs(members)["metrics"]
+        rows.append({"benchmark": benchmark, "label": label, "seeds": len(members),
+                     "metrics": summary, "published": _published(members)})
+    return rows
+
+
+def _pm(stat: dict) -> str:
+    return DASH if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['stderr']:.2f}"
+
+
+def _published_cells(row: dict, name: str, fmt: str) -> list[str]:
+    value, mean = row["published"].get(name), row["metrics"][name]["mean"]
+    if value is None:
+        return [DASH if fmt == "md" else ""] * 2
+    diff = None if mean is None else mean - value
+    if fmt == "md":
+        return [f"{value:.2f}", DASH if diff is None else f"{diff:+.2f}"]
+    return [f"{value:.4f}", "" if diff is None else f"{diff:.4f}"]
+
+
+def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
+    header = ["benchmark", "method", "seeds"]
+    for name in TABLE_METRICS:
+        header.append(name)
+        if with_published and name in PUBLISHED:
+            header += [f"published {PUBLISHED[name]}", f"Δ {PUBLISHED[name]}"]
+    body = []
+    for row in rows:
+        cells = [row["benchmark"], row["label"], str(row["seeds"])]
+        for name in TABLE_METRICS:
+            cells.append(_pm(row["metrics"][name]))
+            if with_published and name in PUBLISHED:
+                cells += _published_cells(row, name, "md")
+        body.append(cells)
+    return [header, *body]
+
+
+def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
+    header = ["benchmark", "method", "seeds"]
+    for name in TABLE_METRICS:
+        header += [f"{name}_mean", f"{name}_stderr"]
+        if with_published and name in PUBLISHED:
+            header += [f"published_{name}", f"diff_{name}"]
+    body = []
+    for row in rows:
+        cells = [row["benchmark"], row["label"], str(row["seeds"])]
+        for name in TABLE_METRICS:
+            stat = row["metrics"][name]
+            cells += ["", ""] if stat["mean"] is None else [f"{stat['mean']:.4f}", f"{stat['stderr']:.4f}"]
+            if with_published and name in PUBLISHED:
+                cells += _published_cells(row, name, "csv")
+        body.append(cells)
+    return [header, *body]
+
+
+def _render_md(table: list[list[str]], notes: list[str]) -> str:
+    lines = ["| " + " | ".join(r) + " |" for r in table]
+    lines.insert(1, "|" + "|".join("---" for _ in table[0]) + "|")
+    return "\n".join(lines + ([""] + [f"Note: {n}" for n in notes] if notes else []))
+
+
+def _render_csv(table: list[list[str]], notes: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(table)
+    return out.getvalue() + "".join(f"# note: {n}\n" for n in notes)
+
+
+FORMATS = {"md": (_table_md, _render_md), "csv": (_table_csv, _render_csv)}
+
+
+def report_table(runs: list[dict], fmt: str = "md") -> str:
+    """One row per (benchmark, label): seeds and mean ± stderr of TABLE_METRICS (percent); published
+    Acc / AAA and obtained - published when a config carries `published`. md or csv (notes as # lines)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; known: {', '.join(FORMATS)}")
+    build, render = FORMATS[fmt]
+    groups, notes = group_runs(runs)
+    rows = _rows(groups)
+    if not rows:
+        notes = ["no complete runs found", *notes]
+    return render(build(rows, any(r["published"] for r in rows)), notes)
+
+
+def report_main(paths: list[str], fmt: str = "md", plot: str | None = None) -> str:
+    """Collect runs under `paths`, return the table; with `plot`, write every group's mean curve there."""
+    runs = collect_runs([Path(p) for p in paths])
+    table = report_table(runs, fmt)
+    groups, _ = group_runs(runs)
+    if plot and groups:
+        several = len({benchmark for benchmark, _ in groups}) > 1
+        named = {(f"{label} [{benchmark}]" if several else label): members
+                 for (benchmark, label), members in groups.items()}
+        plot_curves(named, plot)
+    return table

@@ -1,0 +1,122 @@
+"""`sdlora report`: runs collected from disk, grouped by benchmark and label, mean ± stderr over seeds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from sdlora import report
+from sdlora.engine.metrics import accuracy_curve, compute_metrics
+from sdlora.report import collect_runs, report_main, report_table, run_label
+
+PUBLISHED = {"final_accuracy": 80.0, "average_incremental_accuracy": 90.0}
+
+
+def write_run(folder, method, seed, matrix, config=None, status="complete"):
+    counts = [10] * len(matrix)
+    results = {
+        "method": method, "benchmark": "clinc150", "backbone": {"name": "hf_encoder"}, "seed": seed,
+        "class_order": list(range(30)), "num_tasks": len(matrix), "task_sizes": [15] * len(matrix),
+        "accuracy_matrix": matrix, "task_test_counts": counts,
+        "accuracy_curve": accuracy_curve(matrix, counts), "metrics": compute_metrics(matrix, counts),
+        "trainable_parameters": [100] * len(matrix), "task_times_s": [1.0] * len(matrix),
+        "wall_time_s": 2.0, "config": {"method": {"name": method, "options": {}}, **(config or {})},
+        "versions": {}, "status": status,
+    }
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    # seq_lora: curves [90, 65] and [92, 68] -> final 66.5 ± 1.5 (|65 - 68| / 2), AAA (77.5, 80) 78.75 ± 1.25,
+    # forgetting (30, 28) 29 ± 1
+    write_run(tmp_path / "seq" / "seed-1", "seq_lora", 1, [[90.0], [60.0, 70.0]])
+    write_run(tmp_path / "seq" / "seed-2", "seq_lora", 2, [[92.0], [64.0, 72.0]])
+    (tmp_path / "seq" / "summary.json").write_text("{}")
+    # sdlora-official: curves [94, 83] and [96, 86] -> final 84.5 ± 1.5, AAA (88.5, 91) 89.75 ± 1.25,
+    # forgetting (8, 6) 7 ± 1; published 80 / 90 -> differences +4.50 / -0.25
+    named = {"name": "sdlora-official", "published": PUBLISHED}
+    write_run(tmp_path / "sd" / "seed-1", "sdlora", 1, [[94.0], [86.0, 80.0]], named)
+    write_run(tmp_path / "sd" / "seed-2", "sdlora", 2, [[96.0], [90.0, 82.0]], named)
+    write_run(tmp_path / "sd-live", "sdlora", 3, [[50.0]], status="running")
+    return tmp_path
+
+
+def test_collect_runs_finds_every_results_json(runs_root):
+    runs = collect_runs([runs_root])
+    assert len(runs) == 5
+    assert {r["_dir"] for r in runs} >= {str((runs_root / "seq" / "seed-1").resolve())}
+    # a run dir, a multi-seed dir and the file itself; duplicates are counted once
+    again = collect_runs([runs_root / "seq", runs_root / "seq" / "seed-1" / "results.json"])
+    assert sorted(r["seed"] for r in again) == [1, 2]
+    with pytest.raises(FileNotFoundError):
+        collect_runs([runs_root / "missing"])
+
+
+def test_report_table_markdown(runs_root):
+    text = report_table(collect_runs([runs_root]), "md")
+    lines = text.splitlines()
+    assert lines[0] == ("| benchmark | method | seeds | final_accuracy | published Acc | Δ Acc | "
+                        "final_accuracy_task_mean | average_incremental_accuracy | published AAA | Δ AAA | "
+                        "forgetting |")
+    assert lines[1] == "|" + "|".join(["---"] * 11) + "|"
+    assert lines[2] == ("| clinc150 | sdlora-official | 2 | 84.50 ± 1.50 | 80.00 | +4.50 | 84.50 ± 1.50 | "
+                        "89.75 ± 1.25 | 90.00 | -0.25 | 7.00 ± 1.00 |")
+    assert lines[3] == ("| clinc150 | seq_lora | 2 | 66.50 ± 1.50 | – | – | 66.50 ± 1.50 | 78.75 ± 1.25 | "
+                        "– | – | 29.00 ± 1.00 |")
+    assert lines[4] == ""
+    assert lines[5] == f"Note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
+    assert len(lines) == 6
+
+
+def test_report_table_csv(runs_root):
+    text = report_table(collect_runs([runs_root]), "csv")
+    table = [line for line in text.splitlines() if not line.startswith("#")]
+    rows = list(csv.DictReader(io.StringIO("\n".join(table))))
+    assert len(rows) == 2
+    sd, seq = rows
+    assert sd["method"] == "sdlora-official" and sd["seeds"] == "2"
+    assert (sd["final_accuracy_mean"], sd["final_accuracy_stderr"]) == ("84.5000", "1.5000")
+    assert (sd["published_final_accuracy"], sd["diff_final_accuracy"]) == ("80.0000", "4.5000")
+    assert (sd["published_average_incremental_accuracy"], sd["diff_average_incremental_accuracy"]) == (
+        "90.0000", "-0.2500")
+    assert (seq["forgetting_mean"], seq["forgetting_stderr"]) == ("29.0000", "1.0000")
+    assert seq["published_final_accuracy"] == seq["diff_final_accuracy"] == ""
+    assert text.splitlines()[-1] == f"# note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
+
+
+def test_report_without_published_has_no_published_columns(runs_root):
+    text = report_table(collect_runs([runs_root / "seq"]), "md")
+    assert text.splitlines()[2] == (
+        "| clinc150 | seq_lora | 2 | 66.50 ± 1.50 | 66.50 ± 1.50 | 78.75 ± 1.25 | 29.00 ± 1.00 |")
+    assert "Note" not in text
+
+
+def test_report_with_no_complete_run(runs_root):
+    text = report_table(collect_runs([runs_root / "sd-live"]), "md")
+    assert "Note: no complete runs found" in text.splitlines()
+
+
+def test_run_label_variant(monkeypatch):
+    monkeypatch.setattr(report, "_default_option", lambda method, key: "plain")
+    run = {"method": "sdlora", "config": {"method": {"name": "sdlora", "options": {"variant": "rr"}}}}
+    assert run_label(run) == "sdlora-rr"
+    run["config"]["method"]["options"]["variant"] = "plain"
+    assert run_label(run) == "sdlora"
+    run["config"]["name"] = "my run"
+    assert run_label(run) == "my run"
+    assert run_label({"method": "ncm", "config": {}}) == "ncm"
+
+
+def test_report_main_writes_plot(runs_root, tmp_path):
+    plot = tmp_path / "out" / "curves.png"
+    text = report_main([str(runs_root)], "md", plot=str(plot))
+    assert text.splitlines()[2].startswith("| clinc150 | sdlora-official | 2 |")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="unknown report format"):
+        report_main([str(runs_root)], "xlsx")
