@@ -119,10 +119,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file not found: {p}")
         data = yaml.safe_load(p.read_text()) or {}
     data = copy.deepcopy(data)
-    if "seed" in data:  # a single seed is allowed as a convenience
-        data["seeds"] = [data.pop("seed")]
     for assignment in overrides or []:
         set_override(data, assignment)
+    if "seed" in data:  # a single seed is allowed as a convenience (`--set seed=7` too)
+        data["seeds"] = [data.pop("seed")]
     cfg = from_dict(RunConfig, data, "")
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is required")

@@ -60,7 +60,7 @@ def load_builtins() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
+    _loaded = True  # set first: plugin modules import this module while they load
     import importlib
     import pkgutil
 
@@ -68,4 +68,8 @@ def load_builtins() -> None:
         pkg = importlib.import_module(package)
         for info in pkgutil.iter_modules(pkg.__path__):
             if not info.name.startswith("_"):
-                importlib.import_module(f"{package}.{info.name}")
+                try:
+                    importlib.import_module(f"{package}.{info.name}")
+                except Exception:
+                    _loaded = False
+                    raise

@@ -83,14 +83,15 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
     """Instantiate dataclass `cls` from `data`; unknown keys, wrong types and missing keys are errors."""
     if data is None:
         data = {}
+    label = key or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{key}: expected a mapping ({cls.__name__}), got {data!r}")
+        raise ConfigError(f"{label}: expected a mapping ({cls.__name__}), got {data!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{key}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
+            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, fld in fields.items():
@@ -102,7 +103,7 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key}: {err}") from err
+        raise ConfigError(f"{label}: {err}") from err
 
 
 def to_dict(obj: Any) -> Any:

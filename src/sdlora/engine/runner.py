@@ -61,6 +61,9 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
 def _file_logger(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    if log.getEffectiveLevel() > logging.INFO:  # the run log always gets INFO, whatever the caller's logging
+        log.setLevel(logging.INFO)
     log.addHandler(handler)
     return handler
 
