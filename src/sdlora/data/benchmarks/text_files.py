@@ -1,0 +1,172 @@
+"""Any text classification data as CSV / TSV / JSON-lines files with a text column and a label column.
+
+Class names are the sorted unique labels of the train file (numerically when every label is an integer);
+a label is the index of its name. Test / val labels absent from the train file are an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from sdlora.data.base import DATA_ENV, BenchmarkData, ListDataset
+from sdlora.data.download import sha256_file
+from sdlora.registry import BENCHMARKS
+
+Row = tuple[int, dict[str, Any]]  # (line number, column -> value)
+
+
+class TextFileError(ValueError):
+    """A text data file is missing a column, empty, or has an unusable row; the message names the file."""
+
+
+def read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def read_jsonl(path: Path) -> Iterator[Row]:
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TextFileError(f"{path} line {number}: not valid JSON ({err})") from err
+            if not isinstance(row, dict):
+                raise TextFileError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
+    "csv": partial(read_delimited, delimiter=","),
+    "tsv": partial(read_delimited, delimiter="\t"),
+    "jsonl": read_jsonl,
+}
+SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def file_format(path: Path, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    try:
+        return SUFFIX_FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise TextFileError(
+            f"{path}: cannot tell the format from the extension {path.suffix!r} (known: "
+            f"{', '.join(SUFFIX_FORMATS)}); set benchmark.options.format to one of {', '.join(READERS)}"
+        ) from None
+
+
+def label_text(value: Any, path: Path, line: int) -> str:
+    """A label as a string: JSON ints and strings are accepted ("3" and 3 are the same class)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise TextFileError(f"{path} line {line}: the label must be a non-empty string or an integer, "
+                        f"got {value!r}")
+
+
+def read_text_file(path: Path, fmt: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """(texts, labels as strings) of one file; errors name the file, the line and the columns found."""
+    if not path.is_file():
+        raise FileNotFoundError(f"text_files: {path} not found")
+    texts, labels = [], []
+    for line, row in READERS[file_format(path, fmt)](path):
+        missing = [c for c in (text_column, label_column) if c not in row]
+        if missing:
+            found = [c for c in row if c is not None]
+            raise TextFileError(
+                f"{path} line {line}: no column {' or '.join(map(repr, missing))}; columns found: {found} "
+                f"(set benchmark.options.text_column / label_column)"
+            )
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise TextFileError(f"{path} line {line}: empty text in column {text_column!r}")
+        texts.append(text)
+        labels.append(label_text(row[label_column], path, line))
+    if not texts:
+        raise TextFileError(f"{path}: empty file (no data rows)")
+    return texts, labels
+
+
+def sorted_labels(labels: list[str]) -> list[str]:
+    """Unique labels, sorted numerically when all are integers (2 before 10), else as strings."""
+    unique = set(labels)
+    if all(re.fullmatch(r"-?\d+", label) for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def resolve_file(name: str, data_root: Path | None) -> Path:
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    if data_root is None:
+        raise FileNotFoundError(
+            f"text_files: {name!r} is a relative path but there is no data root; set benchmark.data_root in "
+            f"the config or the {DATA_ENV} environment variable, or give an absolute path"
+        )
+    return Path(data_root).expanduser() / path
+
+
+@BENCHMARKS.register("text_files")
+class TextFiles:
+    """Your own text data: CSV / TSV / JSON-lines files of (text, label) rows; train, test, optional val."""
+
+    @dataclass
+    class Options:
+        train_file: str  # relative to the data root, or absolute
+        test_file: str
+        val_file: str | None = None
+        format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file extension
+        text_column: str = "text"
+        label_column: str = "label"
+
+    def __init__(self, options: Options, data_root: Path | None) -> None:
+        self.options = options
+        names = {"train": options.train_file, "test": options.test_file, "val": options.val_file}
+        self.files = {split: resolve_file(name, data_root)
+                      for split, name in names.items() if name is not None}
+
+    def load(self) -> BenchmarkData:
+        opts = self.options
+        rows = {split: read_text_file(path, opts.format, opts.text_column, opts.label_column)
+                for split, path in self.files.items()}
+        class_names = sorted_labels(rows["train"][1])
+        index = {name: i for i, name in enumerate(class_names)}
+        splits: dict[str, ListDataset] = {}
+        for split, (texts, labels) in rows.items():
+            unseen = sorted(set(labels) - set(index))
+            if unseen:
+                raise TextFileError(
+                    f"{self.files[split]}: {len(unseen)} label(s) do not occur in the train file "
+                    f"{self.files['train']}: {unseen[:10]}"
+                )
+            splits[split] = ListDataset(texts, np.asarray([index[label] for label in labels], dtype=np.int64))
+        val = splits.get("val")
+        return BenchmarkData(
+            train=splits["train"], train_targets=splits["train"].labels,
+            test=splits["test"], test_targets=splits["test"].labels,
+            val=val, val_targets=None if val is None else val.labels,
+            class_names=class_names,
+            info={
+                "name": "text_files",
+                "files": {split: str(path) for split, path in self.files.items()},
+                "sha256": {split: sha256_file(path) for split, path in self.files.items()},
+                "counts": {split: len(ds) for split, ds in splits.items()},
+                "num_classes": len(class_names),
+            },
+        )
