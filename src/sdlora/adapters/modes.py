@@ -1,0 +1,111 @@
+"""How the current task's direction is trained, frozen and how magnitudes start (config key `current_mode`).
+
+Per adapted matrix, while task t trains:  W = W0 + sum_{k<t} alpha_k U_k D_k / n_k + alpha_t * c_t * U_t D_t
+Each mode is one small class (PEFT-variant style) with four hooks:
+
+* ``init_factors``: initial U_t, D_t;
+* ``begin_magnitudes``: what happens to the magnitude slots when a task starts;
+* ``current_factor``: c_t, the factor on alpha_t * U_t D_t while training (None means 1);
+* ``frozen_divisor``: n_t stored when the task ends (the past term is alpha_t U_t D_t / n_t).
+
+Modes:
+
+``official`` (the released code): U_t = 0, D_t ~ kaiming_uniform(a=sqrt(5)); trained unnormalised (c_t = 1);
+frozen with n_t = norm(U_t, D_t), so the function jumps at the end of a task; every magnitude is re-created at
+`magnitude_init` (0.8) when a task starts.
+
+``paper`` (Eq. 4): the current direction is normalised while it trains, c_t = 1 / norm(U_t, D_t) (gradient
+flows through the norm). That needs a non-zero start: both factors get PyTorch's nn.Linear init
+(kaiming_uniform(a=sqrt(5)): D_t ~ U(+-1/sqrt(in)), U_t ~ U(+-1/sqrt(r))). Frozen with the same n_t (so the
+end of a task is continuous; the start is not, a random unit-norm direction appears). Magnitudes carry over;
+the new slot starts at `magnitude_init`, default 1.0 ("all initialized to ones", paper Sec. 3.3).
+
+``continuous`` (ours, the default): trained like official (U_t = 0, so nothing changes when a task starts),
+frozen with n_t = 1, i.e. the frozen term is exactly the trained term alpha_t U_t D_t; magnitudes carry over.
+The learned function is identical just before and just after every task boundary. (A shared alpha cannot
+absorb per-matrix norms, so storing the direction unnormalised is the only exact choice; `norm` then only
+matters for diagnostics.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from sdlora.adapters.magnitudes import Magnitudes
+from sdlora.adapters.norms import NormFn, safe_divisor
+
+MODES: dict[str, type[CurrentMode]] = {}
+
+
+def register_mode(cls: type[CurrentMode]) -> type[CurrentMode]:
+    MODES[cls.name] = cls
+    return cls
+
+
+def kaiming_uniform_down(down: Tensor) -> None:
+    """nn.Linear's default init for a [..., r, in] down factor: U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = 1.0 / math.sqrt(down.shape[-1])
+    down.uniform_(-bound, bound)
+
+
+class CurrentMode:
+    """Base class: the official-code behaviour for every hook."""
+
+    name: ClassVar[str]
+    default_magnitude_init: ClassVar[float] = 0.8
+
+    @torch.no_grad()
+    def init_factors(self, up: Tensor, down: Tensor) -> None:
+        """U_t = 0 (so the new term starts at zero), D_t ~ kaiming_uniform(a=sqrt(5))."""
+        up.zero_()
+        kaiming_uniform_down(down)
+
+    def begin_magnitudes(self, magnitudes: Magnitudes, task: int, init: float) -> None:
+        """Carry learned magnitudes over; the new slot starts at `init`."""
+        magnitudes.append(init)
+
+    def current_factor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor | None:
+        """c_t per slice ([S]) multiplying alpha_t U_t D_t in the training forward; None means 1."""
+        return None
+
+    def frozen_divisor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor:
+        """n_t per slice ([S]) stored when the task ends."""
+        return safe_divisor(norm(up, down)).detach()
+
+
+@register_mode
+class OfficialMode(CurrentMode):
+    name = "official"
+
+    def begin_magnitudes(self, magnitudes: Magnitudes, task: int, init: float) -> None:
+        """Every slot, old ones too, re-created at `init` (released code: backbone rebuilt per task)."""
+        magnitudes.reset(task + 1, init)
+
+
+@register_mode
+class PaperMode(CurrentMode):
+    name = "paper"
+    default_magnitude_init = 1.0
+
+    @torch.no_grad()
+    def init_factors(self, up: Tensor, down: Tensor) -> None:
+        """Both factors random (nn.Linear init of the in->r and r->out maps): a non-zero direction."""
+        kaiming_uniform_down(down)
+        bound = 1.0 / math.sqrt(up.shape[-1])
+        up.uniform_(-bound, bound)
+
+    def current_factor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor | None:
+        return 1.0 / safe_divisor(norm(up, down))
+
+
+@register_mode
+class ContinuousMode(CurrentMode):
+    name = "continuous"
+
+    def frozen_divisor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor:
+        """n_t = 1: the frozen term equals the trained term, the function is continuous."""
+        return torch.ones(up.shape[:-2], device=up.device, dtype=up.dtype)
