@@ -1,0 +1,29 @@
+"""Any pre-split ImageFolder tree: `<root>/<train_dir>/<class>/*` and `<root>/<test_dir>/<class>/*`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdlora.data.image_folder import FolderSplitOptions, SplitFolderBenchmark
+from sdlora.registry import BENCHMARKS
+
+
+@BENCHMARKS.register("image_folder")
+class ImageFolderBenchmark(SplitFolderBenchmark):
+    """Your own images: train/test class folders; labels are the sorted class folder names of train."""
+
+    title = "image folder"
+
+    @dataclass
+    class Options(FolderSplitOptions):
+        root: str | None = None  # the tree; relative to the data root when one is set, else to the cwd
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.root:
+                raise ValueError("root is required: the folder holding the train/ and test/ class folders")
+
+    def location(self) -> Path:
+        root = Path(self.options.root).expanduser()
+        return root if root.is_absolute() or self.data_root is None else self.data_root / root

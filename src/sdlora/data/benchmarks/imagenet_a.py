@@ -1,0 +1,19 @@
+"""ImageNet-A (200 classes, 7,500 natural adversarial images) as the pre-split tree of PILOT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdlora.data.image_folder import NamedFolderOptions, SplitFolderBenchmark
+from sdlora.registry import BENCHMARKS
+
+
+@BENCHMARKS.register("imagenet_a")
+class ImageNetA(SplitFolderBenchmark):
+    """ImageNet-A: `<data_root>/imagenet-a/{train,test}/<wnid>/*` (PILOT archive; some classes are tiny)."""
+
+    title = "ImageNet-A"
+
+    @dataclass
+    class Options(NamedFolderOptions):
+        folder: str = "imagenet-a"
