@@ -13,11 +13,14 @@ from typing import Any
 
 import timm
 import torch
+from timm.models import get_deprecated_models, get_pretrained_cfg
 
 from sdlora.backbones.base import Backbone, weights_sha256
 from sdlora.registry import BACKBONES
 
-#: untagged legacy names -> the tag they resolve to with timm 1.0.x (what the official code gets)
+#: untagged names of the official code / PILOT -> the tag they resolve to with timm 1.0.x; timm's own
+#: deprecation table (e.g. `vit_base_patch16_224_dino` -> `.dino`) covers the rest, and any other
+#: untagged name gets timm's default tag for it
 LEGACY_TAGS: dict[str, str] = {
     "vit_base_patch16_224": "vit_base_patch16_224.augreg2_in21k_ft_in1k",
     "vit_base_patch16_224_in21k": "vit_base_patch16_224.augreg_in21k",
@@ -25,14 +28,29 @@ LEGACY_TAGS: dict[str, str] = {
 }
 
 
+def _timm_tag(model: str) -> str | None:
+    """What timm itself would load for an untagged name (deprecated alias or default tag), if anything."""
+    deprecated = get_deprecated_models()
+    if model in deprecated:
+        return deprecated[model]
+    cfg = get_pretrained_cfg(model)
+    return f"{model}.{cfg.tag}" if cfg is not None and cfg.tag else None
+
+
 def resolve_tag(model: str, pretrained: bool) -> str:
-    """Map an untagged legacy name to an explicit tag (with a warning) when pretrained weights are wanted."""
-    if pretrained and "." not in model and model in LEGACY_TAGS:
-        tag = LEGACY_TAGS[model]
+    """An explicit `architecture.tag` for `model`; untagged names are mapped (warned when weights load).
+
+    Pinning matters: what an untagged name loads changed between timm releases (timm #1599).
+    """
+    if "." in model:
+        return model
+    tag = LEGACY_TAGS.get(model) or _timm_tag(model)
+    if tag is None:
+        return model
+    if pretrained:
         warnings.warn(f"backbone {model!r} has no weight tag; using {tag!r} (pin the tag in the config)",
                       stacklevel=2)
-        return tag
-    return model
+    return tag
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -48,7 +66,18 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    return state
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def create_hub_model(tag: str, **kwargs: Any) -> torch.nn.Module:
+    """`timm.create_model(tag, pretrained=True)` with a clear error when the weights cannot be fetched."""
+    try:
+        return timm.create_model(tag, pretrained=True, **kwargs)
+    except OSError as err:  # huggingface_hub: offline, no cache entry, HTTP errors
+        raise RuntimeError(
+            f"could not load the pretrained weights of {tag!r} from the Hugging Face hub ({err}); when "
+            "offline, pre-populate the HF cache (HF_HUB_OFFLINE=1) or set backbone.options.pretrained_file"
+        ) from err
 
 
 @BACKBONES.register("timm_vit")
@@ -65,9 +94,14 @@ class TimmViT(Backbone):
     def __init__(self, options: Options) -> None:
         super().__init__()
         self.options = options
-        self.tag = resolve_tag(options.model, options.pretrained and options.pretrained_file is None)
-        hub = options.pretrained and options.pretrained_file is None
-        self.model = timm.create_model(self.tag, pretrained=hub, num_classes=0, **options.model_kwargs)
+        hub_or_random = "hub" if options.pretrained else "random"
+        self.weights_source = "file" if options.pretrained_file else hub_or_random
+        self.tag = resolve_tag(options.model, self.weights_source != "random")
+        kwargs = {"num_classes": 0, **options.model_kwargs}
+        if self.weights_source == "hub":
+            self.model = create_hub_model(self.tag, **kwargs)
+        else:
+            self.model = timm.create_model(self.tag, pretrained=False, **kwargs)
         if options.pretrained_file is not None:
             state = load_weights_file(options.pretrained_file)
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
@@ -87,5 +121,9 @@ class TimmViT(Backbone):
             "tag": self.tag,
             "pretrained": self.options.pretrained,
             "pretrained_file": self.options.pretrained_file,
+            "weights_source": self.weights_source,
             "weights_sha256": self.weights_hash,
+            # what the weights were trained with; the official SD-LoRA code feeds [0, 1] pixels regardless
+            "pretrained_mean": list(self.model.pretrained_cfg.get("mean", ())),
+            "pretrained_std": list(self.model.pretrained_cfg.get("std", ())),
         }
