@@ -75,7 +75,7 @@ class DirectionBank(nn.Module):
         self.col_task = torch.cat([self.col_task, task_ids])
         div = divisor.to(self.divisor) if keep else torch.ones_like(divisor, dtype=self.divisor.dtype)
         self.divisor = torch.cat([self.divisor, div[:, None]], 1)
-        self.offset = torch.cat([self.offset, torch.zeros_like(self.offset[:, :1])], 1)
+        self.offset = torch.cat([self.offset, self.offset.new_zeros(self.num_slices, 1)], 1)
         self.cur_down = self.cur_up = None
 
     def set_state(self, ranks: list[int], past_down: Tensor, past_up: Tensor, divisor: Tensor,
