@@ -72,3 +72,17 @@ def test_pretrained_file_with_a_classifier_head_and_a_wrong_file(tmp_path):
         tiny(pretrained_file=str(tmp_path / "incomplete.safetensors"))
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         tiny(pretrained_file=str(tmp_path / "nowhere.safetensors"))
+
+
+def test_hub_failure_says_how_to_work_offline(monkeypatch):
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return timm.models.create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr("sdlora.backbones.timm_vit.timm.create_model", offline)
+    with pytest.raises(RuntimeError, match="pretrained_file") as err:
+        TimmViT(TimmViT.Options(model="vit_base_patch16_224.dino", model_kwargs=TINY))
+    assert "vit_base_patch16_224.dino" in str(err.value) and isinstance(err.value.__cause__, OSError)
