@@ -119,6 +119,7 @@ class Trainer:
             resuming_mid_task = t == start_task and opt_meta is not None
             if not resuming_mid_task:
                 self.method.begin_task(task)
+                self.method.prepare_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
             trainable = self.method.num_trainable()
             self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,
                              tensors)

@@ -1,6 +1,7 @@
 """The method interface: one trainer loop calls these hooks (the Mammoth pattern).
 
     begin_task(task)            grow the head, add per-task parameters
+    prepare_task(task, loader)  optional: look at the task's training data before training (InfLoRA)
     trainable_parameters()      param groups the optimiser updates this task
     forward(inputs)             logits over every class seen so far
     loss(logits, labels, task)  the training loss
@@ -43,6 +44,9 @@ class Method(nn.Module):
     # -- lifecycle -------------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
         self.head.grow(task.size, freeze_old=self.train_cfg.freeze_old_head)
+
+    def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
+        """Called right after `begin_task` (not when resuming mid-task) with the task's training data."""
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         head = [p for p in self.head.parameters() if p.requires_grad]
