@@ -143,7 +143,7 @@ class _Fused(torch.autograd.Function):
                     if g_cs is not None:
                         g_cs.append((Pc * Qc).sum())
                     if g_cu is not None:
-                        g_cu.append((gs.t() @ Pc) * cs[s])
+                        g_cu.append((Pc.t() @ gs).t() * cs[s])  # [r, M] @ [M, w]: the fast layout
                     if g_cd is not None:
                         g_cd.append((Qc.t() @ x2) * cs[s])
 

@@ -1,0 +1,171 @@
+"""Step cost of SD-LoRA against the frozen backbone, measured side by side in one process (CPU).
+
+For 1, 5, 10 and 20 tasks (rank 10 per task on the q and v slices of every block's qkv; the last task open):
+
+* training ratio = SD-LoRA step / frozen step. SD-LoRA step: forward + backward of the adapted model down to
+  every magnitude and the current factors (optimiser step excluded). Frozen step: the plain backbone, all
+  parameters frozen, forward + backward to its activations, two ways: ``qkv0`` makes the output of block 0's
+  qkv require grad, i.e. backward through everything above the first adapted layer, the floor that any
+  adapter of that layer pays; ``pixels`` makes the input image require grad (the literal "input
+  requires_grad" floor; it adds block 0's qkv input gradient and the patch-embedding conv's, which no
+  adapter needs, so SD-LoRA can come out below 1 against it).
+* merged inference ratio = adapter.merge()d model / plain backbone, forward under no_grad.
+* unmerged inference ratio = the adapted model without merging, forward under no_grad (for information).
+
+Repetitions are interleaved (baseline and every task count in each round, rotating the order) and medians
+are reported. Run:  python benchmarks/step_cost.py  [--preset tiny|base|both] [--reps N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+
+from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+
+PRESETS = {
+    # name: (timm architecture, overrides, image size)
+    "tiny": ("vit_tiny_patch16_224", {"depth": 4}, 224),  # width 192, 197 tokens
+    "base": ("vit_base_patch16_224", {"depth": 2}, 224),  # ViT-B width 768 (the paper's), two blocks
+}
+
+
+def build(preset: str) -> torch.nn.Module:
+    arch, overrides, img = PRESETS[preset]
+    return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img, **overrides).eval()
+
+
+def adapted(base: torch.nn.Module, tasks: int, kernel: str) -> tuple[torch.nn.Module, SDLoRAAdapter]:
+    model = copy.deepcopy(base)
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(targets=["blocks.*.attn.qkv[q,v]"], rank=10, kernel=kernel))
+    for t in range(tasks):
+        adapter.begin_task()
+        with torch.no_grad():  # stand-in for training: non-zero directions and distinct magnitudes
+            for p in adapter.trainable_parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        if t < tasks - 1:
+            adapter.end_task()
+    return model, adapter
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2) -> dict[str, float]:
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(warmup + reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            elapsed = timed(fns[name])
+            if rep >= warmup:
+                samples[name].append(elapsed)
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str) -> list[str]:
+    torch.manual_seed(0)
+    base = build(preset)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    img = PRESETS[preset][2]
+    x = torch.randn(batch, 3, img, img)
+    x_grad = x.clone().requires_grad_(True)
+    models = {t: adapted(base, t, kernel) for t in task_counts}
+    weight = torch.randn(base.num_features)
+    floor_grad = {"on": False}
+
+    def output_requires_grad(module: torch.nn.Module, inputs: object, out: torch.Tensor) -> torch.Tensor:
+        return out.requires_grad_(True) if floor_grad["on"] else out
+
+    base.blocks[0].attn.qkv.register_forward_hook(output_requires_grad)
+
+    def frozen_pixels() -> None:
+        x_grad.grad = None
+        (base(x_grad) @ weight).sum().backward()
+
+    def frozen_qkv0() -> None:
+        floor_grad["on"] = True
+        (base(x) @ weight).sum().backward()
+        floor_grad["on"] = False
+
+    def sdlora_step(model: torch.nn.Module, adapter: SDLoRAAdapter) -> Callable[[], None]:
+        params = adapter.trainable_parameters()
+
+        def step() -> None:
+            for p in params:
+                p.grad = None
+            (model(x) @ weight).sum().backward()
+
+        return step
+
+    steps = {"qkv0": frozen_qkv0, "pixels": frozen_pixels}
+    train = interleaved({**steps, **{t: sdlora_step(*models[t]) for t in task_counts}}, reps)
+    kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
+
+    def infer(model: torch.nn.Module) -> Callable[[], None]:
+        def fwd() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return fwd
+
+    unmerged = interleaved({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
+    for _, adapter in models.values():
+        adapter.merge()
+    merged = interleaved({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
+
+    arch, overrides, img = PRESETS[preset]
+    lines = [
+        f"preset {preset}: {arch} {overrides} img {img}, batch {batch}, width {base.num_features}, "
+        f"rank 10 on q,v of every qkv, kernel={kernel}; medians of {reps} interleaved reps",
+        f"frozen step: {train['qkv0'] * 1e3:.1f} ms (grad to qkv0), {train['pixels'] * 1e3:.1f} ms "
+        f"(grad to pixels); plain inference {merged['plain'] * 1e3:.1f} ms",
+        "",
+        "| tasks | stored rank | kernel (auto) | train / frozen (qkv0) | train / frozen (pixels) "
+        f"| train / {task_counts[0]}-task train | merged inference / plain | unmerged inference / plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for t in task_counts:
+        lines.append(
+            f"| {t} | {10 * (t - 1)} | {','.join(kernels[t])} | {train[t] / train['qkv0']:.3f} "
+            f"| {train[t] / train['pixels']:.3f} | {train[t] / train[task_counts[0]]:.3f} "
+            f"| {merged[t] / merged['plain']:.3f} | {unmerged[t] / unmerged['plain']:.3f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=[*PRESETS, "both"], default="both")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 5, 10, 20])
+    parser.add_argument("--reps", type=int, default=11)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kernel", default="auto", help="auto | factored | fused_proj | fused_wgrad")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {cpu}, {args.threads} thread(s); "
+          "optimiser step excluded")
+    presets = list(PRESETS) if args.preset == "both" else [args.preset]
+    start = time.perf_counter()
+    for preset in presets:
+        print()
+        print("\n".join(run(preset, args.tasks, args.reps, args.batch, args.kernel)), flush=True)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
