@@ -75,7 +75,7 @@ def test_results_contract(tmp_path):
         assert [len(row) for row in r["accuracy_matrix"]] == [1, 2, 3]
         assert r["task_test_counts"] == [6, 6, 6]
         assert sorted(r["class_order"]) == list(range(6))
-        assert r["backbone"]["tag"] == "vit_tiny_patch16_224" and len(r["backbone"]["weights_sha256"]) == 64
+        assert r["backbone"]["tag"].startswith("vit_tiny_patch16_224") and len(r["backbone"]["weights_sha256"]) == 64
         assert r["trainable_parameters"] == [2 * 33] * 3  # the new head rows only (32 weights + bias)
         assert set(r["metrics"]) == {"final_accuracy", "final_accuracy_task_mean", "average_incremental_accuracy",
                                      "forgetting", "backward_transfer"}
