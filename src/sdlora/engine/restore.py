@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 from sdlora.config import RunConfig, load_config
 from sdlora.engine import build
 from sdlora.engine.checkpoint import load_checkpoint
+from sdlora.engine.seeding import seed_everything
 from sdlora.methods.base import Method
 
 
@@ -39,6 +41,16 @@ def find_seed_folder(run_dir: Path, seed: int | None = None) -> Path:
     return folders[0]
 
 
+def check_weights(info: dict, results_file: Path) -> None:
+    """The rebuilt backbone must carry the weights the run was trained on (same sha256)."""
+    if not results_file.is_file():
+        return
+    recorded = json.loads(results_file.read_text()).get("backbone", {}).get("weights_sha256")
+    if recorded and info.get("weights_sha256") and recorded != info["weights_sha256"]:
+        raise ValueError(f"the backbone weights differ from the run's (sha256 {info['weights_sha256'][:12]}... "
+                         f"vs {recorded[:12]}... in {results_file}); the pretrained weights changed")
+
+
 def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> RestoredRun:
     folder = find_seed_folder(run_dir, seed)
     config_file = next((p / "config.yaml" for p in (folder, folder.parent) if (p / "config.yaml").is_file()), None)
@@ -52,18 +64,18 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
     if not meta["position"]["finished"]:
         raise ValueError(f"{folder}: the last checkpoint is in the middle of task {meta['position']['task'] + 1}; "
                          "finish the run with `sdlora train ... --resume` first")
+    seed_value = int(folder.name.split("-", 1)[1]) if folder.name.startswith("seed-") else cfg.seeds[0]
+    seed_everything(seed_value)  # as the trainer did: random-init backbones come out the same
     backbone = build.build_backbone(cfg).to(device)
+    check_weights(backbone.info(), folder / "results.json")
     method = build.build_method(cfg, backbone).to(device)
     method.load_checkpoint_state(meta["method"], {k[7:]: v.to(device) for k, v in tensors.items()
                                                   if k.startswith("method.")})
-    seed_value = int(folder.name.split("-", 1)[1]) if folder.name.startswith("seed-") else cfg.seeds[0]
     return RestoredRun(cfg, seed_value, folder, method, meta["position"]["task"] + 1)
 
 
 def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:
     """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`)."""
-    import json
-
     from safetensors.torch import save_file
 
     state = {k: v.contiguous().cpu() for k, v in run.method.export_state_dict().items()}
