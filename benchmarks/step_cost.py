@@ -12,8 +12,11 @@ For 1, 5, 10 and 20 tasks (rank 10 per task on the q and v slices of every block
 * merged inference ratio = adapter.merge()d model / plain backbone, forward under no_grad.
 * unmerged inference ratio = the adapted model without merging, forward under no_grad (for information).
 
-Repetitions are interleaved (baseline and every task count in each round, rotating the order) and medians
-are reported. Run:  python benchmarks/step_cost.py  [--preset tiny|base|both] [--reps N] [--threads N]
+Repetitions are interleaved (baselines and every task count in each round, rotating the order); a ratio is
+the median over rounds of (time / the baseline's time in the same round), which cancels the drift of a
+shared machine's load better than a ratio of medians.
+
+Run:  python benchmarks/step_cost.py  [--preset tiny|base|both] [--reps N] [--threads N]
 """
 
 from __future__ import annotations
@@ -61,16 +64,25 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 2) -> dict[str, float]:
-    names = list(fns)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(warmup + reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]
-        for name in order:
-            elapsed = timed(fns[name])
+class Rounds:
+    """Per-round timings of several functions, run interleaved in a rotating order."""
+
+    def __init__(self, fns: dict[object, Callable[[], object]], reps: int, warmup: int = 2) -> None:
+        names = list(fns)
+        self.samples: dict[object, list[float]] = {n: [] for n in names}
+        for rep in range(warmup + reps):
+            order = names[rep % len(names):] + names[: rep % len(names)]
+            times = {name: timed(fns[name]) for name in order}
             if rep >= warmup:
-                samples[name].append(elapsed)
-    return {n: statistics.median(v) for n, v in samples.items()}
+                for name, elapsed in times.items():
+                    self.samples[name].append(elapsed)
+
+    def median(self, name: object) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, name: object, baseline: object) -> float:
+        """Median over rounds of time(name) / time(baseline) in the same round."""
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[baseline]))
 
 
 def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str) -> list[str]:
@@ -110,7 +122,7 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
         return step
 
     steps = {"qkv0": frozen_qkv0, "pixels": frozen_pixels}
-    train = interleaved({**steps, **{t: sdlora_step(*models[t]) for t in task_counts}}, reps)
+    train = Rounds({**steps, **{t: sdlora_step(*models[t]) for t in task_counts}}, reps)
     kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
 
     def infer(model: torch.nn.Module) -> Callable[[], None]:
@@ -120,17 +132,18 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
 
         return fwd
 
-    unmerged = interleaved({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
+    unmerged = Rounds({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
     for _, adapter in models.values():
         adapter.merge()
-    merged = interleaved({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
+    merged = Rounds({"plain": infer(base), **{t: infer(models[t][0]) for t in task_counts}}, reps)
 
     arch, overrides, img = PRESETS[preset]
     lines = [
         f"preset {preset}: {arch} {overrides} img {img}, batch {batch}, width {base.num_features}, "
-        f"rank 10 on q,v of every qkv, kernel={kernel}; medians of {reps} interleaved reps",
-        f"frozen step: {train['qkv0'] * 1e3:.1f} ms (grad to qkv0), {train['pixels'] * 1e3:.1f} ms "
-        f"(grad to pixels); plain inference {merged['plain'] * 1e3:.1f} ms",
+        f"rank 10 on q,v of every qkv, kernel={kernel}; {reps} interleaved rounds",
+        f"frozen step: {train.median('qkv0') * 1e3:.1f} ms (grad to qkv0), "
+        f"{train.median('pixels') * 1e3:.1f} ms (grad to pixels); plain inference "
+        f"{merged.median('plain') * 1e3:.1f} ms (medians)",
         "",
         "| tasks | stored rank | kernel (auto) | train / frozen (qkv0) | train / frozen (pixels) "
         f"| train / {task_counts[0]}-task train | merged inference / plain | unmerged inference / plain |",
@@ -138,9 +151,9 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
     ]
     for t in task_counts:
         lines.append(
-            f"| {t} | {10 * (t - 1)} | {','.join(kernels[t])} | {train[t] / train['qkv0']:.3f} "
-            f"| {train[t] / train['pixels']:.3f} | {train[t] / train[task_counts[0]]:.3f} "
-            f"| {merged[t] / merged['plain']:.3f} | {unmerged[t] / unmerged['plain']:.3f} |"
+            f"| {t} | {10 * (t - 1)} | {','.join(kernels[t])} | {train.ratio(t, 'qkv0'):.3f} "
+            f"| {train.ratio(t, 'pixels'):.3f} | {train.ratio(t, task_counts[0]):.3f} "
+            f"| {merged.ratio(t, 'plain'):.3f} | {unmerged.ratio(t, 'plain'):.3f} |"
         )
     return lines
 

@@ -102,3 +102,16 @@ def test_bert_query_value_layers_train() -> None:
     assert all(b.cur_down.grad.abs().sum() > 0 for b in adapter.banks)
     key = model.encoder.layer[0].attention.self.key
     assert key.weight.grad is None and not key.weight.requires_grad
+
+
+def test_adapter_to_moves_banks_and_magnitudes_seen_by_the_model() -> None:
+    model = tiny_vit()
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(rank=2))
+    adapter.begin_task()
+    adapter.end_task()
+    adapter.begin_task()
+    adapter.to(torch.float64)  # any .to: the same bank objects live in the model's wrappers
+    bank = model.blocks[0].attn.qkv.bank
+    assert bank is adapter.banks[0]
+    assert bank.past_down.dtype == bank.cur_down.dtype == adapter.magnitudes.alpha.dtype == torch.float64
+    assert model.blocks[0].attn.qkv.base.weight.dtype == torch.float32  # the backbone is not the adapter's

@@ -6,7 +6,10 @@
 
 The adapter owns the shared magnitudes and (a second reference to) every layer's direction bank, so
 ``adapter.to(device)`` moves all adapter state; it does not register `model` (one copy of the backbone, owned
-by the caller). The model's wrappers register their own bank too, so ``model.to(device)`` moves banks as well.
+by the caller). The model's wrappers register their own bank too, so ``model.to(device)`` moves banks as well,
+but not the magnitudes (a forward with magnitudes elsewhere is a clear error). For DDP, wrap a module that
+registers the adapter (as `sdlora.methods` do), so the magnitudes' gradients are reduced too.
+Magnitudes are one Parameter vector that grows at ``begin_task``: build the optimiser after it.
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ class SDLoRAAdapter(nn.Module):
         Returns {"task", "rank", "absorbed", "residual", "coefficients"}: the residual and coefficients of the
         fit are reported whenever older directions exist (also with kd off, as a diagnostic); absorption
         happens only with kd on and residual < kd_tau. An absorbed task keeps its magnitude slot (set to 0,
-        it multiplies nothing) and stores rank 0.
+        it multiplies nothing) and stores rank 0, so task index = magnitude slot always. (In `official` mode
+        the next begin_task re-creates every magnitude, absorbed coefficients included, as that code would.)
         """
         self._check_unmerged("end_task")
         if self.current_task is None:

@@ -182,7 +182,10 @@ class SDLoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W0[rows] += delta, exactly once; the W0 rows are kept so `unmerge` restores them bit for bit."""
+        """W0[rows] += delta, once; the W0 rows are kept so `unmerge` restores them bit for bit.
+
+        While merged the layer is the plain Linear (nothing trains through the adapter until `unmerge`).
+        """
         if self.merged:
             return
         weight = self.base.weight
