@@ -49,6 +49,21 @@ class FirstTaskConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """What predicts at evaluation time; training always goes through the linear head (it carries the loss).
+
+    `prototypes`: cosine nearest-class-mean over the adapted features, class means taken after each task.
+    `drift: sdc`: semantic drift compensation (Yu et al., CVPR 2020) moves old class means by the drift that
+    the current task's samples show: mu_c += sum_i w_ic (f_new(x_i) - f_old(x_i)) / sum_i w_ic,
+    w_ic = exp(-||g_old(x_i) - g(mu_c)||^2 / (2 sigma^2)), g = L2-normalisation; current data only.
+    """
+
+    kind: Literal["linear", "prototypes"] = "linear"
+    drift: Literal["none", "sdc"] = "none"
+    sdc_sigma: float = 0.3
+
+
+@dataclass
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
@@ -69,6 +84,7 @@ class TrainConfig:
     freeze_old_head: bool = True  # old head rows get no update (needed with weight decay / Adam)
     num_workers: int = 0
     head_lr: float | None = None  # learning rate of the classifier head (None: same as lr)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

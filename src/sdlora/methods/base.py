@@ -24,6 +24,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.head import IncrementalHead
+from sdlora.methods.prototypes import ClassPrototypes, collect_features
 
 
 class Method(nn.Module):
@@ -40,13 +41,27 @@ class Method(nn.Module):
         self.train_cfg = train
         self.head = IncrementalHead(backbone.feature_dim)
         self.tasks_seen = 0
+        classifier = train.classifier
+        self.prototypes = ClassPrototypes(backbone.feature_dim) if classifier.kind == "prototypes" else None
+        self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
 
     # -- lifecycle -------------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
         self.head.grow(task.size, freeze_old=self.train_cfg.freeze_old_head)
 
     def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
-        """Called right after `begin_task` (not when resuming mid-task) with the task's training data."""
+        """Called right after `begin_task` (not when resuming mid-task) with the task's training data.
+
+        With drift compensation, records the task's features before training (subclasses call super()).
+        """
+        if self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0:
+            was_training = self.training
+            self.eval()
+            self.features_before, _ = collect_features(self.features, train_loader, self._device())
+            self.train(was_training)
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         head = [p for p in self.head.parameters() if p.requires_grad]
@@ -57,7 +72,11 @@ class Method(nn.Module):
         return self.backbone(inputs)
 
     def forward(self, inputs: Any) -> torch.Tensor:
-        return self.head(self.features(inputs))
+        """Linear-head logits while training; at evaluation the configured classifier's."""
+        features = self.features(inputs)
+        if self.prototypes is not None and not self.training:
+            return self.prototypes.cosine_logits(features)
+        return self.head(features)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
         """CE over the current task's logits only (`train.loss: current`, the official code) or all seen."""
@@ -67,21 +86,43 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
+        """Counts the task; with the prototype classifier, moves old means (SDC) and adds the new ones.
+
+        Subclasses that change the function at the end of a task call this last."""
         self.tasks_seen = task.index + 1
-        return {}
+        info: dict[str, Any] = {}
+        if self.prototypes is not None:
+            self.eval()
+            after, labels = collect_features(self.features, train_loader, self._device())
+            if self.features_before is not None:
+                sigma = self.train_cfg.classifier.sdc_sigma
+                info["prototype_shift"] = self.prototypes.compensate_drift(self.features_before, after,
+                                                                           task.known, sigma)
+                self.features_before = None
+            self.prototypes.fit(after, labels, task.known, task.total)
+        return info
 
     # -- persistence -----------------------------------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure = {"head_blocks": self.head.block_sizes(), "tasks_seen": self.tasks_seen}
         tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.prototypes is not None:
+            structure["prototype_classes"] = self.prototypes.num_classes
+            tensors["prototypes"] = self.prototypes.means
+        if self.features_before is not None:
+            tensors["features_before"] = self.features_before
         return structure, tensors
 
     def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        device = next(self.backbone.parameters()).device
+        device = self._device()
         self.head.resize_to(structure["head_blocks"])
         self.head.to(device)
         self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         self.tasks_seen = structure["tasks_seen"]
+        if self.prototypes is not None:
+            self.prototypes.resize_to(structure["prototype_classes"])
+            self.prototypes.means.copy_(tensors["prototypes"])
+        self.features_before = tensors.get("features_before")
 
     def restore_trainable_flags(self, task: TaskInfo) -> None:
         """After loading a mid-task checkpoint: old head blocks frozen as `begin_task` left them."""
@@ -92,10 +133,20 @@ class Method(nn.Module):
                 self.head.weights[i].requires_grad_(trainable)
                 self.head.biases[i].requires_grad_(trainable)
 
+    def export_backbone(self) -> dict[str, torch.Tensor]:
+        """The backbone as a plain timm / transformers state dict (adapter methods merge first)."""
+        return self.backbone.export_state_dict()
+
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"backbone.{k}": v for k, v in self.backbone.export_state_dict().items()}
-        out["head.weight"] = self.head.weight().detach().clone()
-        out["head.bias"] = self.head.bias().detach().clone()
+        """`backbone.*` + `head.*`; with the prototype classifier the head is the unit-norm class means
+        (logits = cosine: L2-normalise the features before the head)."""
+        out = {f"backbone.{k}": v for k, v in self.export_backbone().items()}
+        if self.prototypes is not None:
+            out["head.weight"] = F.normalize(self.prototypes.means, dim=-1).clone()
+            out["head.bias"] = torch.zeros(self.prototypes.num_classes, device=self.prototypes.means.device)
+        else:
+            out["head.weight"] = self.head.weight().detach().clone()
+            out["head.bias"] = self.head.bias().detach().clone()
         return out
 
     def num_trainable(self) -> int:

@@ -1,9 +1,14 @@
-"""Class prototypes (mean feature per class) and the cosine nearest-class-mean rule.
+"""Class prototypes (mean feature per class), the cosine nearest-class-mean rule, and drift compensation.
 
     logit_c(x) = cos(f(x), mu_c),  mu_c = mean of f over the training samples of class c
+    SDC (Yu et al., CVPR 2020):  mu_c += sum_i w_ic delta_i / sum_i w_ic,  delta_i = f_new(x_i) - f_old(x_i),
+                                 w_ic = exp(-||g(f_old(x_i)) - g(mu_c)||^2 / (2 sigma^2)),  g = L2-normalise
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +16,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import move_to
+
+
+@torch.no_grad()
+def collect_features(features_of: Callable[[Any], torch.Tensor], loader: DataLoader,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D] in float32, labels [N]) over one pass of `loader`."""
+    feats, labels = [], []
+    for inputs, y in loader:
+        feats.append(features_of(move_to(inputs, device)).float())
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
 
 
 class ClassPrototypes(nn.Module):
@@ -28,25 +44,32 @@ class ClassPrototypes(nn.Module):
         self.means = torch.zeros(num_classes, self.means.shape[1], device=self.means.device)
 
     @torch.no_grad()
-    def fit(self, features_of, loader: DataLoader, low: int, high: int) -> None:
-        """Set the means of classes [low, high) from one pass over `loader` (labels already remapped)."""
-        device = self.means.device
-        sums = torch.zeros(high - low, self.means.shape[1], device=device)
-        counts = torch.zeros(high - low, device=device)
-        for inputs, labels in loader:
-            feats = features_of(move_to(inputs, device)).float()
-            idx = labels.to(device) - low
-            sums.index_add_(0, idx, feats)
-            counts.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float))
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
+        """Set the means of classes [low, high) from features with (remapped) labels."""
+        idx = labels - low
+        sums = torch.zeros(high - low, features.shape[1], device=features.device).index_add_(0, idx, features)
+        counts = torch.bincount(idx, minlength=high - low).to(features.dtype)
         if (counts == 0).any():
             missing = (torch.nonzero(counts == 0).flatten() + low).tolist()
             raise ValueError(f"no training samples for classes {missing}")
-        means = sums / counts[:, None]
         if self.num_classes < high:
-            grown = torch.zeros(high, self.means.shape[1], device=device)
+            grown = torch.zeros(high, self.means.shape[1], device=self.means.device)
             grown[: self.num_classes] = self.means
             self.means = grown
-        self.means[low:high] = means
+        self.means[low:high] = (sums / counts[:, None]).to(self.means.device)
+
+    @torch.no_grad()
+    def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:
+        """SDC on classes [0, upto) from the same samples' features before and after training; returns the
+        mean shift of the prototypes (in feature units)."""
+        if upto == 0:
+            return 0.0
+        delta = after - before
+        dist2 = torch.cdist(F.normalize(self.means[:upto], dim=-1), F.normalize(before, dim=-1)) ** 2
+        weights = torch.softmax(-dist2 / (2 * sigma**2), dim=1)  # = w_ic / sum_i w_ic, numerically safe
+        shift = weights @ delta
+        self.means[:upto] += shift
+        return float(shift.norm(dim=-1).mean())
 
     def cosine_logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=-1) @ F.normalize(self.means, dim=-1).T
