@@ -1,0 +1,168 @@
+"""InfLoRA (Liang and Li, CVPR 2024): per task a LoRA on k and v whose A is designed, only B trains.
+
+Per task t and adapted matrix:  W = W0 + sum_{k<t} B_k A_k (merged into W0) + B_t A_t, with
+A_t (r x in) = the top-r eigenvectors of the task's input covariance after the earlier tasks' input subspace
+M is projected out (so A_t M = 0: the new update cannot change outputs on old inputs lying in span(M)), scaled
+by 1/sqrt(3) as in the released code; B_t starts at 0 and is the only adapter parameter that trains. After
+the task, B_t A_t is merged into W0 and M grows by DualGPM (energy threshold lamb -> lame over the tasks).
+The maths is in `sdlora.adapters.subspace`; see its docstring for `spectrum` and the released code's quirks.
+
+A is designed in `prepare_task` (the trainer calls it after `begin_task` with the task's training data),
+from the inputs of each adapted Linear collected with forward hooks; text padding tokens are masked out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader
+
+from sdlora.adapters.plain_lora import PlainLoRA
+from sdlora.adapters.subspace import (
+    SPECTRA,
+    collect_covariances,
+    design_down,
+    threshold_for_task,
+    update_basis,
+)
+from sdlora.adapters.targets import parse_target
+from sdlora.backbones.base import Backbone, move_to
+from sdlora.config import TrainConfig
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import Method
+from sdlora.registry import METHODS
+
+#: default query Linear name -> the key Linear beside it (the backbones' default targets are q and v)
+QUERY_TO_KEY: dict[str, str] = {
+    ".query": ".key",
+    ".q_lin": ".k_lin",
+    ".attn.q": ".attn.k",
+    ".query_proj": ".key_proj",
+}
+
+
+def key_value_targets(default_targets: list[str]) -> list[str]:
+    """InfLoRA's k and v targets from a backbone's q and v ones: ``qkv[q,v]`` -> ``qkv[k,v]``, and a
+    query Linear pattern -> its key Linear (``*.attention.self.query`` -> ``*.attention.self.key``)."""
+    out = []
+    for text in default_targets:
+        target = parse_target(text)
+        if target.slices is not None:
+            slices = sorted({"k" if s == "q" else s for s in target.slices}, key="qkv".index)
+            out.append(f"{target.pattern}[{','.join(slices)}]")
+            continue
+        pattern = target.pattern
+        for query, key in QUERY_TO_KEY.items():
+            if pattern.endswith(query):
+                pattern = pattern[: -len(query)] + key
+                break
+        out.append(pattern)
+    return list(dict.fromkeys(out))
+
+
+@METHODS.register("inflora")
+class InfLoRA(Method):
+    """InfLoRA: designed A (orthogonal to old tasks' input subspace), trained B, merged after each task."""
+
+    @dataclass
+    class Options:
+        rank: int = 10
+        targets: list[str] | None = None  # None: the backbone's q/v targets mapped to k/v
+        threshold: float = 0.95  # DualGPM energy threshold at the first task (released code: lamb)
+        threshold_end: float = 1.0  # ... rising linearly towards this one (lame) over the tasks
+        spectrum: Literal["official", "paper"] = "official"  # G = C^2 (released code) or C (paper)
+        down_scale: float = 1.0 / math.sqrt(3.0)  # A = eigenvectors * down_scale (released code)
+
+        def __post_init__(self) -> None:
+            if not 0.0 < self.threshold <= 1.0 or not 0.0 < self.threshold_end <= 1.0:
+                raise ValueError(f"threshold and threshold_end must lie in (0, 1], got {self.threshold}, "
+                                 f"{self.threshold_end}")
+
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
+        super().__init__(backbone, options, train)
+        targets = options.targets or key_value_targets(backbone.default_targets)
+        self.lora = PlainLoRA(backbone.model, targets, options.rank, init="zeros")
+        for p in self.lora.factor_parameters("down"):
+            p.requires_grad_(False)
+        self.subspaces: dict[str, torch.Tensor] = {
+            name: torch.zeros(w.in_features, 0, dtype=torch.float64)
+            for name, w in self.lora.wrappers.items()}
+        self.prepared = False
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def _covariances(self, loader: DataLoader) -> dict[str, torch.Tensor]:
+        was_training = self.training
+        self.eval()
+        device = self._device()
+        try:
+            covariances = collect_covariances(self.lora.wrappers, self.backbone,
+                                              (move_to(inputs, device) for inputs, _ in loader))
+        finally:
+            self.train(was_training)
+        missing = sorted(set(self.lora.wrappers) - set(covariances))
+        if missing:
+            raise RuntimeError(f"InfLoRA: no inputs reached the adapted layers {missing[:3]} (empty loader?)")
+        return covariances
+
+    def begin_task(self, task: TaskInfo) -> None:
+        super().begin_task(task)
+        self.lora.reset_factors("zeros")
+        self.prepared = False
+
+    @torch.no_grad()
+    def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
+        """A = top-r eigenvectors of P G P per adapted Linear (the same A for its k and v slices)."""
+        spectrum = SPECTRA[self.options.spectrum]
+        for name, cov in self._covariances(train_loader).items():
+            wrapper = self.lora.wrappers[name]
+            basis = self.subspaces[name].to(cov.device)
+            down = design_down(spectrum(cov), basis, self.options.rank) * self.options.down_scale
+            wrapper.down.copy_(down.to(wrapper.down.dtype)[None].expand_as(wrapper.down))
+        self.prepared = True
+
+    def trainable_parameters(self) -> list[dict[str, Any]]:
+        if not self.prepared:
+            raise RuntimeError("InfLoRA designs A from the task's data in prepare_task(task, loader); "
+                               "call it after begin_task")
+        return [*super().trainable_parameters(), {"params": self.lora.factor_parameters("up")}]
+
+    @torch.no_grad()
+    def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
+        """DualGPM update from the trained model's inputs, then W0 += B A (exact) and B = 0."""
+        info = super().end_task(task, train_loader)
+        threshold = threshold_for_task(task.index, task.num_tasks, self.options.threshold,
+                                       self.options.threshold_end)
+        spectrum = SPECTRA[self.options.spectrum]
+        for name, cov in self._covariances(train_loader).items():
+            self.subspaces[name] = update_basis(self.subspaces[name].to(cov.device), spectrum(cov), threshold)
+        self.lora.merge_task()
+        self.prepared = False
+        dims = [int(m.shape[1]) for m in self.subspaces.values()]
+        info.update({"threshold": threshold, "subspace_dims": dims})
+        return info
+
+    # -- persistence -----------------------------------------------------------------------------
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        structure, tensors = super().checkpoint_state()
+        structure.update({"merged_tasks": len(self.lora.merged_factors), "prepared": self.prepared})
+        tensors.update({f"lora.{k}": v for k, v in self.lora.state_tensors().items()})
+        tensors.update({f"subspace.{name}": m.clone() for name, m in self.subspaces.items()})
+        return structure, tensors
+
+    def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_checkpoint_state(structure, tensors)
+        self.lora.load_state_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("lora.")},
+                                     structure["merged_tasks"])
+        self.subspaces = {name: tensors[f"subspace.{name}"].clone() for name in self.lora.wrappers}
+        self.prepared = structure["prepared"]
+
+    def export_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"backbone.{k}": v for k, v in self.lora.merged_state_dict().items()}
+        out["head.weight"] = self.head.weight().detach().clone()
+        out["head.bias"] = self.head.bias().detach().clone()
+        return out
