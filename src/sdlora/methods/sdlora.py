@@ -2,6 +2,16 @@
 
 Per adapted matrix, while learning task t:  W = W0 + sum_{k<t} alpha_k U_k D_k / n_k + alpha_t U_t D_t (...)
 The maths lives in `sdlora.adapters`; this class wires it into the class-incremental lifecycle.
+
+Table 4 ablations (`ablation`, plain variant only):
+* ``first_direction_only``: W0 + alpha_1 dir(A_1 B_1): the first task's direction is the only one; later
+  tasks start no new direction and only the magnitude keeps learning (with the head).
+* ``fixed_old``: W0 + dir_1 + ... + dir_{t-1} + alpha_t dir_t: each old component stays exactly as it was at
+  the end of its task (its magnitude is frozen, never rescaled; "dir_k" absorbs alpha_k). A gradient hook
+  zeroes the old entries of the magnitude vector and the magnitudes' param group has no weight decay, so
+  SGD (momentum), Adam and AdamW leave them untouched; the `official` mode's re-creation at 0.8 is undone.
+(The third ablation, "W0 + alpha dir(AB)" with one direction that keeps training, is
+`seq_lora` with `decoupled: true`.)
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ class SDLoRA(Method):
         kd_tau: float = 9e-4
         kd_fit: Literal["joint", "per_layer"] = "joint"
         magnitude_lr: float | None = None  # learning rate of the magnitudes (None: train.lr)
+        ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
+
+        def __post_init__(self) -> None:
+            if self.ablation != "none" and self.variant != "plain":
+                raise ValueError(f"ablation {self.ablation!r} needs variant 'plain', got {self.variant!r}")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
         super().__init__(backbone, options, train)
@@ -58,11 +73,32 @@ class SDLoRA(Method):
                 kd_fit=options.kd_fit,
             ),
         )
+        self._old_magnitudes_hook: torch.utils.hooks.RemovableHandle | None = None
+
+    @property
+    def _reuses_first_direction(self) -> bool:
+        """first_direction_only after task 1: no new direction (the adapter's task stays closed)."""
+        return self.options.ablation == "first_direction_only" and self.adapter.num_tasks >= 1
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
+        if self._reuses_first_direction:
+            return
+        old = self.adapter.magnitudes.alpha.detach().clone()
         self.adapter.begin_task()
         self.adapter.to(next(self.backbone.parameters()).device)
+        if self.options.ablation == "fixed_old":
+            self.adapter.magnitudes.alpha.data[: old.numel()] = old.to(self.adapter.magnitudes.alpha)
+            self._freeze_old_magnitudes()
+
+    def _freeze_old_magnitudes(self) -> None:
+        """fixed_old: zero the gradient of every stored task's magnitude (the current one, last, trains)."""
+        if self._old_magnitudes_hook is not None:
+            self._old_magnitudes_hook.remove()
+        alpha = self.adapter.magnitudes.alpha
+        mask = torch.ones_like(alpha)
+        mask[: self.adapter.num_tasks] = 0
+        self._old_magnitudes_hook = alpha.register_hook(lambda grad: grad * mask)
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         groups = super().trainable_parameters()
@@ -71,13 +107,15 @@ class SDLoRA(Method):
         directions = [p for p in self.adapter.trainable_parameters() if id(p) not in ids]
         lr = self.options.magnitude_lr
         groups.append({"params": directions})
-        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {})})
+        no_decay = {"weight_decay": 0.0} if self.options.ablation == "fixed_old" else {}
+        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {}), **no_decay})
         return groups
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
         info = super().end_task(task, train_loader)
-        info.update(self.adapter.end_task())
+        if self.adapter.current_task is not None:  # first_direction_only opens no task after the first
+            info.update(self.adapter.end_task())
         info["ranks"] = list(self.adapter.ranks)
         info["magnitudes"] = [float(a) for a in self.adapter.magnitude_values()]
         return info
@@ -93,6 +131,8 @@ class SDLoRA(Method):
         self.adapter.load_state(structure["adapter"],
                                 {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
         self.adapter.to(next(self.backbone.parameters()).device)
+        if self.options.ablation == "fixed_old" and self.adapter.current_task is not None:
+            self._freeze_old_magnitudes()
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"backbone.{k}": v for k, v in self.adapter.merged_state_dict().items()}
