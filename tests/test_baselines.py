@@ -354,16 +354,21 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", [
-    {"name": "seq_lora", "options": {"rank": 2, "decoupled": True}},
-    {"name": "inflora", "options": {"rank": 2}},
-    {"name": "finetune"},
-    {"name": "sdlora", "options": {"rank": 2, "ablation": "first_direction_only"}},
-    {"name": "sdlora", "options": {"rank": 2, "ablation": "fixed_old"}},
-], ids=["seq_lora-decoupled", "inflora", "finetune", "first_direction_only", "fixed_old"])
-def test_resume_mid_task_equals_uninterrupted_run(tmp_path, method):
-    data = tiny(method=method, train={"epochs": 2, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05},
-                benchmark={"num_tasks": 2})
+SDC = {"classifier": {"kind": "prototypes", "drift": "sdc"}}
+
+
+@pytest.mark.parametrize(("method", "train"), [
+    ({"name": "seq_lora", "options": {"rank": 2, "decoupled": True}}, {}),
+    ({"name": "inflora", "options": {"rank": 2}}, {}),
+    ({"name": "inflora", "options": {"rank": 2}}, SDC),
+    ({"name": "finetune"}, {}),
+    ({"name": "sdlora", "options": {"rank": 2, "ablation": "first_direction_only"}}, {}),
+    ({"name": "sdlora", "options": {"rank": 2, "ablation": "fixed_old"}}, {}),
+], ids=["seq_lora-decoupled", "inflora", "inflora-prototypes-sdc", "finetune", "first_direction_only",
+        "fixed_old"])
+def test_resume_mid_task_equals_uninterrupted_run(tmp_path, method, train):
+    train = {"epochs": 2, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05, **train}
+    data = tiny(method=method, train=train, benchmark={"num_tasks": 2})
     ref = tmp_path / "ref"
     run_config(load_config(data=data), ref, quiet=True, stream=io.StringIO())
 

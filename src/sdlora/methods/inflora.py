@@ -92,9 +92,6 @@ class InfLoRA(Method):
             for name, w in self.lora.wrappers.items()}
         self.prepared = False
 
-    def _device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
-
     def _covariances(self, loader: DataLoader) -> dict[str, torch.Tensor]:
         was_training = self.training
         self.eval()
@@ -117,6 +114,7 @@ class InfLoRA(Method):
     @torch.no_grad()
     def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """A = top-r eigenvectors of P G P per adapted Linear (the same A for its k and v slices)."""
+        super().prepare_task(task, train_loader)
         spectrum = SPECTRA[self.options.spectrum]
         for name, cov in self._covariances(train_loader).items():
             wrapper = self.lora.wrappers[name]
@@ -134,7 +132,6 @@ class InfLoRA(Method):
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
         """DualGPM update from the trained model's inputs, then W0 += B A (exact) and B = 0."""
-        info = super().end_task(task, train_loader)
         threshold = threshold_for_task(task.index, task.num_tasks, self.options.threshold,
                                        self.options.threshold_end)
         spectrum = SPECTRA[self.options.spectrum]
@@ -142,6 +139,7 @@ class InfLoRA(Method):
             self.subspaces[name] = update_basis(self.subspaces[name].to(cov.device), spectrum(cov), threshold)
         self.lora.merge_task()
         self.prepared = False
+        info = super().end_task(task, train_loader)
         dims = [int(m.shape[1]) for m in self.subspaces.values()]
         info.update({"threshold": threshold, "subspace_dims": dims})
         return info
@@ -161,8 +159,5 @@ class InfLoRA(Method):
         self.subspaces = {name: tensors[f"subspace.{name}"].clone() for name in self.lora.wrappers}
         self.prepared = structure["prepared"]
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"backbone.{k}": v for k, v in self.lora.merged_state_dict().items()}
-        out["head.weight"] = self.head.weight().detach().clone()
-        out["head.bias"] = self.head.bias().detach().clone()
-        return out
+    def export_backbone(self) -> dict[str, torch.Tensor]:
+        return self.lora.merged_state_dict()

@@ -66,8 +66,5 @@ class SeqLoRA(Method):
         super().load_checkpoint_state(structure, tensors)
         self.lora.load_state_tensors({k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}, 0)
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"backbone.{k}": v for k, v in self.lora.merged_state_dict().items()}
-        out["head.weight"] = self.head.weight().detach().clone()
-        out["head.bias"] = self.head.bias().detach().clone()
-        return out
+    def export_backbone(self) -> dict[str, torch.Tensor]:
+        return self.lora.merged_state_dict()
