@@ -6,9 +6,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from sdlora.cli import main
-
 from engine_helpers import TINY_VIT, tiny
+from sdlora.cli import main
 
 
 @pytest.fixture
@@ -43,8 +42,8 @@ def test_train_eval_export_report_end_to_end(tmp_path, config_file, capsys):
     vit.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")}, strict=True)
     assert state["head.weight"].shape == (6, 32)
     # the merged plain timm model + head reproduces the run's predictions
-    from sdlora.engine.build import build_benchmark, build_scenario
     from sdlora.config import load_config
+    from sdlora.engine.build import build_benchmark, build_scenario
 
     run_cfg = load_config(cfg)
     scenario = build_scenario(run_cfg, build_benchmark(run_cfg), 3)

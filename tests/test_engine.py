@@ -3,13 +3,12 @@ import io
 import pytest
 import torch
 
+from engine_helpers import results_without_timing, tiny
 from sdlora.config import load_config
 from sdlora.engine.loop import TrainingDiverged
 from sdlora.engine.runner import OutputExists, run_config
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.linear_probe import LinearProbe
-
-from engine_helpers import results_without_timing, tiny
 
 
 def run(tmp_path, data, name="run", **kw):

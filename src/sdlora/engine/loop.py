@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from sdlora.backbones.base import move_to
 from sdlora.data.scenario import Scenario, TaskInfo

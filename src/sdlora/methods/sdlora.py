@@ -113,9 +113,10 @@ class SDLoRA(Method):
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
-        info = super().end_task(task, train_loader)
+        info: dict[str, Any] = {}
         if self.adapter.current_task is not None:  # first_direction_only opens no task after the first
             info.update(self.adapter.end_task())
+        info.update(super().end_task(task, train_loader))  # last: prototypes see the frozen function
         info["ranks"] = list(self.adapter.ranks)
         info["magnitudes"] = [float(a) for a in self.adapter.magnitude_values()]
         return info
@@ -134,8 +135,6 @@ class SDLoRA(Method):
         if self.options.ablation == "fixed_old" and self.adapter.current_task is not None:
             self._freeze_old_magnitudes()
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"backbone.{k}": v for k, v in self.adapter.merged_state_dict().items()}
-        out["head.weight"] = self.head.weight().detach().clone()
-        out["head.bias"] = self.head.bias().detach().clone()
-        return out
+    def export_backbone(self) -> dict[str, torch.Tensor]:
+        """W0 + sum_k alpha_k U_k D_k / n_k merged into each adapted weight: a plain backbone state dict."""
+        return self.adapter.merged_state_dict()
