@@ -59,6 +59,8 @@ def test_forward_equals_dense_formula_across_tasks(mode: str, norm: str) -> None
                 wrapper.kernel = kernel
                 torch.testing.assert_close(wrapper(x).double(), expected, atol=1e-5, rtol=0,
                                            msg=f"task {task} {phase} {kernel}")
+                with torch.no_grad():  # the inference path of the same kernel
+                    torch.testing.assert_close(wrapper(x).double(), expected, atol=1e-5, rtol=0)
             if phase == "training":
                 adapter.end_task()
     assert adapter.ranks == [3, 2, 4, 4]
@@ -94,9 +96,11 @@ def test_all_kernels_give_the_same_gradients() -> None:
 
 
 def test_auto_kernel_follows_the_cost_model() -> None:
-    # few tokens: the factored path; many tokens and a small stack: fold + projections; big stack: weight grad
-    assert choose_kernel(8, 768, 2304, 2, 768, 0, 10, True, False) == "factored"
-    assert choose_kernel(1576, 768, 2304, 2, 768, 0, 10, True, False) == "fused_proj"
+    # few tokens or a tiny stack: through the factors; many tokens and a big stack: fold + projections;
+    # a stack wider than the layer: fold + weight gradient
+    assert choose_kernel(8, 768, 2304, 2, 768, 190, 10, True, False) == "factored"
+    assert choose_kernel(1576, 768, 2304, 2, 768, 0, 10, True, False) == "factored"
+    assert choose_kernel(1576, 768, 2304, 2, 768, 190, 10, True, True) == "fused_proj"
     assert choose_kernel(1576, 192, 576, 2, 192, 190, 10, True, False) == "fused_wgrad"
     assert choose_kernel(4, 768, 2304, 2, 768, 190, 0, False, False) == "factored"
     assert choose_kernel(4096, 768, 2304, 2, 768, 190, 0, False, False) == "fused_proj"

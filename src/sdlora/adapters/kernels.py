@@ -2,19 +2,20 @@
 
 Per slice s (rows a:b) the layer computes  y[:, a:b] = x W0[a:b]^T + (x Dall_s^T * scale_s) Uall_s^T
 where Dall_s = [past D's; current D] ([R' x in]), Uall_s = [past U's, current U] ([w x R']) and scale_s holds
-alpha_k / n_k for every rank column (gathered per step, since the alphas train). Three exact strategies:
+alpha_k / n_k for every rank column (gathered per step, since the alphas train). Three exact strategies, one
+autograd Function (M = tokens; MACs per slice):
 
-``factored``  two skinny matmuls through the factors (all slices share ONE down matmul); autograd backward.
-              ~ 2 M R' (in + w) MACs per slice for forward + backward (M = tokens).
-``fused_proj`` fold the adapter into the weight (W = W0 + sum of terms, w R' in MACs, independent of M), run
-              ONE plain linear, and in backward get the trainable gradients from the projections
-              P = x Dall^T, Q = g Uall: d alpha-column = sum_m P * Q. ~ M R' (in + w) per slice, half of
-              factored.
+``factored``   forward through the factors: P = x Dall^T (ONE matmul for all slices, kept for backward), then
+               y_s += (P_s * scale_s) Uall_s^T; backward Q = g_s Uall_s and, if x needs it, (Q * scale) Dall.
+               ~ M R' (in + 2 w) (+ M R' in for dL/dx); no weight copy, best for few tokens or tiny R'.
+``fused_proj`` fold the adapter into a copy of the weight (w R' in, independent of M) and run ONE plain linear;
+               backward recomputes P and forms Q: d alpha-column = sum_m P * Q. ~ M R' (in + w).
 ``fused_wgrad`` same forward; backward forms the slice weight gradient G = g_s^T x (M w in) and contracts it
-              with the factors (G D^T, U^T G: w in R'). Cheaper than fused_proj once R' > w in / (in + w).
+               with the factors (G D^T, U^T G: w in R'). Cheaper than fused_proj once R' > w in / (in + w).
 
 The exact gradient of the magnitudes needs either P and Q or G, so min(R' (in + w), w in) MACs per token and
-slice is a floor for any exact method; ``auto`` picks the cheapest strategy per call from these counts.
+slice is a floor for any exact method; ``auto`` picks the cheapest strategy per call from these counts
+(`choose_kernel`). Under no_grad the same forwards run without autograd bookkeeping.
 """
 
 from __future__ import annotations
@@ -76,35 +77,45 @@ def add_delta_(weight: Tensor, terms: Terms, slices: Slices) -> Tensor:
     return weight
 
 
-def factored(x: Tensor, weight: Tensor, bias: Tensor | None, terms: Terms, slices: Slices) -> Tensor:
+def _factored_forward(x: Tensor, weight: Tensor, bias: Tensor | None, terms: Terms,
+                      slices: Slices) -> tuple[Tensor, Tensor]:
+    """y = x W0^T + b, then y[:, a:b] += (P_s * scale_s) Uall_s^T with P = x Dall^T (one matmul, all slices)."""
     y = F.linear(x, weight, bias)
     downs, ups, scales = terms.stacked()
     num_slices, cols = scales.shape
-    h = F.linear(x.reshape(-1, x.shape[-1]), downs.reshape(num_slices * cols, -1))
-    h = h * scales.reshape(1, -1).to(h.dtype)
+    P = F.linear(x.reshape(-1, x.shape[-1]), downs.reshape(num_slices * cols, -1))
+    H = P * scales.reshape(1, -1).to(P.dtype)
     flat = y.view(-1, y.shape[-1])
     for s, (a, b) in enumerate(slices):
-        flat[:, a:b].addmm_(h[:, s * cols:(s + 1) * cols], ups[s].t())
-    return y
+        flat[:, a:b].addmm_(H[:, s * cols:(s + 1) * cols], ups[s].t())
+    return y, P
 
 
-class _Fused(torch.autograd.Function):
-    """y = x (W0 + delta)^T + bias with delta folded in forward; trainable grads from P/Q or from G."""
+class _AdaptedLinear(torch.autograd.Function):
+    """One adapted Linear; `fold` picks the forward, `grad_kind` ("proj" | "wgrad", the latter folded only).
+
+    Backward, per slice s with g_s = dL/dy[:, a:b]:  d scale_j = sum_m P_mj Q_mj with Q = g_s Uall_s,
+    d U_t = c (P_t^T g_s)^T, d D_t = c Q_t^T x  ("proj"); or from G = g_s^T x: d scale_j = u_j^T G d_j,
+    d U_t = c G D_t^T, d D_t = c U_t^T G ("wgrad"). dL/dx = g W_eff (folded) or g W0 + (Q * scale) Dall.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, past_scale, past_down, past_up,  # type: ignore[override]
-                cur_scale, cur_down, cur_up, slices, grad_kind):
+                cur_scale, cur_down, cur_up, slices, fold, grad_kind):
         terms = Terms(past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
-        merged = add_delta_(weight.detach().clone(), terms, slices)
-        ctx.slices, ctx.grad_kind = slices, grad_kind
-        ctx.save_for_backward(x, merged, past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
-        return F.linear(x, merged, bias)
+        if fold:
+            merged = add_delta_(weight.detach().clone(), terms, slices)
+            y, kept = F.linear(x, merged, bias), merged
+        else:
+            y, kept = _factored_forward(x, weight, bias, terms, slices)
+        ctx.slices, ctx.fold, ctx.grad_kind = slices, fold, grad_kind
+        ctx.save_for_backward(x, kept, weight, past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, merged, ps, pd, pu, cs, cd, cu = ctx.saved_tensors
+        x, kept, weight, ps, pd, pu, cs, cd, cu = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_x = grad_out @ merged if needs[0] else None
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         has_past = pd is not None and pd.shape[1] > 0
@@ -113,6 +124,7 @@ class _Fused(torch.autograd.Function):
         g_cs = [] if needs[6] and has_cur else None
         g_cd = [] if needs[7] and has_cur else None
         g_cu = [] if needs[8] and has_cur else None
+        grad_x = None
         if ctx.grad_kind == "wgrad":
             for s, (a, b) in enumerate(ctx.slices):
                 G = g[:, a:b].t() @ x2  # [w, in]
@@ -127,15 +139,17 @@ class _Fused(torch.autograd.Function):
                     if g_cu is not None:
                         g_cu.append((G @ cd[s].t()) * cs[s])
         else:  # proj
-            terms = Terms(ps, pd, pu, cs, cd, cu)
-            downs, ups, _ = terms.stacked()
+            downs, ups, scales = Terms(ps, pd, pu, cs, cd, cu).stacked()
             num_slices, cols = downs.shape[0], downs.shape[1]
             R = pd.shape[1] if has_past else 0
-            P = x2 @ downs.reshape(num_slices * cols, -1).t()  # [M, S R']
+            P = kept if not ctx.fold else x2 @ downs.reshape(num_slices * cols, -1).t()  # [M, S R']
+            back = [] if needs[0] and not ctx.fold else None
             for s, (a, b) in enumerate(ctx.slices):
                 gs = g[:, a:b]
                 Ps = P[:, s * cols:(s + 1) * cols]
                 Q = gs @ ups[s]  # [M, R']
+                if back is not None:
+                    back.append(Q * scales[s].to(Q.dtype))
                 if g_ps is not None:
                     g_ps.append((Ps[:, :R] * Q[:, :R]).sum(0))
                 if has_cur:
@@ -146,44 +160,58 @@ class _Fused(torch.autograd.Function):
                         g_cu.append((Pc.t() @ gs).t() * cs[s])  # [r, M] @ [M, w]: the fast layout
                     if g_cd is not None:
                         g_cd.append((Qc.t() @ x2) * cs[s])
+            if back is not None:  # dL/dx = g W0 + sum_s (Q_s * scale_s) Dall_s, one extra matmul
+                grad_x = torch.addmm(g @ weight, torch.cat(back, 1), downs.reshape(num_slices * cols, -1))
+                grad_x = grad_x.reshape(x.shape)
+        if needs[0] and grad_x is None:  # folded: dL/dx = g (W0 + delta)
+            grad_x = grad_out @ kept
 
         def stack(items: list[Tensor] | None) -> Tensor | None:
             return None if items is None else torch.stack(items)
 
         return (grad_x, None, None, stack(g_ps), None, None, stack(g_cs), stack(g_cd), stack(g_cu),
-                None, None)
+                None, None, None)
 
 
-def _fused(grad_kind: str) -> Callable[..., Tensor]:
+def _kernel(fold: bool, grad_kind: str) -> Callable[..., Tensor]:
     def run(x: Tensor, weight: Tensor, bias: Tensor | None, terms: Terms, slices: Slices) -> Tensor:
-        return _Fused.apply(x, weight, bias, terms.past_scale, terms.past_down, terms.past_up,
-                            terms.cur_scale, terms.cur_down, terms.cur_up, slices, grad_kind)
+        if not torch.is_grad_enabled():  # inference: no autograd bookkeeping, nothing saved
+            with torch.no_grad():
+                if fold:
+                    return F.linear(x, add_delta_(weight.detach().clone(), terms, slices), bias)
+                return _factored_forward(x, weight, bias, terms, slices)[0]
+        return _AdaptedLinear.apply(x, weight, bias, terms.past_scale, terms.past_down, terms.past_up,
+                                    terms.cur_scale, terms.cur_down, terms.cur_up, slices, fold, grad_kind)
 
     return run
 
 
 KernelFn = Callable[[Tensor, Tensor, Tensor | None, Terms, Slices], Tensor]
 KERNELS: dict[str, KernelFn] = {
-    "factored": factored,
-    "fused_proj": _fused("proj"),
-    "fused_wgrad": _fused("wgrad"),
+    "factored": _kernel(False, "proj"),
+    "fused_proj": _kernel(True, "proj"),
+    "fused_wgrad": _kernel(True, "wgrad"),
 }
+
+#: multiply-accumulates that copying one weight element is worth (memory traffic vs arithmetic), used to
+#: charge the folded kernels for their per-call copy of W0; a rough constant, right within a factor of ~2
+#: on the CPUs and GPUs this was tried on
+COPY_COST = 64
 
 
 def choose_kernel(tokens: int, in_features: int, out_features: int, num_slices: int, width: int,
                   past_rank: int, cur_rank: int, needs_param_grad: bool, needs_x_grad: bool) -> str:
     """The cheapest exact strategy by multiply-accumulate counts (see the module docstring)."""
-    M, S, w, r = tokens, num_slices, width, cur_rank
+    M, S, w, r, fan_in = tokens, num_slices, width, cur_rank, in_features
     Rp = past_rank + cur_rank
-    fold = S * w * Rp * in_features + out_features * in_features  # delta into a copy of W0
+    fold = S * w * Rp * fan_in + COPY_COST * out_features * fan_in  # delta into a copy of W0
+    project = S * M * Rp * (fan_in + w)  # P = x Dall^T and (P * scale) Uall^T, or P and Q
     if not needs_param_grad:
-        factored_cost = S * M * Rp * (in_features + w) + (S * M * Rp * in_features if needs_x_grad else 0)
-        return "factored" if factored_cost < fold else "fused_proj"
-    cur_grads = S * M * r * (in_features + w)
+        return "factored" if project < fold else "fused_proj"
+    cur_grads = S * M * r * (fan_in + w)
     costs = {
-        "factored": S * M * Rp * (in_features + 2 * w) + cur_grads
-        + (S * M * Rp * in_features if needs_x_grad else 0),
-        "fused_proj": fold + S * M * Rp * (in_features + w) + cur_grads,
-        "fused_wgrad": fold + S * w * in_features * (M + past_rank + 2 * r),
+        "factored": project + S * M * Rp * w + cur_grads + (S * M * Rp * fan_in if needs_x_grad else 0),
+        "fused_proj": fold + project + cur_grads,
+        "fused_wgrad": fold + S * w * fan_in * (M + past_rank + 2 * r),
     }
     return min(costs, key=costs.__getitem__)
