@@ -84,6 +84,10 @@ class TrainConfig:
     freeze_old_head: bool = True  # old head rows get no update (needed with weight decay / Adam)
     num_workers: int = 0
     head_lr: float | None = None  # learning rate of the classifier head (None: same as lr)
+    # new head rows: random (official) or the class means of the task's features (the LP-then-FT idea:
+    # a random head distorts pretrained features; rows = scale * mu_c / (||mu_c|| * mean ||f||))
+    head_init: Literal["random", "class_mean"] = "random"
+    head_init_scale: float = 10.0
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
     def __post_init__(self) -> None:

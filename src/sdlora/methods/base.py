@@ -54,11 +54,28 @@ class Method(nn.Module):
 
         With drift compensation, records the task's features before training (subclasses call super()).
         """
-        if self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0:
-            was_training = self.training
-            self.eval()
-            self.features_before, _ = collect_features(self.features, train_loader, self._device())
-            self.train(was_training)
+        sdc = self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0
+        class_mean_head = self.train_cfg.head_init == "class_mean" and self.head.num_classes == task.total
+        if not (sdc or class_mean_head):
+            return
+        was_training = self.training
+        self.eval()
+        features, labels = collect_features(self.features, train_loader, self._device())
+        self.train(was_training)
+        if sdc:
+            self.features_before = features
+        if class_mean_head:
+            self._init_head_rows(features, labels, task)
+
+    @torch.no_grad()
+    def _init_head_rows(self, features: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> None:
+        """Rows of the new task = scale * mu_c / (||mu_c|| * mean ||f||): logits start as scaled cosines."""
+        means = ClassPrototypes(features.shape[1]).to(features.device)
+        means.fit(features, labels, task.known, task.total)
+        rows = F.normalize(means.means[task.known:task.total], dim=-1)
+        rows *= self.train_cfg.head_init_scale / features.norm(dim=-1).mean()
+        self.head.weights[-1].copy_(rows.to(self.head.weights[-1]))
+        self.head.biases[-1].zero_()
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
