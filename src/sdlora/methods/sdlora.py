@@ -42,7 +42,7 @@ class SDLoRA(Method):
         targets: list[str] | None = None  # None: the backbone's default (q and v)
         norm: Literal["product", "factors"] = "product"
         current_mode: Literal["official", "paper", "continuous"] = "continuous"
-        magnitude_init: float = 0.8
+        magnitude_init: float | None = None  # None: the mode's default (0.8; paper mode 1.0)
         variant: Literal["plain", "rr", "kd"] = "plain"
         rank_schedule: list[list[int]] | None = None  # [[first_task, rank], ...]; rr default 10/8/6
         kd_tau: float = 9e-4
