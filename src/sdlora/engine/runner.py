@@ -73,6 +73,11 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
                stream: TextIO | None = None) -> dict[str, Any]:
     """Train every seed of `cfg` into `out`; returns the summary."""
     build.validate_plugins(cfg)
+    quiet = quiet or not sys.stderr.isatty()  # progress bars only on a terminal
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     out = Path(out)
     prepare_output(out, resume, overwrite)
     saved = out / "config.yaml"
