@@ -62,3 +62,11 @@ def require_data_root(configured: str | None, what: str) -> Path:
             f"{what}: no data root; set benchmark.data_root in the config or the {DATA_ENV} environment variable"
         )
     return root
+
+
+def resolve_folder(folder: str, data_root: Path | None, what: str) -> Path:
+    """`folder` as given when absolute, else under the data root (an error naming `what` without one)."""
+    path = Path(folder).expanduser()
+    if path.is_absolute():
+        return path
+    return (data_root if data_root is not None else require_data_root(None, what)) / path

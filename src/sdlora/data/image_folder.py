@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from sdlora.data.base import BenchmarkData, require_data_root
+from sdlora.data.base import BenchmarkData, resolve_folder
 from sdlora.data.transforms import TransformOptions, describe, eval_transform, train_transform
 
 OnCorrupt = Literal["skip", "stop"]
@@ -227,11 +227,7 @@ class SplitFolderBenchmark:
         return self.options.folder  # type: ignore[attr-defined]
 
     def location(self) -> Path:
-        folder = Path(self.folder()).expanduser()
-        if folder.is_absolute():
-            return folder
-        root = self.data_root if self.data_root is not None else require_data_root(None, self.title)
-        return root / folder
+        return resolve_folder(self.folder(), self.data_root, self.title)
 
     def split_dirs(self) -> dict[str, str]:
         dirs = {"train": self.options.train_dir, "test": self.options.test_dir}

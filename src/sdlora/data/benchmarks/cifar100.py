@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
 
-from sdlora.data.base import BenchmarkData, require_data_root
+from sdlora.data.base import BenchmarkData, resolve_folder
 from sdlora.data.transforms import TransformOptions, describe, eval_transform, train_transform
 from sdlora.registry import BENCHMARKS
 
@@ -29,11 +29,7 @@ class CIFAR100:
         self.data_root = data_root
 
     def location(self) -> Path:
-        folder = Path(self.options.folder).expanduser()
-        if folder.is_absolute():
-            return folder
-        root = self.data_root if self.data_root is not None else require_data_root(None, self.title)
-        return root / folder
+        return resolve_folder(self.options.folder, self.data_root, self.title)
 
     def _split(self, train: bool, download: bool) -> TorchvisionCIFAR100:
         root = self.location()

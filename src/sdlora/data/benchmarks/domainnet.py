@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sdlora.data.base import BenchmarkData, require_data_root
+from sdlora.data.base import BenchmarkData, resolve_folder
 from sdlora.data.image_folder import FileOptions, Inventory, checked_data
 from sdlora.registry import BENCHMARKS
 
@@ -75,11 +75,7 @@ class DomainNet:
         self.data_root = data_root
 
     def location(self) -> Path:
-        folder = Path(self.options.folder).expanduser()
-        if folder.is_absolute():
-            return folder
-        root = self.data_root if self.data_root is not None else require_data_root(None, self.title)
-        return root / folder
+        return resolve_folder(self.options.folder, self.data_root, self.title)
 
     def inventory(self) -> Inventory:
         """Samples of the selected domains' lists, without opening any image."""
