@@ -22,7 +22,7 @@ from sdlora.adapters.kernels import KERNELS, Terms, add_delta_, choose_kernel
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.modes import CurrentMode
 from sdlora.adapters.norms import NormFn
-from sdlora.adapters.targets import Slice
+from sdlora.adapters.targets import Slice, SlicedLinear
 
 
 class DirectionBank(nn.Module):
@@ -119,19 +119,13 @@ class DirectionBank(nn.Module):
                 f"stored_tasks={self.num_stored}, past_rank={self.past_rank}, cur_rank={self.cur_rank}")
 
 
-class SDLoRALinear(nn.Module):
+class SDLoRALinear(SlicedLinear):
     """Drop-in replacement of an nn.Linear: `base` is the original (frozen) layer, `bank` the adapter."""
 
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...], magnitudes: Magnitudes,
                  mode: CurrentMode, norm: NormFn, kernel: str = "auto") -> None:
-        super().__init__()
-        widths = {s.stop - s.start for s in slices}
-        if len(widths) != 1:
-            raise ValueError(f"adapted slices must share one width, got {slices}")
-        self.base = base
-        self.slices = slices
-        self.bounds = tuple((s.start, s.stop) for s in slices)
-        self.bank = DirectionBank(len(slices), widths.pop(), base.in_features,
+        super().__init__(base, slices)
+        self.bank = DirectionBank(len(slices), self.width, base.in_features,
                                   device=base.weight.device, dtype=base.weight.dtype)
         # shared with every adapted layer and owned by the adapter: a plain reference, not a submodule
         self.__dict__["magnitudes"] = magnitudes
@@ -139,14 +133,6 @@ class SDLoRALinear(nn.Module):
         self.merged = False
         self.register_buffer("w0_rows", None, persistent=False)  # exact W0 rows while merged
         self.last_kernel: str | None = None
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def terms(self) -> Terms:
         return self.bank.terms(self.magnitudes.alpha, self.mode, self.norm)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from sdlora.adapters.modes import kaiming_uniform_down
 from sdlora.adapters.norms import product_norm, safe_divisor
-from sdlora.adapters.targets import Slice, find_targets
+from sdlora.adapters.targets import Slice, SlicedLinear, find_targets
 
 Init = Literal["lora", "random", "zeros"]
 
@@ -42,32 +42,17 @@ def init_factors(up: Tensor, down: Tensor, init: Init) -> None:
         up.uniform_(-bound, bound)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(SlicedLinear):
     """Drop-in replacement of an nn.Linear: `base` is the original layer (frozen), `down`/`up` the factors."""
 
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...], rank: int, init: Init = "lora") -> None:
-        super().__init__()
-        widths = {s.stop - s.start for s in slices}
-        if len(widths) != 1:
-            raise ValueError(f"adapted slices must share one width, got {slices}")
-        self.base = base
-        self.slices = slices
-        self.bounds = tuple((s.start, s.stop) for s in slices)
-        self.width = widths.pop()
+        super().__init__(base, slices)
         self.rank = rank
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.down = nn.Parameter(torch.empty(len(slices), rank, base.in_features, **kw))
         self.up = nn.Parameter(torch.empty(len(slices), self.width, rank, **kw))
         init_factors(self.up, self.down, init)
         self.__dict__["magnitude"] = None  # the shared alpha (decoupled form), a plain reference
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def scales(self) -> Tensor | None:
         """c_s per slice ([S]); None for the plain form (c = 1)."""

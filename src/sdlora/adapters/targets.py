@@ -99,3 +99,25 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, tuple[nn.Lin
             found[name] = (module, resolve_slices(target, module.out_features, name))
     order = {n: i for i, n in enumerate(modules)}
     return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
+
+
+class SlicedLinear(nn.Module):
+    """Base of the adapter wrappers: holds the original (frozen) nn.Linear and the output slices it adapts."""
+
+    def __init__(self, base: nn.Linear, slices: tuple[Slice, ...]) -> None:
+        super().__init__()
+        widths = {s.stop - s.start for s in slices}
+        if len(widths) != 1:
+            raise ValueError(f"adapted slices must share one width, got {slices}")
+        self.base = base
+        self.slices = slices
+        self.bounds = tuple((s.start, s.stop) for s in slices)
+        self.width = widths.pop()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
