@@ -14,7 +14,7 @@ from sdlora.registry import BENCHMARKS
 
 @BENCHMARKS.register("synthetic")
 class Synthetic:
-    """Images `shape` (or token ids when `vocab_size` is set) whose distribution depends on the class."""
+    """Random tensors of `shape` whose mean depends on the class (tests and smoke runs only)."""
 
     @dataclass
     class Options:
