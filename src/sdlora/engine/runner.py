@@ -95,9 +95,10 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
         handler = _file_logger(folder / "train.log")
         try:
             existing = folder / "results.json"
-            if resume and existing.is_file() and json.loads(existing.read_text()).get("status") == "complete":
+            previous = json.loads(existing.read_text()) if resume and existing.is_file() else {}
+            if previous.get("status") == "complete":
                 log.info("seed %d already complete", seed)
-                results.append(json.loads(existing.read_text()))
+                results.append(previous)
                 continue
             log.info("seed %d: %s on %s with %s, device %s", seed, cfg.method.name, cfg.benchmark.name,
                      cfg.backbone.name, dev)

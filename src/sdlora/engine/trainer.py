@@ -132,7 +132,7 @@ class Trainer:
                      " ".join(f"{a:.1f}" for a in row))
             self.record.add_time(time.perf_counter() - clock)
             clock = time.perf_counter()
-            self._save(t, self.cfg.train.epochs, True, None)
+            self._save(t, task_schedule(self.cfg.train, t).epochs, True, None)
             self.write_results()
         self.record.complete()
         self.write_results()
