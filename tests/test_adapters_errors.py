@@ -60,7 +60,9 @@ def test_slices_need_a_divisible_output() -> None:
     ({"kd_fit": "global"}, r"kd_fit must be one of \['joint', 'per_layer'\]"),
     ({"kernel": "cuda"}, "kernel must be one of"),
     ({"kd_tau": -1.0}, "kd_tau"),
-    ({"kd": "yes"}, "kd must be"),
+    ({"variant": "kd2"}, "variant must be one of"),
+    ({"kd_residual": "squared"}, "kd_residual must be one of"),
+    ({"current_mode": "continuous", "norm": "product"}, "has no effect with current_mode"),
     ({"magnitude_init": float("nan")}, "magnitude_init"),
     ({"targets": "blocks.*.attn.qkv"}, "targets must be a list"),
     ({"targets": []}, "targets must be a non-empty list"),
@@ -71,7 +73,7 @@ def test_config_validation(kwargs: dict, field: str) -> None:
 
 
 def test_config_round_trip_and_unknown_fields() -> None:
-    cfg = SDLoRAConfig(rank_schedule="rr", current_mode="official", kd=True)
+    cfg = SDLoRAConfig(rank_schedule="rr", current_mode="official", variant="kd")
     assert SDLoRAConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"unknown SDLoRAConfig fields \['alpha'\]"):
         SDLoRAConfig.from_dict({"alpha": 1})

@@ -24,7 +24,7 @@ def perturb(adapter: SDLoRAAdapter) -> None:
 def two_tasks(mode: str = "continuous", **kw: object) -> tuple[torch.nn.Module, SDLoRAAdapter]:
     torch.manual_seed(0)
     model = tiny_vit().eval()
-    adapter = SDLoRAAdapter(model, SDLoRAConfig(rank_schedule=SCHEDULE, current_mode=mode, kd=True, **kw))
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(rank_schedule=SCHEDULE, current_mode=mode, variant="kd", **kw))
     for _ in range(2):
         adapter.begin_task()
         perturb(adapter)
@@ -50,7 +50,7 @@ def set_combination(adapter: SDLoRAAdapter, coeffs: dict[str, torch.Tensor]) -> 
 def end_both(model: torch.nn.Module, adapter: SDLoRAAdapter, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """end_task with KD, and the output that the same model gives when it keeps the direction instead."""
     kept_model, kept = copy.deepcopy((model, adapter))
-    kept.config.kd = False
+    kept.config.variant = "plain"
     kept.end_task()
     info = adapter.end_task()
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_per_layer_kd_absorbs_into_per_matrix_offsets(mode: str) -> None:
 
 def test_kd_off_still_reports_the_residual() -> None:
     model, adapter = two_tasks(kd_tau=9e-4)
-    adapter.config.kd = False
+    adapter.config.variant = "plain"
     set_combination(adapter, {name: [(0.5, 0.5)] * 2 for name in adapter.wrappers})
     info = adapter.end_task()
     assert info["absorbed"] is False and info["residual"] < 1e-6
@@ -163,3 +163,31 @@ def test_twenty_five_tasks(mode: str) -> None:
     torch.testing.assert_close(wrapper(h).double(), expected, atol=1e-5, rtol=0)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert (adapter.magnitudes.alpha.grad != 0).all()  # all 26 magnitudes train
+
+
+def test_paper_residual_weighs_every_matrix_alike() -> None:
+    """One matrix (v of block 1) has tiny terms and its new direction is half new: the relative joint residual
+    hardly sees it (its terms are negligible next to the others), the paper's, on unit directions, does."""
+    outcomes = {}
+    for residual in ("relative", "paper"):
+        model, adapter = two_tasks(kd_residual=residual)
+        bank = adapter.wrappers["blocks.1.attn.qkv"].bank
+        bank.past_up[1] *= 1e-6
+        set_combination(adapter, {name: [(0.7, -1.3)] * 2 for name in adapter.wrappers})
+        with torch.no_grad():
+            bank.cur_up[1] += torch.randn_like(bank.cur_up[1]) * bank.cur_up[1].std()
+        info, _ = end_both(model, adapter, torch.randn(2, 3, 32, 32))
+        assert info["residual_kind"] == residual
+        outcomes[residual] = (info["absorbed"], info["residual"])
+    assert outcomes["relative"][0] is True and outcomes["relative"][1] < 9e-4
+    assert outcomes["paper"][0] is False and outcomes["paper"][1] > 0.1
+
+
+@pytest.mark.parametrize("residual, fit", [("relative", "joint"), ("relative", "per_layer"), ("paper", "per_layer")])
+def test_both_residuals_absorb_an_exact_combination(residual: str, fit: str) -> None:
+    """(paper + joint needs the same combination of *unit* directions in every matrix: see the test above.)"""
+    model, adapter = two_tasks("official", kd_residual=residual, kd_fit=fit, norm="product")
+    set_combination(adapter, {name: [(0.4, 0.9)] * 2 for name in adapter.wrappers})
+    info, _ = end_both(model, adapter, torch.randn(2, 3, 32, 32))
+    assert info["absorbed"] is True and info["residual"] < 1e-6
+    assert adapter.ranks == [2, 2, 0]

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
-from sdlora.testing import tiny_bert, tiny_vit
+from sdlora.testing import reference_delta, tiny_bert, tiny_vit
 
 torch.set_num_threads(1)
 QV = ["*.attention.self.query", "*.attention.self.value"]
@@ -82,7 +82,7 @@ def test_bert_merged_state_dict_loads_into_transformers() -> None:
 
 @pytest.mark.parametrize("open_task", [False, True])
 def test_save_and_load_round_trip(tmp_path: Path, open_task: bool) -> None:
-    model, adapter, plain = trained_vit("paper", open_task=open_task, kd=True)
+    model, adapter, plain = trained_vit("paper", open_task=open_task, variant="kd")
     path = tmp_path / "adapter.safetensors"
     adapter.save(path)
     with safe_open(str(path), framework="pt") as f:  # a real safetensors file, structure in the metadata
@@ -148,3 +148,19 @@ def test_load_refuses_another_mode_or_other_targets() -> None:
     with pytest.raises(ValueError, match="targets"):
         other = SDLoRAAdapter(tiny_vit(), SDLoRAConfig(targets=["blocks.0.attn.qkv[q,v]"]))
         other.load_state(structure, tensors)
+
+
+@pytest.mark.parametrize("mode", ["official", "paper", "continuous"])
+def test_merge_in_place_and_export_are_bit_identical(mode: str) -> None:
+    """Both take W0 + delta in float64 and cast once, so the exported dict equals the merged weights exactly."""
+    model, adapter, _ = trained_vit(mode)
+    exported = adapter.merged_state_dict()
+    adapter.merge()
+    merged = model.state_dict()
+    for name in adapter.wrappers:
+        assert torch.equal(exported[f"{name}.weight"], merged[f"{name}.base.weight"])
+        w0 = adapter.wrappers[name].w0_rows.double()
+        rows = torch.cat([merged[f"{name}.base.weight"][a:b] for a, b in adapter.wrappers[name].bounds])
+        exact = w0 + torch.cat([reference_delta(adapter, name)[a:b] for a, b in adapter.wrappers[name].bounds])
+        torch.testing.assert_close(rows.double(), exact, atol=1e-6, rtol=0)  # and it is W0 + delta
+    assert torch.equal(adapter.merged_state_dict()[f"{name}.weight"], exported[f"{name}.weight"])

@@ -329,14 +329,14 @@ def test_first_direction_only_adds_no_direction_after_task_1(tmp_path):
     {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.1, "lr": 0.05},
     {"optimizer": "adamw", "weight_decay": 0.1, "lr": 0.01},
 ], ids=["sgd-momentum-wd", "adamw-wd"])
-@pytest.mark.parametrize("mode", ["continuous", "official"])
+@pytest.mark.parametrize("mode", ["continuous", "official", "paper"])
 def test_fixed_old_keeps_old_components_exactly(tmp_path, train, mode):
     options = {"rank": 2, "ablation": "fixed_old", "current_mode": mode}
     data = tiny(method={"name": "sdlora", "options": options}, train={**train, "epochs": 1})
     result = run(tmp_path, data)
     m1, m2, m3 = [info["magnitudes"] for info in result["task_info"]]
     assert m3[:2] == m2[:2] and m2[:1] == m1  # old magnitudes bit-identical, under weight decay too
-    init = 0.8
+    init = 1.0 if mode == "paper" else 0.8
     assert m1[0] != init and m2[1] != init and m3[2] != init  # the current one trains
     assert [info["ranks"] for info in result["task_info"]] == [[2], [2, 2], [2, 2, 2]]
 
@@ -404,3 +404,23 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
     assert methods["seq_lora"].method.options["rank"] == methods["inflora"].method.options["rank"] == 8
     incremental = ("seq_lora", "inflora", "ncm", "linear_probe")
     assert all(methods[k].benchmark.init_classes == 15 for k in incremental)
+
+
+@pytest.mark.parametrize("options, expected", [({}, 0.0), ({"magnitude_weight_decay": 0.05}, 0.05)])
+def test_magnitudes_get_no_weight_decay_unless_asked(options, expected):
+    """train.weight_decay decays the directions and the head; the magnitudes only by magnitude_weight_decay."""
+    cfg = load_config(data=tiny(method={"name": "sdlora", "options": {"rank": 2, **options}},
+                                train={"weight_decay": 0.1}))
+    method = build.build_method(cfg, build.build_backbone(cfg))
+    method.adapter.begin_task()
+    groups = method.trainable_parameters()
+    alpha = method.adapter.magnitudes.alpha
+    (group,) = [g for g in groups if any(p is alpha for p in g["params"])]
+    assert group["weight_decay"] == expected and len(group["params"]) == 1
+    assert all("weight_decay" not in g for g in groups if g is not group)  # the rest: train.weight_decay
+
+
+def test_norm_with_continuous_mode_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="norm 'product' has no effect with current_mode 'continuous'"):
+        build.validate_plugins(load_config(data=tiny(
+            method={"name": "sdlora", "options": {"norm": "product", "current_mode": "continuous"}})))

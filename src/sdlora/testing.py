@@ -25,42 +25,39 @@ def tiny_bert(**overrides: object) -> nn.Module:
     return BertModel(BertConfig(**kwargs))
 
 
-def reference_delta(adapter, name: str):  # noqa: ANN001, ANN201 (test oracle, typed loosely on purpose)
-    """The dense update of adapted module `name`, recomputed from the spec with dense products only.
+def reference_delta(adapter, name: str, newest_normalised: bool | None = None):  # noqa: ANN001, ANN201
+    """The dense update of adapted module `name` from `sdlora.adapters.reference.dense_update` (Eq. 4).
 
-    W - W0 = sum_k alpha_k U_k D_k / n_k (+ the current term), with n_k = ||U_k D_k||_F (norm="product") or
-    ||U_k||_F ||D_k||_F ("factors") for modes official / paper and n_k = 1 for continuous; the current term is
-    alpha_t U_t D_t (official, continuous) or alpha_t U_t D_t / n(U_t, D_t) (paper). An independent oracle for
-    tests: no low-rank norm identities, no kernels, one Python loop over tasks.
+    Reads the adapter's stored factors and magnitudes only (not its divisors, kernels or norm identities), so
+    it is an independent oracle for tests. Zero rows outside the adapted slices.
     """
     import torch
+
+    from sdlora.adapters.reference import dense_update
 
     wrapper = adapter.wrappers[name]
     bank = wrapper.bank
     if bank.offset.ne(0).any():
         raise NotImplementedError("reference_delta does not model per-layer KD offsets")
-    mode, norm_kind = adapter.config.current_mode, adapter.config.norm
+    config = adapter.config
     alpha = adapter.magnitudes.alpha.detach().double()
-
-    def dense_norm(up, down):  # noqa: ANN001, ANN202
-        if norm_kind == "product":
-            return torch.linalg.matrix_norm(up @ down)
-        return torch.linalg.matrix_norm(up) * torch.linalg.matrix_norm(down)
-
     weight = wrapper.base.weight
     delta = torch.zeros(weight.shape, dtype=torch.float64)
     for s, (a, b) in enumerate(wrapper.bounds):
-        start = 0
+        stored, alphas, start = [], [], 0
         for k, rank in enumerate(adapter.ranks):
-            up = bank.past_up[s, :, start:start + rank].detach().double()
-            down = bank.past_down[s, start:start + rank].detach().double()
+            if rank:
+                stored.append((bank.past_up[s, :, start:start + rank], bank.past_down[s, start:start + rank]))
+                alphas.append(alpha[k])
             start += rank
-            if rank == 0:
-                continue
-            n = 1.0 if mode == "continuous" else dense_norm(up, down)
-            delta[a:b] += alpha[k] * (up @ down) / n
+        current = None
         if bank.cur_down is not None:
-            up, down = bank.cur_up[s].detach().double(), bank.cur_down[s].detach().double()
-            n = dense_norm(up, down) if mode == "paper" else 1.0
-            delta[a:b] += alpha[adapter.num_tasks] * (up @ down) / n
+            current = (bank.cur_up[s].detach(), bank.cur_down[s].detach())
+            alphas.append(alpha[adapter.num_tasks])
+        if not stored and current is None:
+            continue
+        newest_is_last = bool(adapter.ranks) and adapter.ranks[-1] > 0
+        delta[a:b] = dense_update(stored, alphas, mode=config.current_mode, norm=config.resolved_norm,
+                                  current=current,
+                                  newest_normalised=newest_normalised if newest_is_last else True)
     return delta

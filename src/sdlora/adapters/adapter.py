@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from sdlora.adapters.config import SDLoRAConfig
 from sdlora.adapters.io import read_adapter_file, write_adapter_file
-from sdlora.adapters.kd import least_squares, slice_grams
+from sdlora.adapters.kd import least_squares, slice_grams, unit_grams
 from sdlora.adapters.layer import SDLoRALinear
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.modes import MODES
@@ -32,7 +32,7 @@ from sdlora.adapters.targets import find_targets
 FORMAT = "sdlora-adapter"
 VERSION = 1
 #: config fields that must agree between a saved state and the adapter loading it
-STRUCTURAL_FIELDS = ("targets", "norm", "current_mode", "kd_fit")
+STRUCTURAL_FIELDS = ("current_mode", "resolved_targets", "resolved_norm", "kd_fit")
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -48,10 +48,10 @@ class SDLoRAAdapter(nn.Module):
         super().__init__()
         if not isinstance(config, SDLoRAConfig):
             raise TypeError(f"config must be an SDLoRAConfig, got {type(config).__name__}")
-        found = find_targets(model, config.targets)
+        found = find_targets(model, config.resolved_targets)
         self.config = config
         self.mode = MODES[config.current_mode]()
-        self.norm_fn = NORMS[config.norm]
+        self.norm_fn = NORMS[config.resolved_norm]
         self.magnitudes = Magnitudes()
         self.banks = nn.ModuleList()
         wrappers: dict[str, SDLoRALinear] = {}
@@ -101,16 +101,28 @@ class SDLoRAAdapter(nn.Module):
             raise RuntimeError(f"{what} needs the unmerged model: call adapter.unmerge() first")
 
     # -- task lifecycle --------------------------------------------------------------------------
-    def begin_task(self) -> dict[str, int]:
-        """New current direction in every matrix (rank from the schedule) and the mode's magnitude rule."""
+    def begin_task(self, new_direction: bool = True, preserve_stored: bool = False) -> dict[str, int | None]:
+        """Start a task: the mode's rule for stored terms and magnitudes, then a new current direction.
+
+        `new_direction=False` applies the task-start rule without opening a direction (Table 4's
+        first_direction_only); `preserve_stored=True` keeps every stored term exactly as it is (no official
+        rebuild, magnitudes carried over; Table 4's fixed_old).
+        """
         self._check_unmerged("begin_task")
         if self.current_task is not None:
             raise RuntimeError(f"task {self.current_task} is still open: call end_task() first")
         task = self.num_tasks
-        rank = self.config.rank_for_task(task)
+        init = self.config.resolved_magnitude_init
         if self.magnitudes.alpha.device != self._device():
             self.magnitudes.to(self._device())
-        self.mode.begin_magnitudes(self.magnitudes, task, self.config.resolved_magnitude_init)
+        if preserve_stored:
+            if new_direction:
+                self.magnitudes.append(init)
+        else:
+            self.mode.start_task(list(self.banks), self.magnitudes, task, init, new_direction, self.norm_fn)
+        if not new_direction:
+            return {"task": None, "rank": None}
+        rank = self.config.rank_for_task(task)
         for wrapper in self.wrappers.values():
             wrapper.bank.new_current(rank, self.mode)
         self.current_task, self.current_rank = task, rank
@@ -165,7 +177,8 @@ class SDLoRAAdapter(nn.Module):
         alpha = self.magnitudes.alpha
         task = self.current_task
         assert task is not None
-        if self.config.kd_fit == "joint":
+        joint = self.config.kd_fit == "joint"
+        if joint:
             coeffs, residual = least_squares(sum(g.sum(0) for g in grams.values()), live)
             info["coefficients"] = coeffs
         else:
@@ -173,11 +186,22 @@ class SDLoRAAdapter(nn.Module):
                           for name, g in grams.items()}
             residual = max(res for fits in per_matrix.values() for _, res in fits)
             info["coefficients"] = {name: [c for c, _ in fits] for name, fits in per_matrix.items()}
+        if self.config.kd_residual == "paper":  # the test on unit directions; absorption still uses the fit above
+            units = torch.cat([unit_grams(g) for g in grams.values()])  # [all slices, T+1, T+1]
+            if joint:
+                _, residual = least_squares(units.sum(0) / units.shape[0], live, relative=False)
+            else:
+                residual = max(least_squares(u, live, relative=False)[1] for u in units)
+            passes = residual <= self.config.kd_tau
+        else:
+            passes = residual < self.config.kd_tau
         info["residual"] = residual
+        info["residual_kind"] = self.config.kd_residual
+        absorbed = self.config.kd and passes
         absorbed = self.config.kd and residual < self.config.kd_tau
         if absorbed:
             a_t = float(alpha[task])
-            if self.config.kd_fit == "joint":
+            if joint:
                 alpha.data[:task] += a_t * torch.tensor(coeffs, dtype=alpha.dtype, device=alpha.device)
             else:
                 for name, fits in per_matrix.items():
@@ -217,9 +241,7 @@ class SDLoRAAdapter(nn.Module):
             if head in by_prefix:
                 name = by_prefix[head]
                 wrapper = self.wrappers[name]
-                value = value.detach().clone()
-                if leaf == "weight" and not wrapper.merged:
-                    value += wrapper.delta_weight()
+                value = wrapper.merged_weight() if leaf == "weight" else value.detach().clone()
                 out[f"{name}.{leaf}"] = value
             else:
                 out[key] = value.detach().clone()
@@ -276,8 +298,8 @@ class SDLoRAAdapter(nn.Module):
         saved = SDLoRAConfig.from_dict(structure["config"])
         for field in STRUCTURAL_FIELDS:
             if getattr(saved, field) != getattr(self.config, field):
-                raise ValueError(f"saved adapter has {field}={getattr(saved, field)!r} but this adapter uses "
-                                 f"{field}={getattr(self.config, field)!r}")
+                raise ValueError(f"saved adapter has {field.removeprefix('resolved_')}={getattr(saved, field)!r} "
+                                 f"but this adapter uses {getattr(self.config, field)!r}")
         saved_modules, own = set(structure["modules"]), set(self.wrappers)
         if saved_modules != own:
             raise ValueError(f"adapted modules differ: only saved {sorted(saved_modules - own)[:5]}, "
@@ -321,5 +343,5 @@ class SDLoRAAdapter(nn.Module):
         return adapter
 
     def extra_repr(self) -> str:
-        return (f"modules={len(self.wrappers)}, mode={self.config.current_mode}, norm={self.config.norm}, "
+        return (f"modules={len(self.wrappers)}, mode={self.config.current_mode}, norm={self.config.resolved_norm}, "
                 f"tasks={self.num_tasks}, ranks={self.ranks}, current_task={self.current_task}")

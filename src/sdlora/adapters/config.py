@@ -1,9 +1,13 @@
-"""SDLoRAConfig: every knob of the adapter layer, validated on construction (errors name field and values)."""
+"""SDLoRAConfig: every knob of SD-LoRA, declared once and validated on construction (errors name field and values).
+
+The method's options (`sdlora.methods.sdlora.SDLoRA.Options`) extend this class with the training-only keys;
+`adapter_fields` picks the part the adapter layer stores.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from sdlora.adapters.kernels import KERNELS
@@ -12,6 +16,9 @@ from sdlora.adapters.norms import NORMS
 from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
 
 KD_FITS = ("joint", "per_layer")
+KD_RESIDUALS = ("relative", "paper")
+VARIANTS = ("plain", "rr", "kd")
+DEFAULT_TARGETS = ["blocks.*.attn.qkv[q,v]"]
 
 
 def _choice(field_name: str, value: object, allowed: list[str] | tuple[str, ...]) -> None:
@@ -26,36 +33,50 @@ class SDLoRAConfig:
     targets: fnmatch patterns on module names, each with an optional output-slice suffix: ``[q,v]`` picks
         thirds of a fused qkv Linear (q first, k middle, v last); no suffix adapts the whole output.
     rank / rank_schedule: rank of every task, or a schedule ``[[first_task, rank], ...]`` (or ``"rr"``).
-    norm: ``product`` (||U D||_F, the paper) or ``factors`` (||U||_F ||D||_F, the official code).
+    variant: ``plain``; ``rr`` (rank_schedule defaults to 10/8/6); ``kd`` (least-squares absorption).
     current_mode: ``continuous`` (default), ``official`` or ``paper``; see `sdlora.adapters.modes`.
+    norm: ``product`` (||U D||_F, the paper) or ``factors`` (||U||_F ||D||_F, the official code); None is the
+        mode's own (official: factors, paper: product). `continuous` never normalises: setting it is an error.
     magnitude_init: start value of a new magnitude; None uses the mode's default (0.8; paper: 1.0).
-    kd / kd_tau / kd_fit: SD-LoRA-KD; ``joint`` (default) fits one coefficient per old task over all matrices.
+    kd_tau / kd_fit / kd_residual: SD-LoRA-KD; ``joint`` (default) fits one coefficient per old task over all
+        matrices; the residual test is ``relative`` (< tau) or ``paper`` (absolute on unit directions, <= tau).
     kernel: forward/backward strategy of the adapted layers (``auto`` picks the cheapest per call).
     """
 
-    targets: list[str] = field(default_factory=lambda: ["blocks.*.attn.qkv[q,v]"])
+    targets: list[str] | None = None  # None: DEFAULT_TARGETS (timm ViT q, v); the method gives the backbone's
     rank: int = 10
     rank_schedule: list[list[int]] | str | None = None
-    norm: str = "product"
+    variant: str = "plain"
     current_mode: str = "continuous"
+    norm: str | None = None
     magnitude_init: float | None = None
-    kd: bool = False
     kd_tau: float = 9e-4
     kd_fit: str = "joint"
+    kd_residual: str = "relative"
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str) or not isinstance(self.targets, list | tuple):
-            raise ValueError(f"targets must be a list of pattern strings, got {self.targets!r}")
-        if not self.targets or not all(isinstance(t, str) and t.strip() for t in self.targets):
-            raise ValueError(f"targets must be a non-empty list of non-empty strings, got {self.targets!r}")
-        self.targets = list(self.targets)
+        if self.targets is not None:
+            if isinstance(self.targets, str) or not isinstance(self.targets, list | tuple):
+                raise ValueError(f"targets must be a list of pattern strings, got {self.targets!r}")
+            if not self.targets or not all(isinstance(t, str) and t.strip() for t in self.targets):
+                raise ValueError(f"targets must be a non-empty list of non-empty strings, got {self.targets!r}")
+            self.targets = list(self.targets)
         self.rank = check_rank(self.rank, "rank")
+        _choice("variant", self.variant, VARIANTS)
+        if self.rank_schedule is None and self.variant == "rr":
+            self.rank_schedule = "rr"
         if self.rank_schedule is not None:
             self.rank_schedule = normalize_schedule(self.rank_schedule)
-        _choice("norm", self.norm, list(NORMS))
         _choice("current_mode", self.current_mode, list(MODES))
+        if self.norm is not None:
+            _choice("norm", self.norm, list(NORMS))
+            if MODES[self.current_mode].default_norm is None:
+                raise ValueError(f"norm {self.norm!r} has no effect with current_mode {self.current_mode!r} "
+                                 "(stored terms are never normalised, n_k = 1): remove `norm`, or use "
+                                 "current_mode 'official' or 'paper'")
         _choice("kd_fit", self.kd_fit, KD_FITS)
+        _choice("kd_residual", self.kd_residual, KD_RESIDUALS)
         _choice("kernel", self.kernel, ["auto", *KERNELS])
         if self.magnitude_init is not None:
             if isinstance(self.magnitude_init, bool) or not isinstance(self.magnitude_init, int | float):
@@ -63,11 +84,22 @@ class SDLoRAConfig:
             if not math.isfinite(self.magnitude_init):
                 raise ValueError(f"magnitude_init must be finite, got {self.magnitude_init!r}")
             self.magnitude_init = float(self.magnitude_init)
-        if not isinstance(self.kd, bool):
-            raise ValueError(f"kd must be true or false, got {self.kd!r}")
         if isinstance(self.kd_tau, bool) or not isinstance(self.kd_tau, int | float) or not self.kd_tau >= 0:
             raise ValueError(f"kd_tau must be a number >= 0, got {self.kd_tau!r}")
         self.kd_tau = float(self.kd_tau)
+
+    @property
+    def kd(self) -> bool:
+        return self.variant == "kd"
+
+    @property
+    def resolved_targets(self) -> list[str]:
+        return list(self.targets) if self.targets is not None else list(DEFAULT_TARGETS)
+
+    @property
+    def resolved_norm(self) -> str:
+        """The normaliser in use ('product' for continuous, where it only serves diagnostics)."""
+        return self.norm or MODES[self.current_mode].default_norm or "product"
 
     def rank_for_task(self, task: int) -> int:
         """Rank of 0-indexed `task` (schedule, else the constant `rank`)."""
@@ -79,11 +111,24 @@ class SDLoRAConfig:
             return self.magnitude_init
         return MODES[self.current_mode].default_magnitude_init
 
+    def adapter_fields(self, **changes: Any) -> SDLoRAConfig:
+        """A plain SDLoRAConfig with this object's adapter fields (drops a subclass's training-only keys)."""
+        values = {f.name: getattr(self, f.name) for f in fields(SDLoRAConfig)}
+        values.update(changes)
+        return SDLoRAConfig(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SDLoRAConfig:
+        data = dict(data)
+        if "kd" in data:  # written before `variant` (v0.1 checkpoints): kd=true was variant kd
+            kd = data.pop("kd")
+            data.setdefault("variant", "kd" if kd else ("rr" if data.get("rank_schedule") else "plain"))
+        if MODES.get(data.get("current_mode", "continuous")) is not None and \
+                MODES[data.get("current_mode", "continuous")].default_norm is None:
+            data.pop("norm", None)  # v0.1 recorded an (inert) norm for continuous mode
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

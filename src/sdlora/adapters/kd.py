@@ -14,6 +14,14 @@ with SD-LoRA's parameterisation, where one magnitude per task is shared by all m
 alpha_k += alpha_t c_k keeps one scalar per task (and the absorbed part keeps training with alpha_k).
 Per-layer fit: one coefficient vector per matrix, stored as fixed per-matrix magnitude offsets; it absorbs
 more often but leaves the one-magnitude-per-task model.
+
+The test (`kd_residual`): ``relative`` (default) compares the relative residual above with tau (< tau). It is
+the residual of the terms the model actually multiplies, so it means the same in every mode (in `continuous`
+the stored terms are unnormalised, and an absolute residual would depend on their scale). ``paper`` is Eq. 7
+read literally: every matrix's direction unit-normalised (dir_k = U_k D_k / ||U_k D_k||_F, from the Gram:
+G_ij / sqrt(G_ii G_jj)), the joint fit averages the M matrices' Grams (so the new direction has unit norm),
+and the absolute residual is compared with tau (<= tau). Either way the absorbed coefficients come from the
+fit of the model's own terms, so absorption preserves the trained function.
 """
 
 from __future__ import annotations
@@ -40,19 +48,32 @@ def slice_grams(past_up: Tensor, past_down: Tensor, col_task: Tensor, divisor: T
     return onehot.t() @ entry @ onehot
 
 
-def least_squares(gram: Tensor, live: list[int]) -> tuple[list[float], float]:
-    """Coefficients c (one per stored slot; 0 for slots not in `live`) and the relative residual."""
+def unit_grams(gram: Tensor) -> Tensor:
+    """Gram matrices of the unit-normalised terms E_k / ||E_k||_F (the paper's dir_k), from the Gram alone."""
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    inv = torch.where(norms > 0, norms.reciprocal(), torch.zeros_like(norms))
+    return gram * inv[..., :, None] * inv[..., None, :]
+
+
+def least_squares(gram: Tensor, live: list[int], relative: bool = True) -> tuple[list[float], float]:
+    """Coefficients c (one per stored slot; 0 for slots not in `live`) and the residual of the new term.
+
+    relative: ||E_t - sum_k c_k E_k|| / ||E_t||; otherwise the absolute residual ||E_t - sum_k c_k E_k||.
+    """
     new = gram.shape[0] - 1
     coeffs = [0.0] * new
     gtt = float(gram[new, new])
     if not live:
-        return coeffs, 1.0 if gtt > 0 else 0.0
+        return coeffs, (1.0 if relative else math.sqrt(max(gtt, 0.0))) if gtt > 0 else 0.0
     idx = torch.tensor(live)
     g_old = gram[idx][:, idx]
     g = gram[idx, new]
     c = torch.linalg.pinv(g_old, hermitian=True) @ g
     res2 = gtt - 2 * float(c @ g) + float(c @ g_old @ c)
-    residual = math.sqrt(max(res2, 0.0) / gtt) if gtt > 0 else 0.0
+    if not relative:
+        residual = math.sqrt(max(res2, 0.0))
+    else:
+        residual = math.sqrt(max(res2, 0.0) / gtt) if gtt > 0 else 0.0
     for k, value in zip(live, c.tolist()):
         coeffs[k] = value
     return coeffs, residual

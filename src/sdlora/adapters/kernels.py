@@ -47,6 +47,11 @@ class Terms:
     def has_current(self) -> bool:
         return self.cur_down is not None
 
+    def to(self, dtype: torch.dtype) -> Terms:
+        """The same terms in another dtype (float64 for exact merges)."""
+        return Terms(*(None if t is None else t.detach().to(dtype) for t in (
+            self.past_scale, self.past_down, self.past_up, self.cur_scale, self.cur_down, self.cur_up)))
+
     def stacked(self) -> tuple[Tensor, Tensor, Tensor]:
         """(downs [S, R', in], ups [S, w, R'], scales [S, R']) with past columns first, then current."""
         parts = []

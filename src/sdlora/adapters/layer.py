@@ -21,8 +21,14 @@ from torch import Tensor, nn
 from sdlora.adapters.kernels import KERNELS, Terms, add_delta_, choose_kernel
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.modes import CurrentMode
-from sdlora.adapters.norms import NormFn
+from sdlora.adapters.norms import NormFn, safe_divisor
 from sdlora.adapters.targets import Slice, SlicedLinear
+
+
+def _one_slice(terms: Terms, s: int) -> Terms:
+    """The terms of output slice `s` alone (a leading slice dim of 1)."""
+    return Terms(*(None if t is None else t[s:s + 1] for t in (
+        terms.past_scale, terms.past_down, terms.past_up, terms.cur_scale, terms.cur_down, terms.cur_up)))
 
 
 class DirectionBank(nn.Module):
@@ -77,6 +83,17 @@ class DirectionBank(nn.Module):
         self.divisor = torch.cat([self.divisor, div[:, None]], 1)
         self.offset = torch.cat([self.offset, self.offset.new_zeros(self.num_slices, 1)], 1)
         self.cur_down = self.cur_up = None
+
+    @torch.no_grad()
+    def normalize_stored(self, norm: NormFn) -> None:
+        """n_k = norm(U_k, D_k) for every stored direction (idempotent: the stored factors never change)."""
+        counts = torch.bincount(self.col_task, minlength=self.num_stored).tolist()
+        start = 0
+        for k, rank in enumerate(counts):
+            if rank:
+                cols = slice(start, start + rank)
+                self.divisor[:, k] = safe_divisor(norm(self.past_up[:, :, cols], self.past_down[:, cols]))
+            start += rank
 
     def set_state(self, ranks: list[int], past_down: Tensor, past_up: Tensor, divisor: Tensor,
                   offset: Tensor, cur_down: Tensor | None, cur_up: Tensor | None) -> None:
@@ -167,16 +184,31 @@ class SDLoRALinear(SlicedLinear):
         return add_delta_(torch.zeros_like(weight), self.terms(), self.bounds)
 
     @torch.no_grad()
+    def merged_weight(self) -> Tensor:
+        """W0 + delta with the sum taken in float64 and cast once: `merge` and every export write this tensor."""
+        weight = self.base.weight
+        if self.merged:
+            return weight.detach().clone()
+        terms = self.terms().to(torch.float64)
+        out = weight.detach().clone()
+        for s, (a, b) in enumerate(self.bounds):
+            rows = weight[a:b].detach().to(torch.float64)
+            add_delta_(rows, _one_slice(terms, s), ((0, b - a),))
+            out[a:b] = rows.to(weight.dtype)
+        return out
+
+    @torch.no_grad()
     def merge(self) -> None:
-        """W0[rows] += delta, once; the W0 rows are kept so `unmerge` restores them bit for bit.
+        """W0 <- `merged_weight()`, once; the W0 rows are kept so `unmerge` restores them bit for bit.
 
         While merged the layer is the plain Linear (nothing trains through the adapter until `unmerge`).
         """
         if self.merged:
             return
         weight = self.base.weight
+        merged = self.merged_weight()
         self.w0_rows = torch.cat([weight[a:b] for a, b in self.bounds]).clone()
-        add_delta_(weight.data, self.terms(), self.bounds)
+        weight.data.copy_(merged)
         self.merged = True
 
     @torch.no_grad()

@@ -1,18 +1,21 @@
-"""How the current task's direction is trained, frozen and how magnitudes start (config key `current_mode`).
+"""How the current task's direction is trained, frozen and how a new task starts (config key `current_mode`).
 
 Per adapted matrix, while task t trains:  W = W0 + sum_{k<t} alpha_k U_k D_k / n_k + alpha_t * c_t * U_t D_t
-Each mode is one small class (PEFT-variant style) with four hooks:
+(`sdlora.adapters.reference.dense_update` is this line as code). Each mode is one small class (PEFT-variant
+style) with these hooks:
 
 * ``init_factors``: initial U_t, D_t;
-* ``begin_magnitudes``: what happens to the magnitude slots when a task starts;
+* ``start_task``: what happens to the stored terms and the magnitudes when a task starts;
 * ``current_factor``: c_t, the factor on alpha_t * U_t D_t while training (None means 1);
 * ``frozen_divisor``: n_t stored when the task ends (the past term is alpha_t U_t D_t / n_t).
 
-Modes:
+Modes (timelines in docs/sdlora.md):
 
-``official`` (the released code): U_t = 0, D_t ~ kaiming_uniform(a=sqrt(5)); trained unnormalised (c_t = 1);
-frozen with n_t = norm(U_t, D_t), so the function jumps at the end of a task; every magnitude is re-created at
-`magnitude_init` (0.8) when a task starts.
+``official`` (the released code): U_t = 0, D_t ~ kaiming_uniform(a=sqrt(5)); trained unnormalised (c_t = 1).
+Ending a task stores the trained term as it is (n_t = 1 for now), so the evaluation after task t scores the
+trained function, as the released code's does. When the next task starts, the released code rebuilds the
+model: every stored direction is divided by norm(U_k, D_k) and every magnitude is re-created at
+`magnitude_init` (0.8); `start_task` does both, together. The last task's direction is never normalised.
 
 ``paper`` (Eq. 4): the current direction is normalised while it trains, c_t = 1 / norm(U_t, D_t) (gradient
 flows through the norm). That needs a non-zero start: both factors get PyTorch's nn.Linear init
@@ -23,20 +26,22 @@ the new slot starts at `magnitude_init`, default 1.0 ("all initialized to ones",
 ``continuous`` (ours, the default): trained like official (U_t = 0, so nothing changes when a task starts),
 frozen with n_t = 1, i.e. the frozen term is exactly the trained term alpha_t U_t D_t; magnitudes carry over.
 The learned function is identical just before and just after every task boundary. (A shared alpha cannot
-absorb per-matrix norms, so storing the direction unnormalised is the only exact choice; `norm` then only
-matters for diagnostics.)
+absorb per-matrix norms, so storing the direction unnormalised is the only exact choice; `norm` has no role.)
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.norms import NormFn, safe_divisor
+
+if TYPE_CHECKING:
+    from sdlora.adapters.layer import DirectionBank
 
 MODES: dict[str, type[CurrentMode]] = {}
 
@@ -53,10 +58,12 @@ def kaiming_uniform_down(down: Tensor) -> None:
 
 
 class CurrentMode:
-    """Base class: the official-code behaviour for every hook."""
+    """Base class: zero-start current direction, normalised when frozen, magnitudes carried over."""
 
     name: ClassVar[str]
     default_magnitude_init: ClassVar[float] = 0.8
+    #: the normaliser the mode uses by default (None: the mode never normalises, `norm` has no role)
+    default_norm: ClassVar[str | None] = "product"
 
     @torch.no_grad()
     def init_factors(self, up: Tensor, down: Tensor) -> None:
@@ -64,9 +71,11 @@ class CurrentMode:
         up.zero_()
         kaiming_uniform_down(down)
 
-    def begin_magnitudes(self, magnitudes: Magnitudes, task: int, init: float) -> None:
-        """Carry learned magnitudes over; the new slot starts at `init`."""
-        magnitudes.append(init)
+    def start_task(self, banks: list[DirectionBank], magnitudes: Magnitudes, num_stored: int, init: float,
+                   new_slot: bool, norm: NormFn) -> None:
+        """A task starts: learned magnitudes carry over; a new direction gets a slot at `init`."""
+        if new_slot:
+            magnitudes.append(init)
 
     def current_factor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor | None:
         """c_t per slice ([S]) multiplying alpha_t U_t D_t in the training forward; None means 1."""
@@ -77,13 +86,26 @@ class CurrentMode:
         return safe_divisor(norm(up, down)).detach()
 
 
+def unit_divisor(up: Tensor) -> Tensor:
+    """n_t = 1 per slice: the stored term is the trained term."""
+    return torch.ones(up.shape[:-2], device=up.device, dtype=up.dtype)
+
+
 @register_mode
 class OfficialMode(CurrentMode):
     name = "official"
+    default_norm = "factors"
 
-    def begin_magnitudes(self, magnitudes: Magnitudes, task: int, init: float) -> None:
-        """Every slot, old ones too, re-created at `init` (released code: backbone rebuilt per task)."""
-        magnitudes.reset(task + 1, init)
+    def start_task(self, banks: list[DirectionBank], magnitudes: Magnitudes, num_stored: int, init: float,
+                   new_slot: bool, norm: NormFn) -> None:
+        """The released code's rebuild: stored directions divided by their norm, every magnitude at `init`."""
+        for bank in banks:
+            bank.normalize_stored(norm)
+        magnitudes.reset(num_stored + int(new_slot), init)
+
+    def frozen_divisor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor:
+        """Stored unnormalised: the model evaluated after the task is the trained one (normalised at the next)."""
+        return unit_divisor(up)
 
 
 @register_mode
@@ -105,7 +127,8 @@ class PaperMode(CurrentMode):
 @register_mode
 class ContinuousMode(CurrentMode):
     name = "continuous"
+    default_norm = None
 
     def frozen_divisor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor:
         """n_t = 1: the frozen term equals the trained term, the function is continuous."""
-        return torch.ones(up.shape[:-2], device=up.device, dtype=up.dtype)
+        return unit_divisor(up)

@@ -9,7 +9,8 @@ Table 4 ablations (`ablation`, plain variant only):
 * ``fixed_old``: W0 + dir_1 + ... + dir_{t-1} + alpha_t dir_t: each old component stays exactly as it was at
   the end of its task (its magnitude is frozen, never rescaled; "dir_k" absorbs alpha_k). A gradient hook
   zeroes the old entries of the magnitude vector and the magnitudes' param group has no weight decay, so
-  SGD (momentum), Adam and AdamW leave them untouched; the `official` mode's re-creation at 0.8 is undone.
+  SGD (momentum), Adam and AdamW leave them untouched; in every mode the task start keeps the stored terms
+  as they are (no `official` rebuild).
 (The third ablation, "W0 + alpha dir(AB)" with one direction that keeps training, is
 `seq_lora` with `decoupled: true`.)
 """
@@ -29,66 +30,43 @@ from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
 
-RR_SCHEDULE = [[0, 10], [4, 8], [8, 6]]
-
 
 @METHODS.register("sdlora")
 class SDLoRA(Method):
     """SD-LoRA: frozen past directions, magnitudes that keep learning; RR and KD by options."""
 
     @dataclass
-    class Options:
-        rank: int = 10
-        targets: list[str] | None = None  # None: the backbone's default (q and v)
-        norm: Literal["product", "factors"] = "product"
-        current_mode: Literal["official", "paper", "continuous"] = "continuous"
-        magnitude_init: float | None = None  # None: the mode's default (0.8; paper mode 1.0)
-        variant: Literal["plain", "rr", "kd"] = "plain"
-        rank_schedule: list[list[int]] | None = None  # [[first_task, rank], ...]; rr default 10/8/6
-        kd_tau: float = 9e-4
-        kd_fit: Literal["joint", "per_layer"] = "joint"
+    class Options(SDLoRAConfig):
+        """The adapter's keys (`SDLoRAConfig`, declared there once) plus the training-only ones below."""
+
         magnitude_lr: float | None = None  # learning rate of the magnitudes (None: train.lr)
+        # weight decay of the magnitudes: none by default (the released code uses none; decaying alpha pulls
+        # every old task's term towards zero, i.e. it is forgetting by construction)
+        magnitude_weight_decay: float = 0.0
         ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if self.ablation != "none" and self.variant != "plain":
                 raise ValueError(f"ablation {self.ablation!r} needs variant 'plain', got {self.variant!r}")
+            if self.magnitude_weight_decay < 0:
+                raise ValueError(f"magnitude_weight_decay must be >= 0, got {self.magnitude_weight_decay}")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
         super().__init__(backbone, options, train)
-        schedule = options.rank_schedule
-        if schedule is None and options.variant == "rr":
-            schedule = RR_SCHEDULE
-        self.adapter = SDLoRAAdapter(
-            backbone.model,
-            SDLoRAConfig(
-                targets=options.targets or backbone.default_targets,
-                rank=options.rank,
-                rank_schedule=schedule,
-                norm=options.norm,
-                current_mode=options.current_mode,
-                magnitude_init=options.magnitude_init,
-                kd=options.variant == "kd",
-                kd_tau=options.kd_tau,
-                kd_fit=options.kd_fit,
-            ),
-        )
+        config = options.adapter_fields(targets=options.targets or backbone.default_targets)
+        self.adapter = SDLoRAAdapter(backbone.model, config)
         self._old_magnitudes_hook: torch.utils.hooks.RemovableHandle | None = None
-
-    @property
-    def _reuses_first_direction(self) -> bool:
-        """first_direction_only after task 1: no new direction (the adapter's task stays closed)."""
-        return self.options.ablation == "first_direction_only" and self.adapter.num_tasks >= 1
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
-        if self._reuses_first_direction:
-            return
-        old = self.adapter.magnitudes.alpha.detach().clone()
-        self.adapter.begin_task()
+        ablation = self.options.ablation
+        # first_direction_only: after task 1 no new direction (the mode's task-start rule still applies);
+        # fixed_old: stored terms stay exactly as they were (no official rebuild, magnitudes carried over)
+        self.adapter.begin_task(new_direction=not (ablation == "first_direction_only" and self.adapter.num_tasks),
+                                preserve_stored=ablation == "fixed_old")
         self.adapter.to(next(self.backbone.parameters()).device)
-        if self.options.ablation == "fixed_old":
-            self.adapter.magnitudes.alpha.data[: old.numel()] = old.to(self.adapter.magnitudes.alpha)
+        if ablation == "fixed_old":
             self._freeze_old_magnitudes()
 
     def _freeze_old_magnitudes(self) -> None:
@@ -107,8 +85,8 @@ class SDLoRA(Method):
         directions = [p for p in self.adapter.trainable_parameters() if id(p) not in ids]
         lr = self.options.magnitude_lr
         groups.append({"params": directions})
-        no_decay = {"weight_decay": 0.0} if self.options.ablation == "fixed_old" else {}
-        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {}), **no_decay})
+        decay = 0.0 if self.options.ablation == "fixed_old" else self.options.magnitude_weight_decay
+        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {}), "weight_decay": decay})
         return groups
 
     @torch.no_grad()
