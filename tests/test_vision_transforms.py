@@ -78,8 +78,19 @@ def test_paper_benchmarks_default_to_official_and_image_folder_to_none():
     for name in ("imagenet_r", "imagenet_a", "cub200", "domainnet", "cifar100"):
         opts = BENCHMARKS.get(name).Options()
         assert (opts.augment, opts.normalize, opts.image_size) == ("official", "none", 224), name
+        assert not opts.needs_model()
     opts = options()
-    assert (opts.augment, opts.normalize, opts.image_size) == ("none", "model", "model")
+    assert (opts.augment, opts.normalize, opts.image_size) == ("none", "model", "model") and opts.needs_model()
+    assert options(image_size=32, normalize="none", augment="timm").needs_model()  # timm's crop_pct, interpolation
+
+
+def test_the_engine_binds_the_backbones_data_config_only_when_asked(tmp_path):
+    data = {"benchmark": {"name": "image_folder", "options": {"root": str(tmp_path)}},
+            "backbone": {"name": "timm_vit", "options": TINY_VIT}, "method": {"name": "linear_probe"}}
+    bound = make_benchmark(load_config(data=data)).options
+    assert bound.model_data["input_size"] == (3, 32, 32) and bound.resolve().image_size == 32
+    data["benchmark"]["options"].update(image_size=16, normalize="none")
+    assert make_benchmark(load_config(data=data)).options.model_data == {}
 
 
 def test_tiny_vit_data_config_has_its_own_input_size_and_the_tags_stats():

@@ -114,6 +114,10 @@ class TransformOptions:
         if self.timm is not None and self.augment != "timm":
             raise ValueError(f"timm: options are only used with augment: timm (augment is {self.augment!r})")
 
+    def needs_model(self) -> bool:
+        """Whether any value comes from the backbone (`model`, or timm's interpolation and crop_pct)."""
+        return "model" in (self.image_size, self.normalize) or self.augment == "timm"
+
     def bind_model(self, data_config: dict[str, Any]) -> None:
         """Give `model` values their meaning: the backbone's timm data config (`resolve_model_data_config`)."""
         self.model_data = dict(data_config)

@@ -23,7 +23,7 @@ def make_benchmark(cfg: RunConfig) -> Any:
     """The benchmark object; image benchmarks get the backbone's data config for their `model` options."""
     entry = BENCHMARKS.get(cfg.benchmark.name)
     options = resolve_options(entry.Options, cfg.benchmark.options, "benchmark.options")
-    if isinstance(options, TransformOptions):
+    if isinstance(options, TransformOptions) and options.needs_model():  # a paper config needs no backbone
         options.bind_model(backbone_data_config(cfg))
     return entry(options, resolve_data_root(cfg.benchmark.data_root))
 
