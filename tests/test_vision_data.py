@@ -71,8 +71,9 @@ def test_generic_image_folder_with_renamed_splits(tmp_path):
     root = tmp_path / "mine"
     make_tree(root, classes=["cat", "dog"], train=2, test=1)
     (root / "train").rename(root / "training")
-    data = load_benchmark("image_folder", {"root": str(root), "train_dir": "training"}, None)
-    assert data.class_names == ["cat", "dog"]
+    options = {"root": str(root), "train_dir": "training", "image_size": 16, "normalize": "none"}
+    data = load_benchmark("image_folder", options, None)
+    assert data.class_names == ["cat", "dog"] and tuple(data.train[0][0].shape) == (3, 16, 16)
     assert len(data.train) == 4 and len(data.test) == 2
     assert data.info["locations"]["train"] == str(root / "training")
 

@@ -35,12 +35,16 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
+        errors = {}
         for option in get_args(tp):
             try:
                 return convert(option, value, key)
             except ConfigError as err:
-                errors.append(err)
+                errors[option] = err
+        # a mapping meant for the one mapping-typed option: its own error names the inner key
+        shaped = [err for option, err in errors.items() if dataclasses.is_dataclass(option)]
+        if isinstance(value, dict) and len(shaped) == 1:
+            raise shaped[0]
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):

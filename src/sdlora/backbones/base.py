@@ -20,6 +20,14 @@ class Backbone(nn.Module):
     default_targets: list[str]
     model: nn.Module
 
+    @classmethod
+    def data_config(cls, options: Any) -> dict[str, Any]:
+        """What the model expects as images (timm data config: input_size, mean, std, ...); {} if nothing.
+
+        A classmethod, so the benchmark's transforms are resolved before any weights load.
+        """
+        return {}
+
     def collate(self, samples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
         inputs, labels = zip(*samples, strict=True)
         return torch.stack(list(inputs)), torch.as_tensor(labels, dtype=torch.long)

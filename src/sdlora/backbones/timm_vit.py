@@ -13,6 +13,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.data import resolve_model_data_config
 from timm.models import get_deprecated_models, get_pretrained_cfg
 
 from sdlora.backbones.base import Backbone, weights_sha256
@@ -110,6 +111,22 @@ class TimmViT(Backbone):
         self.default_targets = ["blocks.*.attn.qkv[q,v]"]
         self.weights_hash = weights_sha256(self.model.state_dict())
         self.freeze()
+
+    @classmethod
+    def data_config(cls, options: Options) -> dict[str, Any]:
+        """timm's `resolve_model_data_config` of the model built on the meta device (no weights, no download).
+
+        The input size is the model's own (`model_kwargs.img_size` included); timm's pretrained config
+        keeps the tag's size even when the model is built for another one.
+        """
+        with torch.device("meta"):
+            model = timm.create_model(resolve_tag(options.model, False), pretrained=False,
+                                      **{"num_classes": 0, **options.model_kwargs})
+        config = dict(resolve_model_data_config(model))
+        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if img_size is not None:
+            config["input_size"] = (3, *img_size)
+        return config
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)

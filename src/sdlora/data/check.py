@@ -16,10 +16,9 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from sdlora.config import RunConfig, resolve_options
-from sdlora.data.base import resolve_data_root
+from sdlora.config import RunConfig
 from sdlora.data.image_folder import READ_ERRORS, Inventory, verify_image
-from sdlora.registry import BENCHMARKS
+from sdlora.engine.build import make_benchmark
 from sdlora.typed import ConfigError
 
 #: an approximate split size matches when every split is within this fraction of it
@@ -202,9 +201,7 @@ def run_check(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
     report = Report(out)
     print(f"sdlora data check: benchmark {name!r}", file=out)
     try:
-        entry = BENCHMARKS.get(name)
-        options = resolve_options(entry.Options, cfg.benchmark.options, "benchmark.options")
-        bench = entry(options, resolve_data_root(cfg.benchmark.data_root))
+        bench = make_benchmark(cfg)
         expected = getattr(bench, "expected_counts", None)
         known = expected() if expected is not None else KNOWN_COUNTS.get(name)
         location = getattr(bench, "location", None)

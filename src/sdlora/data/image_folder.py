@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from sdlora.data.base import BenchmarkData, resolve_folder
-from sdlora.data.transforms import TransformOptions, describe, eval_transform, train_transform
+from sdlora.data.transforms import TransformOptions, build_transforms, describe
 
 OnCorrupt = Literal["skip", "stop"]
 
@@ -185,11 +185,11 @@ def scan_split_folders(root: Path, split_dirs: dict[str, str]) -> Inventory:
     return inventory
 
 
-def build_splits(inventory: Inventory, options: FileOptions) -> dict[str, ImageFiles]:
-    """One lazily decoding dataset per split: train augmentation for `train`, eval transform otherwise."""
-    size, norm = options.image_size, options.normalize
-    transforms = {"train": train_transform(size, norm)}
-    return {split: ImageFiles(samples, transforms.get(split, eval_transform(size, norm)), options.on_corrupt)
+def build_splits(inventory: Inventory, options: FileOptions,
+                 transforms: dict[str, Any] | None = None) -> dict[str, ImageFiles]:
+    """One lazily decoding dataset per split: train augmentation for `train`, the test transform otherwise."""
+    transforms = transforms if transforms is not None else build_transforms(options)
+    return {split: ImageFiles(samples, transforms.get(split, transforms["test"]), options.on_corrupt)
             for split, samples in inventory.splits.items()}
 
 
@@ -199,7 +199,8 @@ def checked_data(inventory: Inventory, options: FileOptions, info: dict[str, Any
         raise ValueError(f"{info.get('benchmark', 'benchmark')}: " + "; ".join(inventory.fatal))
     for problem in inventory.warnings:
         warnings.warn(f"{info.get('benchmark', 'benchmark')}: {problem}", stacklevel=3)
-    sets = build_splits(inventory, options)
+    transforms = build_transforms(options)
+    sets = build_splits(inventory, options, transforms)
     val = sets.get("val")
     return BenchmarkData(
         train=sets["train"], train_targets=sets["train"].targets,
@@ -207,8 +208,8 @@ def checked_data(inventory: Inventory, options: FileOptions, info: dict[str, Any
         val=val, val_targets=None if val is None else val.targets,
         class_names=list(inventory.class_names),
         info={**info, "counts": inventory.counts(), "locations": inventory.locations,
-              "transforms": describe(options.image_size, options.normalize), "normalize": options.normalize,
-              "on_corrupt": options.on_corrupt, "problems": list(inventory.problems)},
+              "transforms": describe(options, transforms), "on_corrupt": options.on_corrupt,
+              "problems": list(inventory.problems)},
     )
 
 

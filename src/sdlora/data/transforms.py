@@ -1,28 +1,46 @@
-"""Image transforms of the official SD-LoRA / PILOT code, with normalisation as a visible option.
+"""Image transforms of every image benchmark: augmentation, size and normalisation as visible options.
 
-Train: RandomResizedCrop(size, scale=(0.05, 1), ratio=(3/4, 4/3)) -> RandomHorizontalFlip -> ToTensor.
-Eval:  Resize(size * 256/224, bicubic) -> CenterCrop(size) -> ToTensor.
-The official code feeds [0, 1] pixels (no mean/std), although the augreg weights expect mean = std = 0.5;
-`normalize: none` reproduces the published numbers, `inception` / `imagenet` add the matching Normalize.
+`augment` picks the training pipeline from `AUGMENTS` (a registry of builders, one per name):
+
+- `official`: the released SD-LoRA / PILOT code. Train RandomResizedCrop(size, scale 0.05-1, ratio 3/4-4/3)
+  -> RandomHorizontalFlip -> ToTensor; eval Resize(size * 256/224, bicubic) -> CenterCrop(size) -> ToTensor.
+- `none`: no augmentation; training uses the eval transform (resize + centre crop), so nothing about the
+  data's invariances is assumed (flips and small crops destroy digits, text, centred objects).
+- `timm`: `timm.data.create_transform` with the options in `timm` (scale, ratio, hflip, auto_augment,
+  re_prob, ...); interpolation and crop_pct default to the backbone's pretrained config.
+
+`normalize`: `none` ([0, 1] pixels, as the official code, although the augreg weights expect
+mean = std = 0.5), `imagenet` / `inception`, `model` (the backbone's own mean/std from timm's pretrained
+config), or explicit `{mean: [...], std: [...]}`. `image_size: model` takes the backbone's input size.
+`model` values need the backbone's data config, bound with `TransformOptions.bind_model` by the engine.
+Images reach the transforms as RGB (`open_rgb` converts grayscale, palette and RGBA files), and every
+pipeline resizes to `image_size`, so small and grayscale images need nothing special.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from timm.data import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     IMAGENET_INCEPTION_MEAN,
     IMAGENET_INCEPTION_STD,
+    create_transform,
 )
 from torchvision import transforms as T
 
-Normalize = Literal["none", "imagenet", "inception"]
+from sdlora.typed import to_dict
 
-#: mean and std per `normalize` option (None: pixels stay in [0, 1], as the official code)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+Normalize = Literal["none", "imagenet", "inception", "model"]
+Augment = Literal["official", "none", "timm"]
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+#: mean and std per named `normalize` option (None: pixels stay in [0, 1], as the official code);
+#: `model` is resolved from the backbone's data config
+NORMALIZATIONS: dict[str, Stats | None] = {
     "none": None,
     "imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
     "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD),  # mean = std = 0.5
@@ -32,20 +50,133 @@ TRAIN_SCALE = (0.05, 1.0)
 TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
-def _finish(steps: list, normalize: str) -> T.Compose:
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize: {normalize!r} is not allowed; allowed: {', '.join(NORMALIZATIONS)}")
+@dataclass
+class MeanStd:
+    """Explicit normalisation statistics, one value per channel."""
+
+    mean: list[float]
+    std: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"normalize: mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+
+
+@dataclass
+class TimmAugment:
+    """Arguments of `timm.data.create_transform` (training side); the defaults are timm's own."""
+
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area range of the random crop
+    ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])  # aspect-ratio range
+    hflip: float = 0.5  # horizontal flip probability (0 for text, digits, anything orientation-sensitive)
+    vflip: float = 0.0
+    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1" (RandAugment), "augmix-m5-w4-d2"
+    re_prob: float = 0.0  # random erasing probability
+    re_mode: str = "const"
+    re_count: int = 1
+    interpolation: str | None = None  # None: the backbone's (bicubic for ViTs), else timm's "bilinear"
+    crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's, else 224/256
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "ratio"):
+            value = getattr(self, name)
+            if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
+                raise ValueError(f"timm.{name}: expected [low, high] with 0 < low <= high, got {value}")
+
+
+@dataclass
+class Resolved:
+    """Transform settings with every `model` value replaced by the backbone's."""
+
+    augment: str
+    image_size: int
+    stats: Stats | None
+    interpolation: str
+    crop_pct: float
+    timm: TimmAugment | None
+
+
+@dataclass
+class TransformOptions:
+    """Benchmark options shared by every image benchmark."""
+
+    image_size: int | Literal["model"] = 224  # crop size; `model`: the backbone's input size
+    normalize: Normalize | MeanStd = "none"  # none (official code: [0, 1] pixels) | imagenet | inception | model
+    augment: Augment = "official"  # training augmentation: official | none | timm
+    timm: TimmAugment | None = None  # create_transform arguments, only with augment: timm
+    #: the backbone's timm data config (input_size, mean, std, interpolation, crop_pct); not a config key
+    model_data: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int) and self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.timm is not None and self.augment != "timm":
+            raise ValueError(f"timm: options are only used with augment: timm (augment is {self.augment!r})")
+
+    def needs_model(self) -> bool:
+        """Whether any value comes from the backbone (`model`, or timm's interpolation and crop_pct)."""
+        return "model" in (self.image_size, self.normalize) or self.augment == "timm"
+
+    def bind_model(self, data_config: dict[str, Any]) -> None:
+        """Give `model` values their meaning: the backbone's timm data config (`resolve_model_data_config`)."""
+        self.model_data = dict(data_config)
+
+    def _model(self, key: str, option: str) -> Any:
+        if key not in self.model_data:
+            raise ValueError(f"benchmark.options.{option}: 'model' needs the backbone's data config ({key}), and "
+                             "none is bound (a timm backbone gives one; else set explicit values)")
+        return self.model_data[key]
+
+    def resolve(self) -> Resolved:
+        """Settings with `model` replaced by the backbone's input size, mean/std, interpolation and crop_pct."""
+        size = self.image_size
+        if size == "model":
+            height, width = self._model("input_size", "image_size")[-2:]
+            if height != width:
+                raise ValueError(f"image_size: model: the backbone's input is {height}x{width}; set a square size")
+            size = int(height)
+        stats: Stats | None
+        if isinstance(self.normalize, MeanStd):
+            stats = (tuple(self.normalize.mean), tuple(self.normalize.std))
+        elif self.normalize == "model":
+            stats = (tuple(self._model("mean", "normalize")), tuple(self._model("std", "normalize")))
+        else:
+            stats = NORMALIZATIONS[self.normalize]
+        tim = self.timm if self.timm is not None or self.augment != "timm" else TimmAugment()
+        interpolation = (tim and tim.interpolation) or self.model_data.get("interpolation", "bilinear")
+        crop_pct = (tim and tim.crop_pct) or self.model_data.get("crop_pct", 224 / 256)
+        return Resolved(self.augment, int(size), stats, interpolation, float(crop_pct), tim)
+
+
+def _finish(steps: list, stats: Stats | None) -> T.Compose:
     steps.append(T.ToTensor())
-    stats = NORMALIZATIONS[normalize]
     if stats is not None:
         steps.append(T.Normalize(mean=stats[0], std=stats[1]))
     return T.Compose(steps)
 
 
-def train_transform(image_size: int = 224, normalize: str = "none") -> T.Compose:
+def _stats(normalize: str) -> Stats | None:
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize: {normalize!r} is not allowed; allowed: {', '.join(NORMALIZATIONS)}")
+    return NORMALIZATIONS[normalize]
+
+
+def official_train(image_size: int, stats: Stats | None) -> T.Compose:
     """RandomResizedCrop(scale 0.05-1, ratio 3/4-4/3) + horizontal flip + ToTensor (+ Normalize)."""
     return _finish([T.RandomResizedCrop(image_size, scale=TRAIN_SCALE, ratio=TRAIN_RATIO),
-                    T.RandomHorizontalFlip(p=0.5)], normalize)
+                    T.RandomHorizontalFlip(p=0.5)], stats)
+
+
+def official_eval(image_size: int, stats: Stats | None) -> T.Compose:
+    """Resize(size * 256/224, bicubic) + CenterCrop(size) + ToTensor (+ Normalize)."""
+    return _finish([T.Resize(eval_resize(image_size), interpolation=T.InterpolationMode.BICUBIC),
+                    T.CenterCrop(image_size)], stats)
+
+
+def train_transform(image_size: int = 224, normalize: str = "none") -> T.Compose:
+    """The official training transform with a named normalisation."""
+    return official_train(image_size, _stats(normalize))
 
 
 def eval_resize(image_size: int) -> int:
@@ -54,30 +185,53 @@ def eval_resize(image_size: int) -> int:
 
 
 def eval_transform(image_size: int = 224, normalize: str = "none") -> T.Compose:
-    """Resize(size * 256/224, bicubic) + CenterCrop(size) + ToTensor (+ Normalize)."""
-    return _finish([T.Resize(eval_resize(image_size), interpolation=T.InterpolationMode.BICUBIC),
-                    T.CenterCrop(image_size)], normalize)
+    """The official evaluation transform with a named normalisation."""
+    return official_eval(image_size, _stats(normalize))
 
 
-@dataclass
-class TransformOptions:
-    """Benchmark options shared by every image benchmark."""
-
-    image_size: int = 224  # crop size; tiny tests use e.g. 32 (resize int(32 * 256/224) before the crop)
-    normalize: Normalize = "none"  # none (official code: [0, 1] pixels) | imagenet | inception (0.5, 0.5)
-
-    def __post_init__(self) -> None:
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
+def _official(r: Resolved) -> dict[str, T.Compose]:
+    return {"train": official_train(r.image_size, r.stats), "test": official_eval(r.image_size, r.stats)}
 
 
-def describe(image_size: int, normalize: str) -> dict[str, str]:
-    """The transforms as text, recorded in results.json."""
-    return {"train": repr(train_transform(image_size, normalize)),
-            "test": repr(eval_transform(image_size, normalize))}
+def _none(r: Resolved) -> dict[str, T.Compose]:
+    evaluation = official_eval(r.image_size, r.stats)
+    return {"train": evaluation, "test": evaluation}
+
+
+def _timm(r: Resolved) -> dict[str, T.Compose]:
+    # normalize=False in timm gives uint8 tensors; identity stats keep [0, 1] pixels and random erasing
+    mean, std = r.stats if r.stats is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    a = r.timm or TimmAugment()
+    common = {"input_size": r.image_size, "interpolation": r.interpolation, "mean": mean, "std": std}
+    train = create_transform(is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
+                             vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment,
+                             re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, **common)
+    return {"train": train, "test": create_transform(is_training=False, crop_pct=r.crop_pct, **common)}
+
+
+#: augment name -> builder of the train and test transforms
+AUGMENTS: dict[str, Callable[[Resolved], dict[str, T.Compose]]] = {
+    "official": _official, "none": _none, "timm": _timm,
+}
+
+
+def build_transforms(options: TransformOptions) -> dict[str, T.Compose]:
+    """`{"train": ..., "test": ...}` for the options (the test transform also serves val)."""
+    resolved = options.resolve()
+    return AUGMENTS[resolved.augment](resolved)
+
+
+def describe(options: TransformOptions, transforms: dict[str, T.Compose] | None = None) -> dict[str, Any]:
+    """The resolved transforms as text and values, recorded in results.json."""
+    r = options.resolve()
+    built = transforms if transforms is not None else AUGMENTS[r.augment](r)
+    return {"augment": r.augment, "normalize": to_dict(options.normalize), "image_size": r.image_size,
+            "mean": None if r.stats is None else list(r.stats[0]), "std": None if r.stats is None else list(r.stats[1]),
+            "train": repr(built["train"]), "test": repr(built["test"])}
 
 
 __all__ = [
-    "NORMALIZATIONS", "Normalize", "TransformOptions", "describe", "eval_resize", "eval_transform",
+    "AUGMENTS", "Augment", "MeanStd", "NORMALIZATIONS", "Normalize", "Resolved", "TimmAugment", "TransformOptions",
+    "build_transforms", "describe", "eval_resize", "eval_transform", "official_eval", "official_train",
     "train_transform",
 ]

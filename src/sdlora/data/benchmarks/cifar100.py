@@ -9,7 +9,7 @@ import numpy as np
 from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
 
 from sdlora.data.base import BenchmarkData, resolve_folder
-from sdlora.data.transforms import TransformOptions, describe, eval_transform, train_transform
+from sdlora.data.transforms import TransformOptions, build_transforms, describe
 from sdlora.registry import BENCHMARKS
 
 
@@ -33,8 +33,7 @@ class CIFAR100:
 
     def _split(self, train: bool, download: bool) -> TorchvisionCIFAR100:
         root = self.location()
-        size, norm = self.options.image_size, self.options.normalize
-        transform = train_transform(size, norm) if train else eval_transform(size, norm)
+        transform = build_transforms(self.options)["train" if train else "test"]
         try:
             return TorchvisionCIFAR100(root=str(root), train=train, transform=transform, download=download)
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
@@ -59,8 +58,7 @@ class CIFAR100:
             class_names=list(train.classes),
             info={"benchmark": self.title, "root": str(self.location()),
                   "counts": {"train": len(train), "test": len(test)},
-                  "transforms": describe(self.options.image_size, self.options.normalize),
-                  "normalize": self.options.normalize},
+                  "transforms": describe(self.options)},
         )
 
     def load_local(self) -> BenchmarkData:
