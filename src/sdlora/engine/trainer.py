@@ -116,6 +116,9 @@ class Trainer:
         for t in range(start_task, self.scenario.num_tasks):
             task = self.scenario.task(t)
             task_clock = time.perf_counter()
+            if task.size == 1 and self.cfg.train.loss == "current" and self.method.trains:
+                log.warning("task %d has one class: with train.loss 'current' its loss is identically zero "
+                            "(nothing is learned in this task); consider train.loss: seen", t + 1)
             resuming_mid_task = t == start_task and opt_meta is not None
             if not resuming_mid_task:
                 self.method.begin_task(task)

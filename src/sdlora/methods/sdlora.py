@@ -23,11 +23,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.adapters.rank_schedule import normalize_schedule
 from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
 
 RR_SCHEDULE = [[0, 10], [4, 8], [8, 6]]
 
@@ -38,7 +40,7 @@ class SDLoRA(Method):
 
     @dataclass
     class Options:
-        rank: int = 10
+        rank: PositiveInt = 10
         targets: list[str] | None = None  # None: the backbone's default (q and v)
         norm: Literal["product", "factors"] = "product"
         current_mode: Literal["official", "paper", "continuous"] = "continuous"
@@ -51,6 +53,8 @@ class SDLoRA(Method):
         ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
 
         def __post_init__(self) -> None:
+            if self.rank_schedule is not None:
+                normalize_schedule(self.rank_schedule)  # checked with the config, not when the adapter is built
             if self.ablation != "none" and self.variant != "plain":
                 raise ValueError(f"ablation {self.ablation!r} needs variant 'plain', got {self.variant!r}")
 
