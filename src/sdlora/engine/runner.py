@@ -23,6 +23,7 @@ from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
 
+SEED_REPORTS = ("metrics.csv", "accuracy_curve.png", "accuracy_matrix.png")
 RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
 
 
@@ -153,6 +154,9 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
             previous = json.loads(existing.read_text()) if resume and existing.is_file() else {}
             if previous.get("status") == "complete":
                 log.info("seed %d already complete", seed)
+                if not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
+                    write_metrics_csv(previous, folder / "metrics.csv")
+                    write_plots(previous, folder)
                 results.append(previous)
                 continue
             log.info("seed %d: %s on %s with %s, device %s", seed, cfg.method.name, cfg.benchmark.name,
