@@ -60,13 +60,15 @@ def environment() -> dict[str, str]:
 
 
 def comparable(out: Path) -> dict[str, Any]:
-    """results.json and metrics.csv of every seed, summary.json, without the timing fields; which plots exist."""
+    """results.json, metrics.csv and scalars.csv of every seed, summary.json, without the timing fields; which
+    plots exist."""
     found: dict[str, Any] = {}
     for path in sorted(out.glob("seed-*/results.json")):
         data = json.loads(path.read_text())
         found[path.parent.name] = {k: v for k, v in data.items() if k not in TIMING}
         rows = (path.parent / "metrics.csv").read_text().splitlines()
         found[f"{path.parent.name}/metrics.csv"] = [row.rsplit(",", 1)[0] for row in rows]  # time_s is last
+        found[f"{path.parent.name}/scalars.csv"] = (path.parent / "scalars.csv").read_text().splitlines()
         found[f"{path.parent.name}/plots"] = sorted(p.name for p in path.parent.glob("*.png"))
     found["summary"] = {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k != "out"}
     return found

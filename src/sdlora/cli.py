@@ -68,9 +68,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from sdlora.engine.loggers import LOGGERS
     from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 
-    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES)):
+    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES),
+                            ("loggers", LOGGERS)):
         print(f"{title}:")
         for name, doc in registry.describe().items():
             print(f"  {name:<14} {doc}")

@@ -192,6 +192,8 @@ class TrainConfig:
     head_init: Literal["random", "class_mean"] = "random"
     head_init_scale: float = 10.0
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):

@@ -8,6 +8,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import RunConfig, resolve_options
 from sdlora.data.base import BenchmarkData, resolve_data_root
 from sdlora.data.scenario import Scenario
+from sdlora.engine.loggers import check_loggers
 from sdlora.methods.base import Method
 from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 from sdlora.typed import ConfigError, to_dict
@@ -47,6 +48,7 @@ def validate_plugins(cfg: RunConfig) -> RunConfig:
         options = resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
         resolved[section] = dataclasses.replace(plugin, options=to_dict(options))
     cfg = dataclasses.replace(cfg, **resolved)
+    check_loggers(cfg.train.loggers)
     check_degenerate(cfg)
     return cfg
 

@@ -99,6 +99,15 @@ def remove_unstarted(out: Path, created: bool) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def interactive() -> bool:
+    """A terminal, or a Jupyter kernel (tqdm.auto draws widgets there, though stderr is no tty)."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 def _file_logger(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -120,7 +129,7 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
     out = Path(out)
     dev = pick_device(device or cfg.device)
     check_output(out, resume, overwrite)
-    quiet = quiet or not sys.stderr.isatty()  # progress bars only on a terminal
+    quiet = quiet or not interactive()  # progress bars on a terminal or in a notebook, never in a log file
     if quiet:
         from transformers.utils import logging as hf_logging
 
