@@ -13,6 +13,13 @@ class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong type; the message names the key."""
 
 
+class UnknownName(ConfigError, KeyError):
+    """A plugin name that no registry knows (a KeyError too, for code that looks names up)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class Range:
     """A bound on a number, attached with `Annotated[int, Range(min=1)]`: checked while the config loads,
