@@ -19,7 +19,7 @@ def test_overrides_parse_yaml_values():
 @pytest.mark.parametrize(
     ("data", "overrides", "message"),
     [
-        ({**BASE, "train": {"lrr": 1}}, [], r"train: unknown key\(s\) 'lrr'; allowed: amp"),
+        ({**BASE, "train": {"lrr": 1}}, [], r"train: unknown key\(s\) 'lrr' \(did you mean 'lr'\?\); allowed: amp"),
         (BASE, ["train.optimizer=rmsprop"], "train.optimizer: 'rmsprop' is not allowed; allowed: 'sgd' | 'adam'"),
         (BASE, ["train.epochs=two"], "train.epochs: expected int, got 'two'"),
         (BASE, ["train.freeze_old_head=1"], "train.freeze_old_head: expected bool"),
@@ -41,7 +41,8 @@ def test_missing_file():
 def test_plugins_validated_before_any_work():
     with pytest.raises(KeyError, match="unknown method 'nope'; known methods: .*linear_probe.*sdlora"):
         validate_plugins(load_config(data={**BASE, "method": {"name": "nope"}}))
-    with pytest.raises(KeyError, match="unknown benchmark 'imagenet-z'; known benchmarks: .*synthetic"):
+    with pytest.raises(KeyError, match=r"unknown benchmark 'imagenet-z' \(did you mean 'imagenet_r'\?\); "
+                                       "known benchmarks: .*synthetic"):
         validate_plugins(load_config(data={**BASE, "benchmark": {"name": "imagenet-z"}}))
     with pytest.raises(ConfigError, match=r"method.options: unknown key\(s\) 'rnk'"):
         validate_plugins(load_config(data={**BASE, "method": {"name": "sdlora", "options": {"rnk": 4}}}))

@@ -5,6 +5,7 @@ import torch
 
 from engine_helpers import results_without_timing, tiny
 from sdlora.config import load_config
+from sdlora.engine.checkpoint import load_checkpoint
 from sdlora.engine.loop import TrainingDiverged
 from sdlora.engine.runner import OutputExists, run_config
 from sdlora.methods.head import IncrementalHead
@@ -32,16 +33,12 @@ def test_head_grows_and_keeps_old_rows():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_old_head_rows_frozen_under_every_optimizer(tmp_path, optimizer):
     out, _ = run(tmp_path, tiny(train={"optimizer": optimizer, "weight_decay": 0.1, "lr": 0.01}))
-    from safetensors.torch import load_file
-
-    (ckpt,) = (out / "seed-3" / "checkpoints").glob("*.safetensors")
-    final = load_file(str(ckpt))
+    final = load_checkpoint(out / "seed-3" / "checkpoints")[1]
     # the first task's rows after 3 tasks equal those right after task 1 (kept in results' per-task info? no:
     # recompute by running one task only)
     out1, _ = run(tmp_path, tiny(train={"optimizer": optimizer, "weight_decay": 0.1, "lr": 0.01},
                                  benchmark={"num_tasks": 1}), name="one")
-    (ckpt1,) = (out1 / "seed-3" / "checkpoints").glob("*.safetensors")
-    first = load_file(str(ckpt1))
+    first = load_checkpoint(out1 / "seed-3" / "checkpoints")[1]
     assert torch.equal(final["method.head.weights.0"], first["method.head.weights.0"])
     assert not torch.equal(final["method.head.weights.2"], final["method.head.weights.1"])
 

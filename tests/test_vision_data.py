@@ -194,6 +194,15 @@ def test_domainnet_inconsistent_labels_are_refused(tmp_path):
         load_benchmark("domainnet", {"domains": ["clipart"]}, tmp_path)
 
 
+@pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "clipart/../../x.png", "C:\\x\\y.png",
+                                   "clipart\\..\\..\\x.png"])
+def test_domainnet_lists_cannot_reach_outside_the_data_folder(tmp_path, entry):
+    base = write_domainnet(tmp_path, ["apple", "bee"], ["clipart"], per_class=1)
+    (base / "clipart_test.txt").write_text(f"clipart/apple/clipart_test_0.png 0\n{entry} 1\n")
+    with pytest.raises(ValueError, match="clipart_test.txt:2: '.*' points outside the folder of the lists"):
+        load_benchmark("domainnet", {"domains": ["clipart"]}, tmp_path)
+
+
 def test_cifar100_offline_without_files_gives_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="download=true"):
         load_benchmark("cifar100", {"download": False}, tmp_path)

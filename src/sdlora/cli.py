@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from sdlora.typed import ConfigError
@@ -67,9 +68,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from sdlora.engine.loggers import LOGGERS
     from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 
-    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES)):
+    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES),
+                            ("loggers", LOGGERS)):
         print(f"{title}:")
         for name, doc in registry.describe().items():
             print(f"  {name:<14} {doc}")
@@ -131,12 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
+    from sdlora.backbones.base import BackboneUnavailable
+    from sdlora.engine.checkpoint import CheckpointError
+    from sdlora.engine.lock import OutputLocked
     from sdlora.engine.loop import TrainingDiverged
     from sdlora.engine.runner import OutputExists
 
+    user_errors = (ConfigError, KeyError, FileNotFoundError, OutputExists, OutputLocked, TrainingDiverged, ValueError,
+                   BackboneUnavailable, CheckpointError)
     try:
         return args.func(args)
-    except (ConfigError, KeyError, FileNotFoundError, OutputExists, TrainingDiverged, ValueError) as err:
+    except user_errors as err:  # one line; the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"sdlora: error: {message}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError | KeyError) else 1

@@ -2,12 +2,17 @@
 
 Plugin sections (`benchmark`, `backbone`, `method`) carry a `name` and free `options`; the options are
 validated against the `Options` dataclass of the registered plugin (see `resolve_options`).
+
+A config may extend others with `base: other.yaml` (or a list; paths relative to the file): the bases are
+merged first, then the file on top, mapping by mapping; lists and scalars replace; a plugin section whose
+`name` differs from the base's starts from scratch (another method's options would not apply).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +20,104 @@ from typing import Any, Literal
 import yaml
 
 from sdlora.typed import ConfigError, from_dict, to_dict
+
+#: YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3` (no dot) as a string
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no code runs: no python/object tags) with YAML 1.2 floats and duplicate keys refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data; a syntax error becomes a ConfigError naming `source`, line and column."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (ConfigLoader is a SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        what = " ".join(str(p) for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{where}: YAML error: {what}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: YAML error: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML error: nested too deeply") from None
+
+
+def read_yaml_file(path: Path) -> dict[str, Any]:
+    """One YAML file holding a mapping (an empty file is an empty mapping)."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in `top` replaces; a mapping with a different
+    `name` (another plugin) replaces the base's mapping whole."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        old = out.get(key)
+        same_plugin = isinstance(old, dict) and isinstance(value, dict) and old.get("name", value.get("name")) == \
+            value.get("name", old.get("name"))
+        out[key] = merge(old, value) if same_plugin else copy.deepcopy(value)
+    return out
+
+
+def compose(data: dict[str, Any], folder: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Resolve `base:` (a path or a list, relative to `folder`) recursively; cycles are refused."""
+    data = dict(data)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"base: expected a file name or a list of file names, got {bases!r}")
+    merged: dict[str, Any] = {}
+    for name in bases:
+        path = (folder / name).resolve()
+        if path in chain:
+            cycle = " -> ".join(p.name for p in (*chain, path))
+            raise ConfigError(f"base: cycle in config bases ({cycle})")
+        merged = merge(merged, compose(read_yaml_file(path), path.parent, (*chain, path)))
+    return merge(merged, data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file with its bases resolved: the plain data that `load_config` validates."""
+    p = Path(path)
+    return compose(read_yaml_file(p), p.resolve().parent, (p.resolve(),))
 
 
 @dataclass
@@ -89,6 +192,8 @@ class TrainConfig:
     head_init: Literal["random", "class_mean"] = "random"
     head_init_scale: float = 10.0
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -118,8 +223,11 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    parts = key.strip().split(".")
+    key = key.strip()
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: the key must be dot-separated names, like train.lr")
+    value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
     node = data
     for part in parts[:-1]:
         if not isinstance(node.get(part, {}), dict):
@@ -134,10 +242,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if data is None:
         if path is None:
             raise ConfigError("no config given")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_config_file(path)
+    elif not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+    else:
+        data = compose(data, Path.cwd())
     data = copy.deepcopy(data)
     for assignment in overrides or []:
         set_override(data, assignment)

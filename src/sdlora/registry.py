@@ -32,8 +32,11 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            from sdlora.typed import UnknownName, did_you_mean
+
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+            hint = did_you_mean(name, set(self._entries)) if isinstance(name, str) else ""
+            raise UnknownName(f"unknown {self.kind} {name!r}{hint}; known {self.kind}s: {known}") from None
 
     def names(self) -> list[str]:
         load_builtins()

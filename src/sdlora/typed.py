@@ -3,18 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong type; the message names the key."""
 
 
+class UnknownName(ConfigError, KeyError):
+    """A plugin name that no registry knows (a KeyError too, for code that looks names up)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A bound on a number, attached with `Annotated[int, Range(min=1)]`: checked while the config loads,
+    so a bad value is reported by key before any data or model is touched."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, value: Any, key: str) -> None:
+        if value is None:
+            return
+        if self.min is not None and value < self.min:
+            raise ConfigError(f"{key}: must be >= {self.min:g}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ConfigError(f"{key}: must be <= {self.max:g}, got {value!r}")
+
+
+PositiveInt = Annotated[int, Range(min=1)]
+
+
+def did_you_mean(word: str, choices: list[str] | set[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known name, or ''."""
+    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
+    if origin is Annotated:
+        return _type_name(get_args(tp)[0])
     if origin in (Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(tp))
     if origin is list:
@@ -34,6 +71,13 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        inner, *marks = get_args(tp)
+        converted = convert(inner, value, key)
+        for mark in marks:
+            if isinstance(mark, Range):
+                mark.check(converted, key)
+        return converted
     if origin in (Union, types.UnionType):
         errors = {}
         for option in get_args(tp):
@@ -49,7 +93,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}")
+        hint = did_you_mean(value, [a for a in get_args(tp) if isinstance(a, str)]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {_type_name(tp)}{hint}")
     if tp is type(None):
         if value is None:
             return None
@@ -90,12 +135,13 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
     label = key or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: expected a mapping ({cls.__name__}), got {data!r}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
+        hints = "".join(did_you_mean(k, set(fields)) for k in unknown)
         raise ConfigError(
-            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(fields))}"
+            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}{hints}; allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, fld in fields.items():
@@ -121,4 +167,4 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ConfigError", "convert", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "PositiveInt", "Range", "convert", "did_you_mean", "from_dict", "to_dict"]

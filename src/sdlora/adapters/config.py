@@ -14,6 +14,7 @@ from sdlora.adapters.kernels import KERNELS
 from sdlora.adapters.modes import MODES
 from sdlora.adapters.norms import NORMS
 from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
+from sdlora.typed import PositiveInt
 
 KD_FITS = ("joint", "per_layer")
 KD_RESIDUALS = ("relative", "paper")
@@ -44,7 +45,7 @@ class SDLoRAConfig:
     """
 
     targets: list[str] | None = None  # None: DEFAULT_TARGETS (timm ViT q, v); the method gives the backbone's
-    rank: int = 10
+    rank: PositiveInt = 10
     rank_schedule: list[list[int]] | str | None = None
     variant: str = "plain"
     current_mode: str = "continuous"

@@ -8,6 +8,15 @@ import torch
 from torch import nn
 
 
+class BackboneUnavailable(OSError, RuntimeError):
+    """The model cannot be built or its weights cannot be found; one line naming the model and what was tried."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error message (library messages often run over many lines)."""
+    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+
+
 class Backbone(nn.Module):
     """Wraps one timm or Hugging Face model (`self.model`, where adapters are injected).
 

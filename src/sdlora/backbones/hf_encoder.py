@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
-from sdlora.backbones.base import Backbone, weights_sha256
+from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
 from sdlora.registry import BACKBONES
 
 
@@ -88,8 +88,8 @@ def load_pretrained(loader: Callable[[str], Any], model: str, where: str, source
             if alias is not None
             else "set backbone.options.model to a local folder or a hub id reachable from this machine"
         )
-        raise OSError(f"hf_encoder: could not load {model!r} from {source} {where!r} ({err}); {hint}") \
-            from err
+        raise BackboneUnavailable(f"hf_encoder: could not load {model!r} from {source} {where!r} "
+                                  f"({first_line(err)}); {hint}") from err
 
 
 def attention_targets(model: nn.Module, model_type: str) -> list[str]:

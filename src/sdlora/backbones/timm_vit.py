@@ -16,8 +16,9 @@ import torch
 from timm.data import resolve_model_data_config
 from timm.models import get_deprecated_models, get_pretrained_cfg
 
-from sdlora.backbones.base import Backbone, weights_sha256
+from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
 from sdlora.registry import BACKBONES
+from sdlora.typed import did_you_mean
 
 #: untagged names of the official code / PILOT -> the tag they resolve to with timm 1.0.x; timm's own
 #: deprecation table (e.g. `vit_base_patch16_224_dino` -> `.dino`) covers the rest, and any other
@@ -74,11 +75,20 @@ def create_hub_model(tag: str, **kwargs: Any) -> torch.nn.Module:
     """`timm.create_model(tag, pretrained=True)` with a clear error when the weights cannot be fetched."""
     try:
         return timm.create_model(tag, pretrained=True, **kwargs)
-    except OSError as err:  # huggingface_hub: offline, no cache entry, HTTP errors
-        raise RuntimeError(
-            f"could not load the pretrained weights of {tag!r} from the Hugging Face hub ({err}); when "
-            "offline, pre-populate the HF cache (HF_HUB_OFFLINE=1) or set backbone.options.pretrained_file"
+    except (OSError, RuntimeError) as err:  # huggingface_hub: offline, no cache entry, HTTP errors; unknown tag
+        raise BackboneUnavailable(
+            f"could not load the pretrained weights of {tag!r} from the Hugging Face hub ({first_line(err)}); "
+            "when offline, pre-populate the HF cache (HF_HUB_OFFLINE=1) or set backbone.options.pretrained_file"
         ) from err
+
+
+def check_model_name(model: str) -> None:
+    """An architecture that timm does not know is a config error, found before anything is loaded."""
+    arch = model.split(".", 1)[0]
+    if not timm.is_model(arch):
+        raise ValueError(f"timm {timm.__version__} does not know the model {model!r} (looked up {arch!r} in "
+                         f"timm's model registry){did_you_mean(arch, timm.list_models())}; "
+                         "`python -c 'import timm; print(timm.list_models(\"vit_*\"))'` lists the names")
 
 
 @BACKBONES.register("timm_vit")
@@ -91,6 +101,9 @@ class TimmViT(Backbone):
         pretrained: bool = True
         pretrained_file: str | None = None
         model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. img_size, depth (tiny test models)
+
+        def __post_init__(self) -> None:
+            check_model_name(self.model)
 
     def __init__(self, options: Options) -> None:
         super().__init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sdlora.backbones.base import Backbone
@@ -9,8 +10,10 @@ from sdlora.config import RunConfig, resolve_options
 from sdlora.data.base import BenchmarkData, resolve_data_root
 from sdlora.data.scenario import Scenario
 from sdlora.data.transforms import TransformOptions
+from sdlora.engine.loggers import check_loggers
 from sdlora.methods.base import Method
 from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
+from sdlora.typed import ConfigError, to_dict
 
 
 def backbone_data_config(cfg: RunConfig) -> dict[str, Any]:
@@ -47,8 +50,32 @@ def build_method(cfg: RunConfig, backbone: Backbone) -> Method:
     return entry(backbone, resolve_options(entry.Options, cfg.method.options, "method.options"), cfg.train)
 
 
-def validate_plugins(cfg: RunConfig) -> None:
-    """Fail early (before loading data or weights) on unknown plugin names or bad options."""
-    for section, registry in (("benchmark", BENCHMARKS), ("backbone", BACKBONES), ("method", METHODS)):
+PLUGIN_SECTIONS = (("benchmark", BENCHMARKS), ("backbone", BACKBONES), ("method", METHODS))
+
+
+def validate_plugins(cfg: RunConfig) -> RunConfig:
+    """Fail early (before loading data or weights, before the output folder is touched) on unknown plugin
+    names, bad options and degenerate settings; returns `cfg` with every plugin's options resolved (defaults
+    filled in), which is what config.yaml and results.json record."""
+    resolved = {}
+    for section, registry in PLUGIN_SECTIONS:
         plugin = getattr(cfg, section)
-        resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
+        options = resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
+        resolved[section] = dataclasses.replace(plugin, options=to_dict(options))
+    cfg = dataclasses.replace(cfg, **resolved)
+    check_loggers(cfg.train.loggers)
+    check_degenerate(cfg)
+    return cfg
+
+
+def check_degenerate(cfg: RunConfig) -> None:
+    """Settings that would run but learn nothing are refused with the reason."""
+    b, t = cfg.benchmark, cfg.train
+    trains = getattr(METHODS.get(cfg.method.name), "trains", True)
+    first = b.init_classes if b.init_classes is not None else b.increment
+    single = [f"benchmark.{k}: 1" for k in ("init_classes", "increment") if getattr(b, k) == 1]
+    if trains and t.loss == "current" and (first == 1 or (b.increment == 1 and b.num_tasks != 1)):
+        raise ConfigError(
+            f"train.loss: 'current' with one class per task ({', '.join(single)}) gives an identically zero loss "
+            "(cross-entropy over a single logit), so nothing would be learned; set train.loss: seen or put "
+            "at least two classes in every task")

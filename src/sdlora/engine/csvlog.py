@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from itertools import accumulate
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def write_metrics_csv(results: dict, path: str | Path) -> None:
     header += [f"acc_task_{j + 1}" for j in range(tasks)] + ["trainable_parameters", "time_s"]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    tmp = path.with_name(f".{path.name}.tmp")  # atomic: a kill never leaves half a file
+    with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for i, row in enumerate(matrix):
@@ -39,3 +41,4 @@ def write_metrics_csv(results: dict, path: str | Path) -> None:
             count = _at(params, i)
             cells += ["" if count is None else int(count), _fmt(_at(times, i), 2)]
             writer.writerow(cells)
+    os.replace(tmp, path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,10 @@ class StepContext:
     grad_clip: float | None
 
 
-def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any) -> float:
-    """Train one epoch; returns the mean loss. Raises TrainingDiverged on a non-finite loss."""
+def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
+                on_step: Callable[[float], None] | None = None) -> float:
+    """Train one epoch; returns the mean loss (`on_step` gets each step's). Raises TrainingDiverged on a
+    non-finite loss."""
     ctx.method.train()
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     total, batches = 0.0, 0
@@ -68,8 +70,11 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any) 
             ctx.scaler.update()
         else:
             ctx.optimizer.step()
-        total += loss.item()
+        value = loss.item()
+        total += value
         batches += 1
+        if on_step is not None:
+            on_step(value)
         bar.update(1)
         bar.set_postfix(loss=f"{total / batches:.4f}")
     return total / max(batches, 1)

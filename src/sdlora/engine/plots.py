@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ def _figure(size: tuple[float, float]) -> Figure:
 def _save(figure: Figure, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # atomic: a kill never leaves half a PNG
+    figure.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
 
 
 def _title(results: dict) -> str:

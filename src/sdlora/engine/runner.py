@@ -12,15 +12,18 @@ from typing import Any, TextIO
 import torch
 import yaml
 
-from sdlora.config import RunConfig, config_to_dict
+from sdlora.config import RunConfig, config_to_dict, load_config, parse_yaml
 from sdlora.engine import build
-from sdlora.engine.checkpoint import write_json_atomic
+from sdlora.engine.checkpoint import write_json_atomic, write_text_atomic
 from sdlora.engine.csvlog import write_metrics_csv
+from sdlora.engine.lock import LOCK_NAME, output_lock
 from sdlora.engine.metrics import summarize_runs
 from sdlora.engine.trainer import CheckpointHook, Trainer
+from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
 
+SEED_REPORTS = ("metrics.csv", "accuracy_curve.png", "accuracy_matrix.png")
 RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
 
 
@@ -46,16 +49,63 @@ def holds_run(out: Path) -> bool:
     return out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or any(out.glob("seed-*")))
 
 
+def check_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse (before anything is written) to mix a new run into a folder that holds another."""
+    if holds_run(out) and not resume and not overwrite:
+        raise OutputExists(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    check_output(out, resume, overwrite)
     if holds_run(out) and not resume:
-        if not overwrite:
-            raise OutputExists(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
         for entry in [*(out / f for f in RUN_FILES), *out.glob("seed-*")]:
             if entry.is_dir():
                 shutil.rmtree(entry)
             elif entry.exists():
                 entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def check_resumed_config(saved: Path, cfg: RunConfig) -> None:
+    """--resume continues the run saved in `saved` only with the same (resolved) config."""
+    try:
+        previous = config_to_dict(build.validate_plugins(load_config(data=parse_yaml(saved.read_text(), str(saved)))))
+    except ConfigError as err:
+        raise ConfigError(f"--resume: the config saved in {saved} is not valid any more ({err})") from None
+    if previous != config_to_dict(cfg):
+        diff = ", ".join(differing_keys(previous, config_to_dict(cfg))) or "?"
+        raise ValueError(f"--resume: the config differs from the one saved in {saved} ({diff}); "
+                         "resume with the same config")
+
+
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in sorted(set(a) | set(b), key=str)
+                for k in differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def remove_unstarted(out: Path, created: bool) -> None:
+    """After a failure before any checkpoint, remove what this run wrote so the same --out works again."""
+    if any(out.glob("seed-*/checkpoints/latest.json")):
+        return
+    for entry in [*(out / f for f in RUN_FILES), *out.glob("seed-*")]:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.exists():
+            entry.unlink()
+    if created and out.is_dir() and not any(p.name != LOCK_NAME for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def interactive() -> bool:
+    """A terminal, or a Jupyter kernel (tqdm.auto draws widgets there, though stderr is no tty)."""
+    if sys.stderr.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def _file_logger(path: Path) -> logging.Handler:
@@ -71,22 +121,37 @@ def _file_logger(path: Path) -> logging.Handler:
 def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: bool = False, overwrite: bool = False,
                quiet: bool = False, on_checkpoint: CheckpointHook | None = None,
                stream: TextIO | None = None) -> dict[str, Any]:
-    """Train every seed of `cfg` into `out`; returns the summary."""
-    build.validate_plugins(cfg)
-    quiet = quiet or not sys.stderr.isatty()  # progress bars only on a terminal
+    """Train every seed of `cfg` into `out`; returns the summary.
+
+    Everything that can be checked without data or weights is checked before the folder is touched; a run
+    that fails before its first checkpoint removes what it wrote (so the same --out can be used again)."""
+    cfg = build.validate_plugins(cfg)
+    out = Path(out)
+    dev = pick_device(device or cfg.device)
+    check_output(out, resume, overwrite)
+    quiet = quiet or not interactive()  # progress bars on a terminal or in a notebook, never in a log file
     if quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    out = Path(out)
+    created = not out.exists()
+    fresh = not holds_run(out) or (overwrite and not resume)
+    with output_lock(out):
+        try:
+            return _run_locked(cfg, out, dev, resume, overwrite, quiet, on_checkpoint, stream)
+        except BaseException:
+            if fresh:
+                remove_unstarted(out, created)
+            raise
+
+
+def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, overwrite: bool, quiet: bool,
+                on_checkpoint: CheckpointHook | None, stream: TextIO | None) -> dict[str, Any]:
     prepare_output(out, resume, overwrite)
     saved = out / "config.yaml"
     if resume and saved.is_file():
-        previous = yaml.safe_load(saved.read_text())
-        if previous != config_to_dict(cfg):
-            raise ValueError(f"--resume: the config differs from the one saved in {saved}; resume with the same config")
-    saved.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    dev = pick_device(device or cfg.device)
+        check_resumed_config(saved, cfg)
+    write_text_atomic(saved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     data = build.build_benchmark(cfg)
     results = []
     for seed in cfg.seeds:
@@ -98,6 +163,9 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
             previous = json.loads(existing.read_text()) if resume and existing.is_file() else {}
             if previous.get("status") == "complete":
                 log.info("seed %d already complete", seed)
+                if not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
+                    write_metrics_csv(previous, folder / "metrics.csv")
+                    write_plots(previous, folder)
                 results.append(previous)
                 continue
             log.info("seed %d: %s on %s with %s, device %s", seed, cfg.method.name, cfg.benchmark.name,

@@ -29,6 +29,7 @@ from sdlora.engine.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, evaluate, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
 from sdlora.engine.results import RunRecord
@@ -55,6 +56,9 @@ class Trainer:
         self.record = RunRecord.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.counter = 0
+        self.step = 0  # optimiser steps so far (the x axis of the scalar logs)
+        self.loggers = Loggers([], self.out_dir, "", {}, None)
+        self.log_positions: dict[str, int] = {}
 
     # -- data ------------------------------------------------------------------------------------
     def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
@@ -76,9 +80,11 @@ class Trainer:
         meta: dict[str, Any] = {
             "counter": self.counter,
             "position": {"task": task, "epochs_done": epochs_done, "finished": finished},
+            "step": self.step,
             "method": structure,
             "rng": rng_meta,
             "record": self.record.progress(),
+            "loggers": self.loggers.positions(),
         }
         tensors = {f"method.{k}": v for k, v in tensors.items()} | rng_tensors
         if optimizer is not None and not finished:
@@ -97,6 +103,8 @@ class Trainer:
             return 0, 0, None, {}
         meta, tensors = loaded
         self.counter = meta["counter"] + 1
+        self.step = meta.get("step", 0)
+        self.log_positions = meta.get("loggers", {})
         method_tensors = {k[7:]: v.to(self.device) for k, v in tensors.items() if k.startswith("method.")}
         self.method.load_checkpoint_state(meta["method"], method_tensors)
         self.record.restore(meta["record"])
@@ -112,10 +120,23 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         start_task, start_epoch, opt_meta, tensors = self._restore() if resume else (0, 0, None, {})
+        name = f"{self.cfg.name or self.cfg.method.name}-seed{self.seed}"
+        self.loggers = Loggers(self.cfg.train.loggers, self.out_dir, name, self.record.config,
+                               Resume(self.step, self.log_positions) if resume else None)
+        try:
+            return self._run(start_task, start_epoch, opt_meta, tensors)
+        finally:
+            self.loggers.close()
+
+    def _run(self, start_task: int, start_epoch: int, opt_meta: dict[str, Any] | None,
+             tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         clock = time.perf_counter()
         for t in range(start_task, self.scenario.num_tasks):
             task = self.scenario.task(t)
             task_clock = time.perf_counter()
+            if task.size == 1 and self.cfg.train.loss == "current" and self.method.trains:
+                log.warning("task %d has one class: with train.loss 'current' its loss is identically zero "
+                            "(nothing is learned in this task); consider train.loss: seen", t + 1)
             resuming_mid_task = t == start_task and opt_meta is not None
             if not resuming_mid_task:
                 self.method.begin_task(task)
@@ -127,6 +148,8 @@ class Trainer:
             row, counts = evaluate(self.method, self._loader(self.scenario.eval_set(t, self.cfg.eval_split), False),
                                    self.scenario, task, self.device, self.cfg.train.amp)
             self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
+            self.loggers.log(self.step, t + 1, task_schedule(self.cfg.train, t).epochs,
+                             {"eval/accuracy": self.record.accuracy_curve[-1], **self._method_scalars()})
             log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
                      self.record.accuracy_curve[-1], task.total,
                      " ".join(f"{a:.1f}" for a in row))
@@ -158,11 +181,22 @@ class Trainer:
         for epoch in range(start_epoch, schedule.epochs):
             loader = self._loader(train_set, shuffle=True, task=task.index, epoch=epoch)
             desc = f"task {task.index + 1}/{task.num_tasks} epoch {epoch + 1}/{schedule.epochs}"
+            lr = optimizer.param_groups[0]["lr"]
+
+            def on_step(value: float, epoch: int = epoch, lr: float = lr) -> None:
+                self.step += 1
+                self.loggers.log(self.step, task.index + 1, epoch + 1, {"train/loss": value, "train/lr": lr})
+
             with tqdm(total=len(loader), desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True) as bar:
-                loss = train_epoch(ctx, loader, task, bar)
+                loss = train_epoch(ctx, loader, task, bar, on_step)
+            self.loggers.log(self.step, task.index + 1, epoch + 1,
+                             {"epoch/loss": loss, "epoch/lr": lr, **self._method_scalars()})
             scheduler.step()
             log.info("%s: loss %.4f, lr %.3g", desc, loss, optimizer.param_groups[0]["lr"])
             self._save(task.index, epoch + 1, False, optimizer)
+
+    def _method_scalars(self) -> dict[str, float]:
+        return {f"method/{k}": v for k, v in self.method.scalars().items()}
 
     def write_results(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -168,3 +168,7 @@ class Method(nn.Module):
 
     def num_trainable(self) -> int:
         return sum(p.numel() for g in self.trainable_parameters() for p in g["params"])
+
+    def scalars(self) -> dict[str, float]:
+        """Named scalars worth plotting over training (logged once per epoch); none by default."""
+        return {}

@@ -34,6 +34,7 @@ from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
 
 #: default query Linear name -> the key Linear beside it (the backbones' default targets are q and v)
 QUERY_TO_KEY: dict[str, str] = {
@@ -69,7 +70,7 @@ class InfLoRA(Method):
 
     @dataclass
     class Options:
-        rank: int = 10
+        rank: PositiveInt = 10
         targets: list[str] | None = None  # None: the backbone's q/v targets mapped to k/v
         threshold: float = 0.95  # DualGPM energy threshold at the first task (released code: lamb)
         threshold_end: float = 1.0  # ... rising linearly towards this one (lame) over the tasks

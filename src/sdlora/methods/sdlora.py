@@ -116,3 +116,8 @@ class SDLoRA(Method):
     def export_backbone(self) -> dict[str, torch.Tensor]:
         """W0 + sum_k alpha_k U_k D_k / n_k merged into each adapted weight: a plain backbone state dict."""
         return self.adapter.merged_state_dict()
+
+    def scalars(self) -> dict[str, float]:
+        """The magnitudes alpha_1..alpha_t (logged per epoch: how old directions are re-weighted)."""
+        alpha = self.adapter.magnitudes.alpha.detach().float().cpu().tolist()
+        return {f"magnitude_{k + 1}": a for k, a in enumerate(alpha)}

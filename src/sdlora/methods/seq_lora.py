@@ -25,6 +25,7 @@ from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
 
 
 @METHODS.register("seq_lora")
@@ -33,7 +34,7 @@ class SeqLoRA(Method):
 
     @dataclass
     class Options:
-        rank: int = 10  # SD-LoRA's default rank
+        rank: PositiveInt = 10  # SD-LoRA's default rank
         targets: list[str] | None = None  # None: the backbone's default (q and v)
         decoupled: bool = False
         magnitude_init: float = 0.0  # decoupled only

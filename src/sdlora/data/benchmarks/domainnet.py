@@ -8,7 +8,7 @@ zips). The class-incremental protocol of CODA-Prompt / InfLoRA / SD-LoRA: 345 cl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from sdlora.data.base import BenchmarkData, resolve_folder
@@ -32,6 +32,13 @@ SPLIT_COUNTS: dict[str, dict[str, int]] = {
 }
 
 
+def inside(rel: str) -> bool:
+    """A list entry must stay inside the list's folder: relative, no `..`, no drive (POSIX or Windows form)."""
+    posix, windows = PurePosixPath(rel), PureWindowsPath(rel)
+    return not (posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts
+                or ".." in windows.parts)
+
+
 def read_split_list(path: Path, base: Path) -> tuple[list[tuple[str, int]], dict[int, str], list[str]]:
     """Parse `relative/path label` lines: samples (absolute path, label), label -> class, problems."""
     samples: list[tuple[str, int]] = []
@@ -45,6 +52,10 @@ def read_split_list(path: Path, base: Path) -> tuple[list[tuple[str, int]], dict
             problems.append(f"{path}:{number}: expected '<path> <label>', got {line.strip()!r}")
             continue
         rel, label = parts[0], int(parts[1])
+        if not inside(rel):
+            problems.append(f"{path}:{number}: {rel!r} points outside the folder of the lists "
+                            "(absolute paths and '..' are not allowed)")
+            continue
         name = Path(rel).parent.name
         if names.setdefault(label, name) != name:
             problems.append(f"{path}:{number}: label {label} is {names[label]!r} elsewhere but {name!r} here")

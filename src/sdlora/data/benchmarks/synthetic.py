@@ -10,6 +10,7 @@ import torch
 
 from sdlora.data.base import BenchmarkData, ListDataset
 from sdlora.registry import BENCHMARKS
+from sdlora.typed import PositiveInt
 
 
 @BENCHMARKS.register("synthetic")
@@ -18,9 +19,9 @@ class Synthetic:
 
     @dataclass
     class Options:
-        num_classes: int = 6
-        train_per_class: int = 8
-        test_per_class: int = 4
+        num_classes: PositiveInt = 6
+        train_per_class: PositiveInt = 8
+        test_per_class: PositiveInt = 4
         shape: list[int] = field(default_factory=lambda: [3, 32, 32])
         separation: float = 1.0  # how far apart the class means are
         seed: int = 0  # the data itself does not depend on the run's seed

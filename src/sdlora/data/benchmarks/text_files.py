@@ -83,8 +83,24 @@ def read_text_file(path: Path, fmt: str, text_column: str, label_column: str) ->
     """(texts, labels as strings) of one file; errors name the file, the line and the columns found."""
     if not path.is_file():
         raise FileNotFoundError(f"text_files: {path} not found")
-    texts, labels = [], []
-    for line, row in READERS[file_format(path, fmt)](path):
+    texts: list[str] = []
+    labels: list[str] = []
+    try:
+        _read_rows(READERS[file_format(path, fmt)](path), path, text_column, label_column, texts, labels)
+    except UnicodeDecodeError as err:
+        raise TextFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise TextFileError(f"{path} line {len(texts) + 2}: unreadable CSV ({err})") from None
+    except RecursionError:
+        raise TextFileError(f"{path} line {len(texts) + 1}: JSON nested too deeply") from None
+    if not texts:
+        raise TextFileError(f"{path}: empty file (no data rows)")
+    return texts, labels
+
+
+def _read_rows(rows: Iterator[Row], path: Path, text_column: str, label_column: str, texts: list[str],
+               labels: list[str]) -> None:
+    for line, row in rows:
         missing = [c for c in (text_column, label_column) if c not in row]
         if missing:
             found = [c for c in row if c is not None]
@@ -97,9 +113,6 @@ def read_text_file(path: Path, fmt: str, text_column: str, label_column: str) ->
             raise TextFileError(f"{path} line {line}: empty text in column {text_column!r}")
         texts.append(text)
         labels.append(label_text(row[label_column], path, line))
-    if not texts:
-        raise TextFileError(f"{path}: empty file (no data rows)")
-    return texts, labels
 
 
 def sorted_labels(labels: list[str]) -> list[str]:

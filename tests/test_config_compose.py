@@ -1,0 +1,69 @@
+"""`base:` composition: deep merge, chains, cycles refused; the shipped configs mean what they meant before."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sdlora.config import config_to_dict, load_config
+from sdlora.typed import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+#: every config file as it was before the configs were rewritten with `base:` (each one complete, no bases),
+#: taken with `git show ef7a0e9:<path>`; the test compares what both resolve to, so a key added later with a
+#: default does not make it stale
+BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_rewritten_configs_resolve_to_what_they_were(name):
+    assert "base" not in BEFORE[name]
+    assert config_to_dict(load_config(ROOT / name)) == config_to_dict(load_config(data=BEFORE[name]))
+
+
+def test_settings_state_only_what_differs():
+    text = (ROOT / "configs" / "vision" / "imagenet_r_20_kd_official.yaml").read_text()
+    assert "base: imagenet_r_20_official.yaml" in text and "optimizer" not in text
+
+
+def write(folder, name, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(yaml.safe_dump(data))
+    return folder / name
+
+
+BASE = {"benchmark": {"name": "synthetic", "increment": 2, "options": {"num_classes": 6, "seed": 1}},
+        "backbone": {"name": "timm_vit"},
+        "method": {"name": "sdlora", "options": {"rank": 4, "norm": "factors"}},
+        "train": {"lr": 0.1, "milestones": [1, 2]}}
+
+
+def test_deep_merge_chains_and_relative_paths(tmp_path):
+    write(tmp_path / "common", "base.yaml", BASE)
+    write(tmp_path / "common", "mid.yaml", {"base": "base.yaml", "train": {"epochs": 3}})
+    path = write(tmp_path / "runs", "top.yaml", {"base": "../common/mid.yaml", "train": {"milestones": [5]},
+                                                 "benchmark": {"options": {"seed": 2}}})
+    cfg = load_config(path)
+    assert cfg.benchmark.options == {"num_classes": 6, "seed": 2}  # merged key by key
+    assert cfg.train.milestones == [5] and cfg.train.lr == 0.1 and cfg.train.epochs == 3  # lists replace
+    assert cfg.method.options == {"rank": 4, "norm": "factors"}
+
+
+def test_another_plugin_starts_from_scratch(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    path = write(tmp_path, "ncm.yaml", {"base": "base.yaml", "method": {"name": "ncm"}})
+    assert load_config(path).method.options == {}  # sdlora's rank would not apply to ncm
+
+
+def test_cycles_and_missing_bases_are_refused(tmp_path):
+    write(tmp_path, "a.yaml", {"base": "b.yaml"})
+    write(tmp_path, "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(ConfigError, match=r"base: cycle in config bases \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    write(tmp_path, "c.yaml", {"base": "nope.yaml"})
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yaml"):
+        load_config(tmp_path / "c.yaml")
+    write(tmp_path, "d.yaml", {"base": 3})
+    with pytest.raises(ConfigError, match="base: expected a file name or a list of file names, got 3"):
+        load_config(tmp_path / "d.yaml")
