@@ -79,6 +79,8 @@ def convert(tp: Any, value: Any, key: str) -> Any:
                 mark.check(converted, key)
         return converted
     if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):  # null means None, not an all-defaults dataclass
+            return None
         errors = {}
         for option in get_args(tp):
             try:
@@ -157,9 +159,10 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data form of a (nested) dataclass, for JSON and YAML."""
+    """Plain-data form of a (nested) dataclass, for JSON and YAML: its init fields (what `from_dict` takes back;
+    `init=False` fields are derived state, e.g. a benchmark's bound backbone data config)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
