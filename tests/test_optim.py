@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -28,6 +30,23 @@ def test_cosine_and_constant():
     assert lrs(TrainConfig(lr=0.2, epochs=3, scheduler="constant"), 5) == pytest.approx([0.2] * 3)
     cosine = lrs(TrainConfig(lr=1.0, epochs=4, scheduler="cosine", min_lr=0.0), 0)
     assert cosine == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+
+
+def test_quarter_cosine_is_inflora_cosine_schedule():
+    """InfLoRA's CosineSchedule: lr * cos(99 pi e / (200 (K - 1))), per group, stepped once per epoch."""
+    out = lrs(TrainConfig(lr=5e-4, epochs=50, scheduler="quarter_cosine", optimizer="adam"), 3)
+    assert out == pytest.approx([5e-4 * math.cos(99 * math.pi * e / (200 * 49)) for e in range(50)])
+    assert out[0] == 5e-4 and out[-1] == pytest.approx(5e-4 * 0.015707, rel=1e-4)
+    assert lrs(TrainConfig(lr=0.3, epochs=1, scheduler="quarter_cosine"), 0) == pytest.approx([0.3])
+    cfg = TrainConfig(lr=1.0, epochs=3, scheduler="quarter_cosine")
+    schedule = task_schedule(cfg, 0)
+    opt = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]},
+                           {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 2.0}], cfg, schedule)
+    sched = build_scheduler(opt, cfg, schedule)
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([math.cos(0.2475 * math.pi),
+                                                                2 * math.cos(0.2475 * math.pi)])
 
 
 def test_optimizer_kinds_and_empty_groups():

@@ -176,7 +176,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 256
-    scheduler: Literal["constant", "multistep", "cosine"] = "constant"
+    # cosine: CosineAnnealingLR(T_max=epochs, eta_min=min_lr); quarter_cosine: lr * cos(0.495 pi e / (epochs - 1))
+    # for epoch e (InfLoRA's / CODA-Prompt's CosineSchedule; min_lr unused)
+    scheduler: Literal["constant", "multistep", "cosine", "quarter_cosine"] = "constant"
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = 0.0

@@ -5,6 +5,7 @@ The first task may use its own lr / epochs / milestones / gamma (PILOT's init_lr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,16 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, TrainConfig, TaskSchedule
     "constant": lambda opt, c, s: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0),
     "multistep": lambda opt, c, s: torch.optim.lr_scheduler.MultiStepLR(opt, s.milestones, gamma=s.gamma),
     "cosine": lambda opt, c, s: torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(s.epochs, 1), eta_min=c.min_lr),
+    "quarter_cosine": lambda opt, c, s: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: quarter_cosine(e, s.epochs)),
 }
+
+
+def quarter_cosine(epoch: int, epochs: int) -> float:
+    """The lr factor of the InfLoRA release's `CosineSchedule` (utils/schedulers.py, from CODA-Prompt):
+    cos(99 pi e / (200 (K - 1))) for epoch e of K, i.e. the first quarter of a cosine period, from 1 down to
+    cos(0.495 pi) ~ 0.0157 at the last epoch (never 0). `cosine` (CosineAnnealingLR) instead follows
+    (1 + cos(pi e / K)) / 2 = cos^2(pi e / 2K): lower in between (0.5 vs 0.71 half-way). K = 1: constant."""
+    return math.cos(99 * math.pi * epoch / (200 * max(epochs - 1, 1)))
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, schedule: TaskSchedule) -> Any:
