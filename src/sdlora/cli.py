@@ -54,6 +54,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sdlora.engine.restore import export_run, restore_run
 
     run = restore_run(Path(args.run_dir), args.seed)
+    if args.format is not None:
+        from sdlora.export import export_run_as
+
+        command = " ".join(["sdlora", *(args.argv or [])])
+        manifest = export_run_as(run, Path(args.out), args.format, command=command)
+        print(f"exported a {manifest['library']} {args.format} folder ({len(manifest['class_names'])} classes, "
+              f"{run.tasks_done} tasks, merged) to {args.out}")
+        return 0
     state = export_run(run, Path(args.out))
     print(f"exported {len(state)} tensors ({run.tasks_done} tasks, merged) to {args.out}")
     return 0
@@ -104,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device")
     e.set_defaults(func=cmd_eval)
 
-    x = sub.add_parser("export", help="merged backbone + head as safetensors (plain timm / transformers keys)")
+    x = sub.add_parser("export", help="merged backbone + head: a timm / transformers / PEFT folder, or one file")
     x.add_argument("run_dir")
-    x.add_argument("--out", required=True)
+    x.add_argument("--out", required=True, help="a folder with --format, else a .safetensors file")
+    x.add_argument("--format", choices=["timm", "hf", "peft"],
+                   help="timm folder, transformers save_pretrained folder, or PEFT LoRA adapter (default: one "
+                        "safetensors file with backbone.* and head.* keys)")
     x.add_argument("--seed", type=int)
     x.set_defaults(func=cmd_export)
 
@@ -129,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     from sdlora.engine.loop import TrainingDiverged
