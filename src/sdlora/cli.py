@@ -67,6 +67,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from sdlora.predict import load
+    from sdlora.predict_io import read_inputs, rows, write_predictions
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    inputs, kind = read_inputs(Path(args.input), args.text_column)
+    classifier = load(args.model, args.seed, args.device or "cpu")
+    if kind != classifier.takes:
+        raise ValueError(f"{args.input} holds {kind} but {args.model} takes {classifier.takes}")
+    records = list(rows(inputs, classifier.predict(inputs, top_k=args.top_k)))
+    write_predictions(records, Path(args.out) if args.out else None)
+    if args.out:
+        print(f"{len(records)} predictions written to {args.out}")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from sdlora.engine.learn import learn
+    from sdlora.engine.runner import print_table
+
+    if (args.data is None or args.test is None) and not args.resume:
+        raise ValueError("give the new task's files with --data and --test (or --resume an interrupted learn)")
+    result = learn(Path(args.run_dir), None if args.resume and args.data is None else Path(args.data),
+                   Path(args.test) if args.test else None, seed=args.seed, device=args.device or "cpu",
+                   text_column=args.text_column, label_column=args.label_column, quiet=args.quiet)
+    print_table(result, sys.stdout)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sdlora.report import report_main
 
@@ -120,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "safetensors file with backbone.* and head.* keys)")
     x.add_argument("--seed", type=int)
     x.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("predict", help="classify texts or images with a run or an export folder")
+    q.add_argument("model", help="a run folder (or one seed of it) or a --format timm / hf export")
+    q.add_argument("input", help="text file (one per line), .csv / .tsv / .jsonl with a text column, or an "
+                                 "image folder")
+    q.add_argument("--top-k", type=int, default=1)
+    q.add_argument("--out", help="write .csv or .jsonl (default: JSON lines on stdout)")
+    q.add_argument("--text-column", default="text", help="column of a table input (default text)")
+    q.add_argument("--seed", type=int)
+    q.add_argument("--device")
+    q.set_defaults(func=cmd_predict)
+
+    n = sub.add_parser("learn", help="continue a finished run with one more task of new classes from new files")
+    n.add_argument("run_dir")
+    n.add_argument("--data", help="training file of the new classes (.csv / .tsv / .jsonl with text, label)")
+    n.add_argument("--test", help="test file of the new classes (every task is evaluated; needed unless --resume)")
+    n.add_argument("--resume", action="store_true", help="continue an interrupted learn")
+    n.add_argument("--text-column", default="text")
+    n.add_argument("--label-column", default="label")
+    n.add_argument("--seed", type=int)
+    n.add_argument("--device")
+    n.add_argument("--quiet", action="store_true", help="no progress bars")
+    n.set_defaults(func=cmd_learn)
 
     r = sub.add_parser("report", help="a table across methods and seeds")
     r.add_argument("run_dirs", nargs="+")

@@ -33,6 +33,7 @@ class ExportSource:
     class_names: list[str]
     record: dict[str, Any] = field(default_factory=dict)  # results.json of the run (may be empty)
     backbone_config: dict[str, Any] = field(default_factory=dict)  # {"name", "options"} of the config
+    preprocess: dict[str, Any] = field(default_factory=dict)  # image_size / normalize of an image benchmark
 
     @classmethod
     def from_run(cls, run: Any) -> ExportSource:
@@ -48,7 +49,9 @@ class ExportSource:
                    head_weight=state["head.weight"], head_bias=state["head.bias"],
                    classifier="cosine" if method.prototypes is not None else "linear", class_names=names,
                    record=record, backbone_config={"name": run.cfg.backbone.name,
-                                                   "options": dict(run.cfg.backbone.options)})
+                                                   "options": dict(run.cfg.backbone.options)},
+                   preprocess={k: v for k, v in run.cfg.benchmark.options.items()
+                               if k in ("image_size", "normalize")})
 
     @property
     def num_classes(self) -> int:
@@ -84,6 +87,7 @@ def export_run_as(run: Any, folder: Path, fmt: str, command: str = "") -> dict[s
         "classifier": source.classifier,
         "class_names": source.class_names,
         "tasks": len(source.record.get("task_sizes", [])),
+        "preprocess": source.preprocess,
         **facts,
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
