@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import timm
@@ -61,7 +62,7 @@ def test_timm_export_loads_through_timm_pretrained_path_strictly(vit_run, tmp_pa
     assert "--format timm" in card and "hf upload" in card and "final_accuracy" in card
 
 
-def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(text_run, tmp_path):
+def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(text_run, tmp_path, capsys):
     from transformers import AutoModel, AutoTokenizer
 
     out = tmp_path / "hf"
@@ -82,7 +83,14 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
     with torch.no_grad():
         expected = run.method(run.method.backbone.tokenize(texts))
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    assert "library_name: transformers" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card
+    # the model card's own snippet runs and prints the class the run predicts
+    snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1).replace("FOLDER", str(out))
+    exec(compile(snippet, "model card", "exec"), {})  # noqa: S102
+    with torch.no_grad():
+        first = run.method(run.method.backbone.tokenize(["book a table for two"])).argmax(-1).item()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == model.config.id2label[first]
 
 
 def test_peft_export_matches_the_merged_model(vit_run, text_run, tmp_path):

@@ -30,13 +30,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sdlora.engine import build
+    from sdlora.engine.learn import run_scenario
     from sdlora.engine.loop import evaluate
     from sdlora.engine.restore import restore_run
 
     run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
-    data = build.build_benchmark(run.cfg)
-    scenario = build.build_scenario(run.cfg, data, run.seed)
+    scenario = run_scenario(run.folder, run.cfg, run.seed)  # grown by `sdlora learn`, if it ran
     task = scenario.task(run.tasks_done - 1)
     from torch.utils.data import DataLoader
 

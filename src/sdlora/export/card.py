@@ -34,7 +34,7 @@ tags:
 
 # {record.get("method", "sdlora")} classifier ({source.num_classes} classes, {len(sizes)} tasks)
 
-Trained with [sdlora](https://pypi.org/project/sdlora/) {sdlora.__version__}: rehearsal-free
+Trained with sdlora {sdlora.__version__} (SD-LoRA, Wu et al., ICLR 2025): rehearsal-free
 class-incremental learning; every adapter is merged into the weights, so the model costs exactly the
 plain backbone.
 

@@ -89,6 +89,7 @@ def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
 def hf_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
     pool = ("(h * m).sum(1) / m.sum(1)" if manifest["pooling"] == "mean" else "h[:, 0]")
     norm = manifest["normalize"] or source.classifier == "cosine"
+    normalize = "\n    f = F.normalize(f, dim=-1)" if norm else ""
     return f"""```python
 import torch, torch.nn.functional as F
 from safetensors.torch import load_file
@@ -99,8 +100,7 @@ batch = tok(["book a table for two"], padding=True, truncation=True, max_length=
             return_tensors="pt")
 with torch.no_grad():
     h, m = model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1).float()
-    f = {pool}  # the run's {manifest["pooling"]} pooling
-    f = {"F.normalize(f, dim=-1)" if norm else "f"}
+    f = {pool}  # the run's {manifest["pooling"]} pooling{normalize}
     logits = f @ head["weight"].T + head["bias"]
 print(model.config.id2label[int(logits.argmax(-1))])
 ```

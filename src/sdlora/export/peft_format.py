@@ -48,16 +48,19 @@ def base_skeleton(source: ExportSource) -> tuple[nn.Module, list[str], str]:
         from sdlora.export.timm_format import timm_classifier
 
         return timm_classifier(source), ["head"], source.backbone.tag
+    from sdlora.backbones.hf_encoder import MODEL_ALIASES
     from sdlora.export.hf_format import hf_encoder
 
-    return hf_encoder(source), [], source.backbone.info().get("model") or ""
+    name = source.backbone.info().get("model") or ""
+    alias = MODEL_ALIASES.get(name)
+    return hf_encoder(source), [], alias.hub_id if alias is not None else name
 
 
 def write_peft(source: ExportSource, folder: Path) -> dict[str, Any]:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as err:
-        raise ValueError("--format peft needs the optional extra: pip install 'sdlora[peft]'") from err
+        raise ValueError("--format peft needs peft: pip install peft (the extra sdlora[peft])") from err
     factors = low_rank_deltas(source.method)
     model, to_save, base_id = base_skeleton(source)
     ranks = {name: b.shape[1] for name, (b, _) in factors.items()}
