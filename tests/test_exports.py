@@ -16,15 +16,14 @@ from sdlora.cli import main
 from sdlora.engine.restore import restore_run
 
 
-@pytest.fixture(scope="module")
-def vit_run(tmp_path_factory):
-    return train(vit_run_config(), tmp_path_factory.mktemp("vit") / "run")
+@pytest.fixture
+def vit_run(tiny_vit_run):
+    return tiny_vit_run
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    return train(text_run_config(folder), folder / "run")
+@pytest.fixture
+def text_run(tiny_text_run):
+    return tiny_text_run
 
 
 def images(n: int = 5) -> torch.Tensor:
@@ -177,3 +176,9 @@ def test_cls_pooled_bert_also_exports_a_silent_sequence_classifier(tmp_path):
     expected = run_logits(seed, restore_run(seed).method.backbone.tokenize(texts))
     assert (logits - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
     assert model.config.id2label[2] == "play some jazz"
+
+
+def test_list_names_the_export_formats(capsys):
+    assert main(["list"]) == 0
+    printed = capsys.readouterr().out
+    assert "export formats:" in printed and "save_for_hf" in printed and "PEFT LoRA adapter" in printed

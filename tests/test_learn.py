@@ -6,7 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import sdlora
 from export_helpers import text_run_config, train, write_text_files
@@ -64,10 +66,17 @@ def test_learn_refuses_known_classes_and_unfinished_input(finished, tmp_path, ca
     assert main(["learn", str(run), "--data", clash["train_file"], "--test", clash["test_file"]]) == 1
     assert "the model already knows class(es) ['alarm clock']" in capsys.readouterr().err
     assert not (run / "learned.json").exists()
+    fresh = write_text_files(tmp_path / "fresh", ["brand new", "also new"])
+    assert main(["learn", str(run), "--data", fresh["train_file"], "--test", clash["test_file"]]) == 1
+    assert "labels ['alarm clock'] are not among the new training classes" in capsys.readouterr().err
+    assert not (run / "learned.json").exists()
     assert main(["learn", str(run)]) == 1
     assert "--data" in capsys.readouterr().err
     assert main(["learn", str(run), "--data", str(tmp_path / "clash"), "--test", clash["test_file"]]) == 1
-    assert "image folders are not supported by learn yet" in capsys.readouterr().err
+    assert "no images in class sub-folders" in capsys.readouterr().err
+    pictures = image_folder(tmp_path / "pictures", ["cat"], 1, 0)
+    assert main(["learn", str(run), "--data", str(pictures), "--test", str(pictures)]) == 1
+    assert "holds images but this run's backbone takes text" in capsys.readouterr().err
 
 
 def test_an_interrupted_learn_resumes_to_the_same_results(finished, tmp_path):
@@ -108,3 +117,24 @@ def test_learn_without_the_old_training_file(finished, tmp_path):
     # the old tasks keep their last measured accuracy and count, flagged as not re-evaluated
     assert result["task_test_counts"] == [6, 6, 6] and result["task_info"][2]["not_re_evaluated"] == [0, 1]
     assert result["accuracy_matrix"][2][:2] == before["accuracy_matrix"][1]
+
+
+def image_folder(root, classes, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_a_vit_run_learns_new_classes_from_image_folders(tiny_vit_run, tmp_path):
+    run = copy_run(tiny_vit_run, tmp_path)
+    train_dir = image_folder(tmp_path / "new" / "train", ["zebra", "yak"], 4, 0)
+    test_dir = image_folder(tmp_path / "new" / "test", ["yak", "zebra"], 2, 1)
+    assert main(["learn", str(run), "--data", str(train_dir), "--test", str(test_dir), "--quiet"]) == 0
+    result = json.loads((run / "results.json").read_text())
+    assert result["class_names"][-2:] == ["yak", "zebra"] and result["task_sizes"] == [2, 2, 2, 2]
+    assert result["task_test_counts"] == [6, 6, 6, 4] and len(result["accuracy_matrix"][3]) == 4
+    top = sdlora.load(run).predict([str(test_dir / "yak" / "0.png")], top_k=8)[0]
+    assert sorted(label for label, _ in top) == sorted(result["class_names"])

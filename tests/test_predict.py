@@ -11,22 +11,20 @@ import torch
 from PIL import Image
 
 import sdlora
-from export_helpers import text_run_config, train, vit_run_config
 from sdlora.cli import main
 from sdlora.engine.restore import restore_run
 
 TEXTS = ["pay my bill please", "play some jazz now", "weather in paris today", "alarm clock at 7"]
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    return train(text_run_config(folder), folder / "run")
+@pytest.fixture
+def text_run(tiny_text_run):
+    return tiny_text_run
 
 
-@pytest.fixture(scope="module")
-def vit_run(tmp_path_factory):
-    return train(vit_run_config(), tmp_path_factory.mktemp("vit") / "run")
+@pytest.fixture
+def vit_run(tiny_vit_run):
+    return tiny_vit_run
 
 
 def test_load_run_and_hf_export_predict_the_runs_classes(text_run, tmp_path):

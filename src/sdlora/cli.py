@@ -104,9 +104,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from sdlora.export import EXPORT_FORMATS
     from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 
-    for title, registry in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES)):
+    registries = (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES),
+                  ("export formats", EXPORT_FORMATS))
+    for title, registry in registries:
         print(f"{title}:")
         for name, doc in registry.describe().items():
             print(f"  {name:<14} {doc}")
@@ -163,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("learn", help="continue a finished run with one more task of new classes from new files")
     n.add_argument("run_dir")
-    n.add_argument("--data", help="training file of the new classes (.csv / .tsv / .jsonl with text, label)")
-    n.add_argument("--test", help="test file of the new classes (every task is evaluated; needed unless --resume)")
+    n.add_argument("--data", help="training data of the new classes: .csv / .tsv / .jsonl (text, label) for a text "
+                                  "encoder, an image folder (one sub-folder per class) for a ViT")
+    n.add_argument("--test", help="test data of the new classes, same kind (every task is evaluated; needed unless "
+                                  "--resume)")
     n.add_argument("--resume", action="store_true", help="continue an interrupted learn")
     n.add_argument("--text-column", default="text")
     n.add_argument("--label-column", default="label")
@@ -179,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--plot", help="also write the accuracy curves of every method to this PNG")
     r.set_defaults(func=cmd_report)
 
-    sub.add_parser("list", help="methods, benchmarks and backbones").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="methods, benchmarks, backbones and export formats").set_defaults(func=cmd_list)
 
     d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
