@@ -66,6 +66,8 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
 
     out = tmp_path / "hf"
     assert main(["export", str(text_run), "--out", str(out), "--format", "hf"]) == 0
+    assert "note: no sequence-classification/ folder" in capsys.readouterr().out
+    assert not (out / "sequence-classification").exists()
     with no_library_warnings():
         model = AutoModel.from_pretrained(out).eval()
         tok = AutoTokenizer.from_pretrained(out)

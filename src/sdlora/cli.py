@@ -60,6 +60,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         manifest = export_run_as(run, Path(args.out), args.format, command=command)
         print(f"exported a {manifest['library']} {args.format} folder ({len(manifest['class_names'])} classes, "
               f"{run.tasks_done} tasks, merged) to {args.out}")
+        for note in manifest.get("notes", []):
+            print(f"note: {note}")
         return 0
     state = export_run(run, Path(args.out))
     print(f"exported {len(state)} tensors ({run.tasks_done} tasks, merged) to {args.out}")

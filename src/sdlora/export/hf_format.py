@@ -82,8 +82,13 @@ def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     if sequence:
         builder(encoder, source.head_weight, source.head_bias).save_pretrained(folder / SEQUENCE_FOLDER)
         source.backbone.tokenizer.save_pretrained(folder / SEQUENCE_FOLDER)
+    notes = [] if sequence else [
+        f"no {SEQUENCE_FOLDER}/ folder: transformers' *ForSequenceClassification cannot reproduce {options.pooling} "
+        f"pooling{' with L2 normalisation' if options.normalize else ''}; load with AutoModel + "
+        f"{CLASSIFIER_FILE} (model card) or sdlora.load"]
     return {"classifier_file": CLASSIFIER_FILE, "pooling": options.pooling, "normalize": options.normalize,
-            "max_length": options.max_length, "sequence_classification": SEQUENCE_FOLDER if sequence else None}
+            "max_length": options.max_length, "sequence_classification": SEQUENCE_FOLDER if sequence else None,
+            "notes": notes}
 
 
 def hf_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
