@@ -1,0 +1,96 @@
+"""What every export format needs from a finished run, the format registry, and the shared files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.registry import Registry
+
+MANIFEST = "sdlora_export.json"
+#: classifier kinds: how logits come from the pooled feature f
+CLASSIFIER_KINDS = {
+    "linear": "logits = f W^T + b",
+    "cosine": "logits = normalize(f) W^T (W = unit-norm class means; argmax equals that of f W^T)",
+}
+
+
+@dataclass
+class ExportSource:
+    """A finished run, reduced to what exports write: merged backbone, classifier, names and record."""
+
+    backbone: Any  # sdlora.backbones.base.Backbone, adapters still injected (unmerged)
+    method: Any  # sdlora.methods.base.Method
+    merged_backbone: dict[str, torch.Tensor]
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
+    classifier: str
+    class_names: list[str]
+    record: dict[str, Any] = field(default_factory=dict)  # results.json of the run (may be empty)
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # {"name", "options"} of the config
+    preprocess: dict[str, Any] = field(default_factory=dict)  # image_size / normalize of an image benchmark
+
+    @classmethod
+    def from_run(cls, run: Any) -> ExportSource:
+        """From `sdlora.engine.restore.RestoredRun`."""
+        method = run.method
+        state = {k: v.detach().cpu() for k, v in method.export_state_dict().items()}
+        merged = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        results = run.folder / "results.json"
+        record = json.loads(results.read_text()) if results.is_file() else {}
+        num = state["head.weight"].shape[0]
+        names = list(record.get("class_names") or [str(i) for i in range(num)])[:num]
+        return cls(backbone=method.backbone, method=method, merged_backbone=merged,
+                   head_weight=state["head.weight"], head_bias=state["head.bias"],
+                   classifier="cosine" if method.prototypes is not None else "linear", class_names=names,
+                   record=record, backbone_config={"name": run.cfg.backbone.name,
+                                                   "options": dict(run.cfg.backbone.options)},
+                   preprocess={k: v for k, v in run.cfg.benchmark.options.items()
+                               if k in ("image_size", "normalize")})
+
+    @property
+    def num_classes(self) -> int:
+        return self.head_weight.shape[0]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One registered format: `write(source, folder) -> facts` (merged into the manifest), a loading recipe."""
+
+    write: Callable[[ExportSource, Path], dict[str, Any]]
+    library: str
+    how_to_load: Callable[[ExportSource, dict[str, Any]], str]
+
+
+EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
+
+
+def export_run_as(run: Any, folder: Path, fmt: str, command: str = "") -> dict[str, Any]:
+    """Write `run` (a RestoredRun) into `folder` in format `fmt`, with the manifest and the model card."""
+    from sdlora.export.card import model_card
+
+    entry = EXPORT_FORMATS.get(fmt)
+    source = ExportSource.from_run(run)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = entry.write(source, folder)
+    manifest = {
+        "format": fmt,
+        "library": entry.library,
+        "backbone": source.backbone.info(),
+        "backbone_config": source.backbone_config,
+        "classifier": source.classifier,
+        "class_names": source.class_names,
+        "tasks": len(source.record.get("task_sizes", [])),
+        "preprocess": source.preprocess,
+        **facts,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (folder / "README.md").write_text(model_card(source, manifest, entry.how_to_load(source, manifest), command,
+                                                    str(folder)))
+    return manifest
