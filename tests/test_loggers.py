@@ -76,6 +76,21 @@ def test_tensorboard_logger_writes_events(tmp_path):
     assert losses == pytest.approx(csv_losses, rel=1e-6) and len(losses) == 3
 
 
+def test_wandb_logger_offline_records_the_same_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(tmp_path / "run", tiny(train={"loggers": ["csv", "wandb"], "epochs": 1}, benchmark={"num_tasks": 1},
+                               method={"name": "sdlora", "options": {"rank": 2}}))
+    seed = tmp_path / "run" / "seed-3"
+    run_id = (seed / "wandb_id.txt").read_text().strip()
+    (offline,) = list((seed / "wandb").glob(f"offline-run-*-{run_id}"))
+    records = (offline / f"run-{run_id}.wandb").read_bytes()  # W&B's offline record log, synced later
+    csv_names = {r["name"] for r in rows(seed)}
+    assert {"train/loss", "method/magnitude_1"} <= csv_names
+    assert all(name.encode() in records for name in csv_names)  # every scalar reached W&B too
+
+
 def test_unknown_or_missing_loggers_are_config_errors(monkeypatch):
     with pytest.raises(ConfigError, match=r"train.loggers: unknown logger 'tensorbord' \(did you mean "
                                           r"'tensorboard'\?\); known loggers: csv, tensorboard, wandb"):

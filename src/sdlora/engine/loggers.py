@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ class WandbLogger(ScalarLogger):
         import wandb
 
         id_file = folder / "wandb_id.txt"  # the same W&B run continues after --resume
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sdlora"), name=run_name, id=run_id,
                               resume="allow", dir=str(folder), config=config)
