@@ -122,3 +122,59 @@ def test_frequency_balancing_prefers_rarely_used_prompts():
     assert sorted(pool.select(query, 2, balance=True).flatten().tolist()) == [2, 3]
     pool.eval()
     assert pool.select(query, 2, balance=True).tolist() == [[0, 1]]  # balancing is a training-time rule
+
+
+def bert_inputs():  # noqa: ANN201
+    torch.manual_seed(2)
+    ids = torch.randint(5, 100, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_bert_empty_prompts_equal_the_plain_model(implementation):
+    from sdlora.prompts import PromptedBert
+    from sdlora.testing import tiny_bert
+
+    torch.manual_seed(0)
+    plain = tiny_bert(attn_implementation=implementation).eval()
+    wrapped = copy.deepcopy(plain)
+    prompted = PromptedBert(wrapped)
+    inputs = bert_inputs()
+    empty = torch.zeros(1, 0, 32)
+    with torch.no_grad():
+        reference = plain(**inputs).last_hidden_state
+        assert torch.equal(prompted.hidden(inputs), reference)
+        with prompted.inject({0: (empty, empty), 1: (empty, empty)}, tokens=empty):
+            replica = prompted.hidden(inputs)
+    torch.testing.assert_close(replica, reference, rtol=0, atol=1e-6)
+    assert prompted.unwrapped_state_dict().keys() == plain.state_dict().keys()
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_bert_prefix_and_tokens_equal_extra_tokens(implementation):
+    """Oracle: prompt tokens after [CLS] = the same vectors as embedding outputs of extra (always attended)
+    positions; prefixes from the key/value projections of extra states = attending to those states."""
+    from sdlora.prompts import PromptedBert
+    from sdlora.prompts.bert import PrefixSelfAttention
+    from sdlora.testing import tiny_bert
+
+    torch.manual_seed(0)
+    model = tiny_bert(attn_implementation=implementation).eval()
+    inputs = bert_inputs()
+    attention = model.encoder.layer[0].attention.self
+    wrapper = PrefixSelfAttention(attention)
+    z, x = torch.randn(2, 3, 32), torch.randn(2, 6, 32)
+    mask = torch.zeros(2, 1, 1, 6)  # additive, broadcast over the queries: sample 1 has 2 padding tokens
+    mask[1, :, :, 4:] = torch.finfo(torch.float32).min
+    with torch.no_grad():
+        wrapper.prefix = (attention.key(z), attention.value(z))
+        out = wrapper(x, mask)[0]
+        full = attention(torch.cat([z, x], 1), torch.cat([torch.zeros(2, 1, 1, 3), mask], -1))[0][:, 3:]
+    torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-6)
+    prompted = PromptedBert(model)
+    tokens = torch.randn(1, 2, 32)
+    with torch.no_grad(), prompted.inject(tokens=tokens):
+        hidden = prompted.hidden(inputs)
+    assert hidden.shape == (2, 8, 32)
+    assert not torch.allclose(hidden[:, :1], model(**inputs).last_hidden_state[:, :1], atol=1e-4)

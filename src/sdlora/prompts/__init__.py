@@ -10,7 +10,9 @@ Prompts are given per forward with a context manager (`with prompted.inject(...)
 the plain one whenever no prompt is given.
 """
 
+from sdlora.prompts.bert import PrefixSelfAttention, PromptedBert
 from sdlora.prompts.pool import KeyedPool, cosine_match, pull_loss
 from sdlora.prompts.vit import PrefixAttention, PromptedViT
 
-__all__ = ["KeyedPool", "PrefixAttention", "PromptedViT", "cosine_match", "pull_loss"]
+__all__ = ["KeyedPool", "PrefixAttention", "PrefixSelfAttention", "PromptedBert", "PromptedViT", "cosine_match",
+           "pull_loss"]

@@ -34,6 +34,7 @@ class PrefixAttention(nn.Module):
             raise TypeError(f"PrefixAttention wraps timm.layers.Attention, got {type(base).__name__}")
         self.base = base
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.train(base.training)  # wrapped in eval mode: stays in eval mode (dropout off)
 
     def _heads(self, t: torch.Tensor, batch: int) -> torch.Tensor:
         """[B, L, H * d] -> [B, H, L, d]."""
@@ -94,6 +95,10 @@ class PromptedViT:
         prompts = self.tokens.to(x.dtype).expand(x.shape[0], -1, -1)
         n = self.num_prefix_tokens
         return (torch.cat([x[:, :n], prompts, x[:, n:]], dim=1), *args[1:])
+
+    def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Final-norm token states [B, N (+ L prompt tokens after [CLS]), dim] (timm `forward_features`)."""
+        return self.model.forward_features(inputs)
 
     @contextlib.contextmanager
     def inject(self, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
