@@ -28,13 +28,13 @@ def pull_loss(query: torch.Tensor, keys: torch.Tensor, idx: torch.Tensor) -> tor
 
 
 class KeyedPool(nn.Module):
-    """M prompts (each [length, dim], or any trailing shape) with one key each, uniform(0, 1) init as in the
-    L2P release (`prompt_init: uniform`, `prompt_key_init: uniform`)."""
+    """M prompts (each [length, dim], or any trailing shape) with one key each, initialised uniform(-1, 1)
+    (`prompt_init` / `prompt_key_init: uniform` in the PyTorch port of the L2P release, l2p-pytorch)."""
 
     def __init__(self, size: int, prompt_shape: tuple[int, ...], key_dim: int) -> None:
         super().__init__()
-        self.prompts = nn.Parameter(torch.rand(size, *prompt_shape))
-        self.keys = nn.Parameter(torch.rand(size, key_dim))
+        self.prompts = nn.Parameter(torch.empty(size, *prompt_shape).uniform_(-1, 1))
+        self.keys = nn.Parameter(torch.empty(size, key_dim).uniform_(-1, 1))
         self.register_buffer("counts", torch.zeros(size))  # selections in finished tasks (balancing)
         self.register_buffer("current_counts", torch.zeros(size))  # selections in the task being trained
 
