@@ -161,3 +161,23 @@ def test_prompt_method_runs_on_a_text_encoder(tmp_path, method):
     assert result is not None
     final = results_without_timing(tmp_path / "run" / "seed-3")
     assert len(final["accuracy_curve"]) == 2 and all(0 <= a <= 100 for a in final["accuracy_curve"])
+
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["l2p", "dualprompt"])
+def test_prompt_configs_mirror_the_harness_and_quote_table_2(name):
+    main = load_config(CONFIGS / "clinc150.yaml")
+    text = load_config(CONFIGS / "baselines" / f"clinc150_{name}.yaml")
+    build.validate_plugins(text)
+    assert text.backbone == main.backbone and text.train == main.train and text.method.name == name
+    assert text.benchmark == main.benchmark and text.seeds == [1993, 1994, 1995]
+    vision = load_config(CONFIGS / "vision" / "prompts" / f"imagenet_r_10_{name}.yaml")
+    build.validate_plugins(vision)
+    published = {"l2p": (71.26, 0.44, 76.13, 0.46), "dualprompt": (68.22, 0.20, 73.81, 0.39)}[name]
+    assert tuple(vision.published[k] for k in ("final_accuracy", "final_accuracy_stderr",
+                                               "average_incremental_accuracy",
+                                               "average_incremental_accuracy_stderr")) == published
+    assert vision.benchmark.increment == vision.benchmark.init_classes == 20 and "Table 2" in vision.source
+    assert (vision.train.optimizer, vision.train.epochs, vision.train.batch_size) == ("adam", 50, 128)
