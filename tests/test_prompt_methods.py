@@ -128,8 +128,9 @@ def rows(folder):  # noqa: ANN001, ANN201
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("method", [L2P, DUAL], ids=["l2p", "dualprompt"])
+@pytest.mark.parametrize("method", ["l2p", "dualprompt", "coda"])
 def test_prompt_method_runs_and_resumes_mid_task(tmp_path, method):
+    method = {"l2p": L2P, "dualprompt": DUAL, "coda": CODA}[method]
     data = tiny(method=method, train={"epochs": 2, "optimizer": "adam", "lr": 0.01})
     cfg = load_config(data=data)
     run_config(cfg, tmp_path / "ref", quiet=True, stream=io.StringIO())
@@ -148,15 +149,15 @@ def test_prompt_method_runs_and_resumes_mid_task(tmp_path, method):
     assert results_without_timing(tmp_path / "cut" / "seed-3") == ref
     assert len(ref["accuracy_curve"]) == 3
     names = {r["name"] for r in rows(tmp_path / "ref" / "seed-3")}
-    assert {"method/ce", "method/pull"} <= names
+    assert {"method/ce"} <= names and names & {"method/pull", "method/ortho"}
 
 
-@pytest.mark.parametrize("method", [L2P, DUAL], ids=["l2p", "dualprompt"])
+@pytest.mark.parametrize("method", ["l2p", "dualprompt", "coda"])
 def test_prompt_method_runs_on_a_text_encoder(tmp_path, method):
     from export_helpers import text_run_config
 
     data = text_run_config(tmp_path)
-    data["method"] = method
+    data["method"] = {"l2p": L2P, "dualprompt": DUAL, "coda": CODA}[method]
     result = run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
     assert result is not None
     final = results_without_timing(tmp_path / "run" / "seed-3")
@@ -166,7 +167,7 @@ def test_prompt_method_runs_on_a_text_encoder(tmp_path, method):
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["l2p", "dualprompt"])
+@pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
 def test_prompt_configs_mirror_the_harness_and_quote_table_2(name):
     main = load_config(CONFIGS / "clinc150.yaml")
     text = load_config(CONFIGS / "baselines" / f"clinc150_{name}.yaml")
@@ -175,9 +176,58 @@ def test_prompt_configs_mirror_the_harness_and_quote_table_2(name):
     assert text.benchmark == main.benchmark and text.seeds == [1993, 1994, 1995]
     vision = load_config(CONFIGS / "vision" / "prompts" / f"imagenet_r_10_{name}.yaml")
     build.validate_plugins(vision)
-    published = {"l2p": (71.26, 0.44, 76.13, 0.46), "dualprompt": (68.22, 0.20, 73.81, 0.39)}[name]
+    published = {"l2p": (71.26, 0.44, 76.13, 0.46), "dualprompt": (68.22, 0.20, 73.81, 0.39),
+                 "coda_prompt": (74.05, 0.41, 78.14, 0.39)}[name]
     assert tuple(vision.published[k] for k in ("final_accuracy", "final_accuracy_stderr",
                                                "average_incremental_accuracy",
                                                "average_incremental_accuracy_stderr")) == published
     assert vision.benchmark.increment == vision.benchmark.init_classes == 20 and "Table 2" in vision.source
     assert (vision.train.optimizer, vision.train.epochs, vision.train.batch_size) == ("adam", 50, 128)
+
+
+CODA = {"name": "coda_prompt", "options": {"pool_size": 6, "prompt_length": 4, "layers": [0, 1],
+                                           "ortho_weight": 0.1}}
+
+
+def test_coda_new_components_are_orthogonal_to_the_old_ones():
+    method = built(CODA)
+    method.begin_task(TASKS[0])
+    keys, attention, prompts = method.prompts.all()
+    assert keys.shape == attention.shape == (2, 2, 32) and prompts.shape == (2, 2, 4, 32)
+    # at the start everything is orthonormal: the orthogonality penalty is zero
+    assert method.orthogonality().item() == pytest.approx(0.0, abs=1e-10)
+    sgd_steps(method, TASKS[0])
+    method.end_task(TASKS[0], None)
+    old = [t.detach().clone() for t in method.prompts.all()]
+    assert method.orthogonality().item() > 1e-6  # training moved the first task's components
+    method.begin_task(TASKS[1])
+    for before, now in zip(old, method.prompts.all(), strict=True):
+        assert now.shape[1] == 4 and torch.equal(now[:, :2], before)  # old components kept as they were
+        for layer in range(2):
+            new_rows, old_rows = now[layer, 2:].flatten(1), before[layer].flatten(1)
+            torch.testing.assert_close(new_rows @ old_rows.T, torch.zeros(2, 2), rtol=0, atol=1e-5)
+            torch.testing.assert_close(new_rows @ new_rows.T, torch.eye(2), rtol=0, atol=1e-5)
+    sgd_steps(method, TASKS[1])
+    assert all(torch.equal(now[:, :2], before) for before, now in zip(old, method.prompts.all(), strict=True))
+    trained = {id(p) for g in method.trainable_parameters() for p in g["params"]}
+    assert trained >= {id(method.prompts.keys[1]), id(method.prompts.prompts[1])}
+    assert not trained & {id(method.prompts.keys[0]), id(method.prompts.attention[0]), id(method.prompts.prompts[0])}
+
+
+def test_coda_weights_are_attention_masked_cosines_and_the_ortho_loss_trains():
+    method = built(CODA)
+    method.begin_task(TASKS[0])
+    x, y = batch()
+    query = method.query(x)
+    keys, attention, prompts = method.prompts.all()
+    alpha = method.weights(query, keys, attention)
+    manual = torch.stack([torch.stack([F_cos(query[b] * attention[layer, m], keys[layer, m]) for m in range(2)])
+                          for layer in range(2) for b in range(4)]).reshape(2, 4, 2)
+    torch.testing.assert_close(alpha, manual, rtol=1e-5, atol=1e-6)
+    method.train()
+    out = method.training_step((x, y), TASKS[0])
+    assert out.loss.item() == pytest.approx(out.scalars["ce"] + 0.1 * out.scalars["ortho"], rel=1e-6)
+
+
+def F_cos(a, b):  # noqa: ANN001, ANN201, N802
+    return torch.nn.functional.cosine_similarity(a, b, dim=0)
