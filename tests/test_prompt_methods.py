@@ -231,3 +231,22 @@ def test_coda_weights_are_attention_masked_cosines_and_the_ortho_loss_trains():
 
 def F_cos(a, b):  # noqa: ANN001, ANN201, N802
     return torch.nn.functional.cosine_similarity(a, b, dim=0)
+
+
+def test_prompt_run_predicts_from_its_folder_but_refuses_a_plain_export(tmp_path, capsys):
+    from sdlora.cli import main
+    from sdlora.predict import load_run
+
+    data = tiny(method=L2P, train={"epochs": 1})
+    run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
+    classifier = load_run(tmp_path / "run")
+    from sdlora.engine.restore import restore_run
+
+    run = restore_run(tmp_path / "run", None)
+    x, _ = batch()
+    with torch.no_grad():
+        expected = run.method.eval()(x).argmax(1)
+    assert torch.equal(classifier.logits(list(x)).argmax(1), expected)  # the prompts are used by predict
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out.safetensors")]) == 1
+    assert "cannot be merged" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()

@@ -68,6 +68,9 @@ class Method(nn.Module):
     Options: type
     #: the trainer trains only when this is true (prototype methods set it to False)
     trains: bool = True
+    #: the trained function is a plain backbone + linear head, so `sdlora export` can write it (prompt
+    #: methods set it to False: their prompts are chosen per input)
+    exportable: bool = True
 
     def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
         super().__init__()
@@ -200,6 +203,12 @@ class Method(nn.Module):
     def export_backbone(self) -> dict[str, torch.Tensor]:
         """The backbone as a plain timm / transformers state dict (adapter methods merge first)."""
         return self.backbone.export_state_dict()
+
+    def check_exportable(self) -> None:
+        """A ValueError naming the reason when the method cannot be written as a plain backbone + head."""
+        if not self.exportable:
+            raise ValueError(f"{type(self).__name__}: the prompts are chosen per input and cannot be merged into a "
+                             "plain backbone + linear head; use the run folder itself (sdlora predict/eval)")
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """`backbone.*` + `head.*`; with the prototype classifier the head is the unit-norm class means

@@ -22,6 +22,7 @@ class PromptMethod(Method):
     """Base of the prompt methods: subclasses set `self.prompts` and use `self.injector`."""
 
     prompts: nn.Module
+    exportable = False  # `export_state_dict` (the frozen backbone + head) serves `sdlora predict` on the run only
 
     def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
         super().__init__(backbone, options, train)
@@ -64,8 +65,3 @@ class PromptMethod(Method):
         self.resize_prompts(structure["prompts"])
         self.prompts.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("prompts.")})
         self.prompts.to(self._device())
-
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(
-            f"{type(self).__name__}: prompts are chosen per input and cannot be merged into a plain backbone + "
-            "linear head; keep the run's checkpoint (sdlora predict) instead of exporting")
