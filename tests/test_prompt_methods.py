@@ -250,3 +250,31 @@ def test_prompt_run_predicts_from_its_folder_but_refuses_a_plain_export(tmp_path
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out.safetensors")]) == 1
     assert "cannot be merged" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("method", ["l2p", "dualprompt", "coda"])
+def test_text_encoder_stays_bit_identical_while_prompts_train(tmp_path, method):
+    from export_helpers import text_run_config
+
+    data = text_run_config(tmp_path)
+    data["method"] = {"l2p": L2P, "dualprompt": DUAL, "coda": CODA}[method]
+    cfg = load_config(data=data)
+    backbone = build.build_backbone(cfg)
+    model = build.build_method(cfg, backbone)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    task = TaskInfo(index=0, known=0, total=2, num_tasks=2)
+    model.begin_task(task)
+    prompts = [p.detach().clone() for p in model.prompts.parameters()]
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=0.05, weight_decay=0.1)
+    model.train()
+    inputs, labels = backbone.collate([("turn on the lights", 0), ("what time is it", 1), ("lights off", 0)])
+    for _ in range(2):
+        optimizer.zero_grad()
+        model.training_step((inputs, labels), task).loss.backward()
+        optimizer.step()
+    after = backbone.export_state_dict()
+    assert after.keys() == {k.replace(".attention.self.base.", ".attention.self.") for k in before}
+    assert all(torch.equal(after[k.replace(".attention.self.base.", ".attention.self.")], v)
+               for k, v in before.items())
+    assert all(p.grad is None for p in backbone.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(prompts, model.prompts.parameters(), strict=True))
