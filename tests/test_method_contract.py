@@ -38,8 +38,12 @@ class AuxLoss(Method):
         return StepOutput(out.loss + aux, {"aux": aux.detach().item(), "ce": out.loss.detach().item()})
 
 
-if "test_aux_loss" not in METHODS:
-    METHODS.register("test_aux_loss")(AuxLoss)
+@pytest.fixture
+def aux_method(monkeypatch):  # noqa: ANN001, ANN201
+    """`test_aux_loss` registered for one test only (the registry's listing stays the built-in one)."""
+    METHODS.names()  # load the built-ins first
+    monkeypatch.setitem(METHODS._entries, "test_aux_loss", AuxLoss)
+    monkeypatch.setitem(METHODS._docs, "test_aux_loss", "test method")
 
 
 def built(method: dict):  # noqa: ANN201
@@ -71,7 +75,7 @@ def test_default_training_step_equals_forward_then_loss(method):
     assert all(torch.equal(a, b) for a, b in zip(grads_new, grads_old, strict=True))
 
 
-def test_auxiliary_loss_is_trained_and_logged(tmp_path):
+def test_auxiliary_loss_is_trained_and_logged(tmp_path, aux_method):
     data = tiny(method={"name": "test_aux_loss"}, train={"epochs": 2, "lr": 0.05, "momentum": 0.0,
                                                           "loggers": ["csv"]})
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
