@@ -42,7 +42,7 @@ BAD = [
     (["method.options.rnak=3"], "method.options: unknown key(s) 'rnak' (did you mean 'rank'?); allowed: ablation"),
     (["train.optimizer=adamm"], "train.optimizer: 'adamm' is not allowed; allowed: 'sgd' | 'adam' | 'adamw' "
                                 "(did you mean 'adam'?)"),
-    (["method.name=sdlroa"], "unknown method 'sdlroa' (did you mean 'sdlora'?); known methods: finetune"),
+    (["method.name=sdlroa"], "unknown method 'sdlroa' (did you mean 'sdlora'?); known methods: coda_prompt"),
     (["method.options.rank_schedule=[[1, 4]]"], "method.options: rank_schedule must start with a pair for task 0, "
                                                 "got [[1, 4]]"),
     (["backbone.options.model=vit_tiny_patch16_2244"],

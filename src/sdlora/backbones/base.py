@@ -47,7 +47,19 @@ class Backbone(nn.Module):
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's own state dict, loadable by timm / transformers with strict=True."""
+        injector = self.__dict__.get("_prompted")
+        if injector is not None:  # prompt wrappers are in the model: report the library's own names
+            return injector.unwrapped_state_dict()
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def prompted(self) -> Any:
+        """The prompt injector over `self.model` (`sdlora.prompts`: `inject`, `hidden`, `depth`), built once."""
+        if self.__dict__.get("_prompted") is None:
+            self.__dict__["_prompted"] = self.make_prompted()
+        return self.__dict__["_prompted"]
+
+    def make_prompted(self) -> Any:
+        raise NotImplementedError(f"backbone {type(self).__name__} does not support prompt methods")
 
     def freeze(self) -> None:
         for p in self.parameters():

@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
+from sdlora.prompts.bert import PromptedBert
 from sdlora.registry import BACKBONES
 
 
@@ -185,6 +186,10 @@ class HFEncoder(Backbone):
         hidden = self.model(**inputs).last_hidden_state
         features = self.pool(hidden, inputs["attention_mask"])
         return F.normalize(features, dim=-1) if self.options.normalize else features
+
+    def make_prompted(self) -> PromptedBert:
+        """Prefix wrappers on every layer's self-attention + prompt tokens after [CLS] (BERT-like models)."""
+        return PromptedBert(self.model)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ from timm.data import resolve_model_data_config
 from timm.models import get_deprecated_models, get_pretrained_cfg
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
+from sdlora.prompts.vit import PromptedViT
 from sdlora.registry import BACKBONES
 from sdlora.typed import did_you_mean
 
@@ -143,6 +144,10 @@ class TimmViT(Backbone):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
+
+    def make_prompted(self) -> PromptedViT:
+        """Prefix wrappers on every block's attention + prompt tokens after [CLS] (prompt methods)."""
+        return PromptedViT(self.model)
 
     def info(self) -> dict[str, Any]:
         return {

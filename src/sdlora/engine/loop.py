@@ -50,8 +50,9 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
     for inputs, labels in loader:
         inputs, labels = move_to(inputs, ctx.device), labels.to(ctx.device)
         with autocast(ctx.device, ctx.amp):
-            logits = ctx.method(inputs)
-        loss = ctx.method.loss(logits.float(), labels, task)
+            step = ctx.method.training_step((inputs, labels), task)  # the method contract (issue 10)
+        ctx.method.step_scalars.add(step.scalars)
+        loss = step.loss
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"task {task.index + 1}: the loss became {loss.item()} at batch {batches + 1}; "

@@ -78,6 +78,7 @@ def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:
     """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`)."""
     from safetensors.torch import save_file
 
+    run.method.check_exportable()
     state = {k: v.contiguous().cpu() for k, v in run.method.export_state_dict().items()}
     meta = {
         "format": "sdlora-export-1",

@@ -75,6 +75,7 @@ def export_run_as(run: Any, folder: Path, fmt: str, command: str = "") -> dict[s
     from sdlora.export.card import model_card
 
     entry = EXPORT_FORMATS.get(fmt)
+    run.method.check_exportable()
     source = ExportSource.from_run(run)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

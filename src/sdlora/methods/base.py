@@ -5,6 +5,8 @@
     trainable_parameters()      param groups the optimiser updates this task
     forward(inputs)             logits over every class seen so far
     loss(logits, labels, task)  the training loss
+    training_step(batch, task)  one step's loss and named scalars (default: forward + loss); override to add
+                                auxiliary losses or extra passes (prompt methods' key pull, a frozen query)
     end_task(task, loader)      freeze, fit prototypes, absorb...; returns a dict logged in results.json
     checkpoint_state()          (structure: JSON, tensors) - everything needed to rebuild and resume
     load_checkpoint_state(...)
@@ -13,6 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,12 +31,46 @@ from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prototypes import ClassPrototypes, collect_features
 
 
+@dataclass
+class StepOutput:
+    """What one training step returns: the loss to minimise and named scalars (floats) worth logging."""
+
+    loss: torch.Tensor
+    scalars: dict[str, float] = field(default_factory=dict)
+
+
+class StepScalars:
+    """Running means of the scalars that training steps report, read (and reset) once per epoch."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on the tensor's device: losses are computed in float32 outside mixed precision."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 class Method(nn.Module):
     """Default behaviour: frozen backbone + growing linear head trained with cross-entropy."""
 
     Options: type
     #: the trainer trains only when this is true (prototype methods set it to False)
     trains: bool = True
+    #: the trained function is a plain backbone + linear head, so `sdlora export` can write it (prompt
+    #: methods set it to False: their prompts are chosen per input)
+    exportable: bool = True
 
     def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
         super().__init__()
@@ -44,6 +82,7 @@ class Method(nn.Module):
         classifier = train.classifier
         self.prototypes = ClassPrototypes(backbone.feature_dim) if classifier.kind == "prototypes" else None
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
+        self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
 
     # -- lifecycle -------------------------------------------------------------------------------
     def begin_task(self, task: TaskInfo) -> None:
@@ -101,6 +140,17 @@ class Method(nn.Module):
             return F.cross_entropy(logits[:, task.known:task.total], labels - task.known)
         return F.cross_entropy(logits[:, : task.total], labels)
 
+    def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
+        """One step on `(inputs, labels)` (already on the device, called under the engine's autocast).
+
+        Default: logits = forward(inputs); loss(logits, labels, task) in float32 with autocast off.
+        Overrides return extra terms in the loss and name them in `scalars` (their epoch means are logged
+        as `method/<name>`)."""
+        inputs, labels = batch
+        logits = self(inputs)
+        with full_precision(logits):
+            return StepOutput(self.loss(logits.float(), labels, task))
+
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
         """Counts the task; with the prototype classifier, moves old means (SDC) and adds the new ones.
@@ -154,6 +204,12 @@ class Method(nn.Module):
         """The backbone as a plain timm / transformers state dict (adapter methods merge first)."""
         return self.backbone.export_state_dict()
 
+    def check_exportable(self) -> None:
+        """A ValueError naming the reason when the method cannot be written as a plain backbone + head."""
+        if not self.exportable:
+            raise ValueError(f"{type(self).__name__}: the prompts are chosen per input and cannot be merged into a "
+                             "plain backbone + linear head; use the run folder itself (sdlora predict/eval)")
+
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """`backbone.*` + `head.*`; with the prototype classifier the head is the unit-norm class means
         (logits = cosine: L2-normalise the features before the head)."""
@@ -170,5 +226,6 @@ class Method(nn.Module):
         return sum(p.numel() for g in self.trainable_parameters() for p in g["params"])
 
     def scalars(self) -> dict[str, float]:
-        """Named scalars worth plotting over training (logged once per epoch); none by default."""
-        return {}
+        """Named scalars worth plotting over training (logged once per epoch): by default the epoch means
+        of the scalars `training_step` reported since the last call (subclasses add theirs to super()'s)."""
+        return self.step_scalars.pop_means()

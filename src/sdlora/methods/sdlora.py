@@ -120,4 +120,4 @@ class SDLoRA(Method):
     def scalars(self) -> dict[str, float]:
         """The magnitudes alpha_1..alpha_t (logged per epoch: how old directions are re-weighted)."""
         alpha = self.adapter.magnitudes.alpha.detach().float().cpu().tolist()
-        return {f"magnitude_{k + 1}": a for k, a in enumerate(alpha)}
+        return {**super().scalars(), **{f"magnitude_{k + 1}": a for k, a in enumerate(alpha)}}

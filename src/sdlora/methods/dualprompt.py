@@ -1,0 +1,147 @@
+"""DualPrompt (Wang et al., ECCV 2022): a shared G-prompt and task-specific E-prompts, by prefix-tuning.
+
+    layers in g_layers:  Attn(q, [G_k; k], [G_v; v])           G shared by every task (trains throughout)
+    layers in e_layers:  Attn(q, [E^t_k; k], [E^t_v; v])        E^t, key k_t: task t's own
+    train task t:  E^t is used (the task is known);   loss = CE(head(f(x)), y) + lambda (1 - cos(q(x), k_t))
+    test:          t(x) = argmax_t cos(q(x), k_t)  (task-key matching with the frozen [CLS] query q(x))
+    f(x) = the backbone's pooled feature ([CLS] after the final norm for timm ViTs) with the prompts in.
+
+Each prefix has L tokens for the keys and L for the values (shape [2, L, dim] per layer, as the
+`(layers, 2, pool, length, heads, head_dim)` prefix of the PyTorch port, dualprompt-pytorch). Published
+settings (DualPrompt paper section 5 / dualprompt-pytorch `configs/imr_dualprompt.py`): G at layers 0-1 with
+L_g = 5, E at layers 2-4 with L_e = 20 (the paper's ImageNet-R setting; CIFAR-100 uses 5), one E-prompt per task,
+pull weight lambda = 1.0 (`pull_constraint_coeff`), prompts and keys initialised uniform(-1, 1).
+A finished task's E-prompt and key are frozen (requires_grad off, not in the optimiser): untouched afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdlora.backbones.base import Backbone
+from sdlora.config import TrainConfig
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import StepOutput, full_precision
+from sdlora.methods.prompting import PromptMethod
+from sdlora.prompts.pool import cosine_match
+from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
+
+
+def uniform(*shape: int, device: torch.device | None = None) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, device=device).uniform_(-1, 1))
+
+
+class DualPrompts(nn.Module):
+    """G: [len(g_layers), 2, L_g, D]; E^t: [len(e_layers), 2, L_e, D] and key k_t: [D], one per task."""
+
+    def __init__(self, g_layers: int, g_length: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.g = uniform(g_layers, 2, g_length, dim)
+        self.e = nn.ParameterList()
+        self.keys = nn.ParameterList()
+
+    def add_task(self, e_layers: int, e_length: int, device: torch.device) -> None:
+        """A new E-prompt and key for the next task; the earlier ones are frozen."""
+        for p in (*self.e, *self.keys):
+            p.requires_grad_(False)
+        self.e.append(uniform(e_layers, 2, e_length, self.dim, device=device))
+        self.keys.append(uniform(self.dim, device=device))
+
+    def key_matrix(self) -> torch.Tensor:
+        return torch.stack(list(self.keys))
+
+
+@METHODS.register("dualprompt")
+class DualPrompt(PromptMethod):
+    """DualPrompt: G-prompt (shared) + per-task E-prompts with keys, prefix-tuning, task-key matching."""
+
+    @dataclass
+    class Options:
+        g_layers: list[int] = field(default_factory=lambda: [0, 1])
+        g_length: PositiveInt = 5
+        e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
+        e_length: PositiveInt = 20
+        pull_weight: float = 1.0  # lambda
+        prompt_lr: float | None = None  # learning rate of prompts and keys (None: train.lr)
+
+        def __post_init__(self) -> None:
+            if set(self.g_layers) & set(self.e_layers):
+                raise ValueError(f"g_layers {self.g_layers} and e_layers {self.e_layers} overlap")
+            if any(i < 0 for i in (*self.g_layers, *self.e_layers)):
+                raise ValueError("prompt layer indices must be >= 0")
+            if self.pull_weight < 0:
+                raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
+
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
+        super().__init__(backbone, options, train)
+        depth = self.injector.depth
+        if max(*options.g_layers, *options.e_layers) >= depth:
+            raise ValueError(f"dualprompt: prompt layers {options.g_layers + options.e_layers} exceed the "
+                             f"backbone's {depth} layers")
+        self.prompts = DualPrompts(len(options.g_layers), options.g_length, backbone.feature_dim)
+        self.current_task: int | None = None  # E-prompt used while training (the task is known)
+
+    def begin_task(self, task: TaskInfo) -> None:
+        super().begin_task(task)
+        self.prompts.add_task(len(self.options.e_layers), self.options.e_length, self._device())
+        self.current_task = task.index
+
+    def match(self, query: torch.Tensor) -> torch.Tensor:
+        """t(x) = argmax_t cos(q(x), k_t): the E-prompt of each input at test time."""
+        return cosine_match(query, self.prompts.key_matrix()).argmax(dim=1)
+
+    def prompted_features(self, inputs: Any, task_ids: torch.Tensor) -> torch.Tensor:
+        """The pooled feature with G at g_layers and E^{t(x)} at e_layers (per-sample prefixes)."""
+        g, e = self.prompts.g, torch.stack(list(self.prompts.e))[task_ids]  # e: [B, layers, 2, L_e, D]
+        prefixes = {layer: (g[i, 0:1], g[i, 1:2]) for i, layer in enumerate(self.options.g_layers)}
+        prefixes.update({layer: (e[:, i, 0], e[:, i, 1]) for i, layer in enumerate(self.options.e_layers)})
+        with self.injector.inject(prefixes):
+            return self.backbone(inputs)
+
+    def features(self, inputs: Any) -> torch.Tensor:
+        """With the task being trained known (`current_task`, until `end_task`) its E-prompt; else matching."""
+        if self.current_task is not None:
+            batch = next(iter(inputs.values())).shape[0] if isinstance(inputs, dict) else inputs.shape[0]
+            ids = torch.full((batch,), self.current_task, dtype=torch.long, device=self._device())
+        else:
+            ids = self.match(self.query(inputs))
+        return self.prompted_features(inputs, ids)
+
+    def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
+        inputs, labels = batch
+        query = self.query(inputs)
+        ids = torch.full((labels.shape[0],), task.index, dtype=torch.long, device=labels.device)
+        logits = self.head(self.prompted_features(inputs, ids))
+        with full_precision(logits):
+            ce = self.loss(logits.float(), labels, task)
+            key = self.prompts.keys[task.index].float()
+            pull = (1 - cosine_match(query.float(), key[None])).mean()
+        scalars = {"ce": float(ce.detach()), "pull": float(pull.detach())}
+        return StepOutput(ce + self.options.pull_weight * pull, scalars)
+
+    @torch.no_grad()
+    def end_task(self, task: TaskInfo, train_loader: Any) -> dict[str, Any]:
+        self.current_task = None  # from now on (prototypes, evaluation) the E-prompt is chosen by its key
+        return super().end_task(task, train_loader)
+
+    def prompt_structure(self) -> dict[str, Any]:
+        return {"tasks": len(self.prompts.e), "current_task": self.current_task}
+
+    def resize_prompts(self, structure: dict[str, Any]) -> None:
+        self.prompts.e = nn.ParameterList()
+        self.prompts.keys = nn.ParameterList()
+        for _ in range(structure["tasks"]):
+            self.prompts.add_task(len(self.options.e_layers), self.options.e_length, self._device())
+        self.current_task = structure["current_task"]
+
+    def restore_trainable_flags(self, task: TaskInfo) -> None:
+        super().restore_trainable_flags(task)
+        for i, (e, key) in enumerate(zip(self.prompts.e, self.prompts.keys, strict=True)):
+            e.requires_grad_(i == task.index)
+            key.requires_grad_(i == task.index)

@@ -1,0 +1,86 @@
+"""L2P, Learning to Prompt (Wang et al., CVPR 2022): a pool of prompt tokens, chosen per input by key matching.
+
+    q(x) = frozen backbone [CLS];  s(x) = the N prompts whose keys k_i are nearest to q(x) (cosine)
+    f(x) = mean of the outputs at the N * L_p prompt positions of the backbone run on [CLS, P_s(x), patches]
+    loss = CE(head(f(x)), y) + lambda * sum_{i in s(x)} (1 - cos(q(x), k_i))      (the key pull, Eq. 5)
+
+Prompt-frequency balancing (the paper's "diversified prompt selection", `balance: true`) scales each
+distance by the prompt's share of the past tasks' selections while training. Selection is per sample (the
+PyTorch port's `batchwise_prompt`, which makes predictions depend on the test batch, is not reproduced).
+Defaults are the published ImageNet-R / CIFAR-100 settings: M = 10, L_p = 5, N = 5 (L2P paper section 5 and
+l2p-pytorch `configs/`); lambda = 0.1 (`pull_constraint_coeff` of l2p-pytorch's configs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from sdlora.backbones.base import Backbone
+from sdlora.config import TrainConfig
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import StepOutput, full_precision
+from sdlora.methods.prompting import PromptMethod
+from sdlora.prompts.pool import KeyedPool, pull_loss
+from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
+
+
+@METHODS.register("l2p")
+class L2P(PromptMethod):
+    """L2P: keyed prompt pool, top-N cosine selection, key pull loss; classifier on the mean prompt output."""
+
+    @dataclass
+    class Options:
+        pool_size: PositiveInt = 10  # M
+        prompt_length: PositiveInt = 5  # L_p, tokens per prompt
+        top_n: PositiveInt = 5  # N, prompts per input
+        pull_weight: float = 0.1  # lambda, the key pull (surrogate) loss weight
+        balance: bool = False  # prompt-frequency balancing while training
+        prompt_lr: float | None = None  # learning rate of prompts and keys (None: train.lr)
+
+        def __post_init__(self) -> None:
+            if self.top_n > self.pool_size:
+                raise ValueError(f"top_n ({self.top_n}) cannot exceed pool_size ({self.pool_size})")
+            if self.pull_weight < 0:
+                raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
+
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
+        super().__init__(backbone, options, train)
+        dim = backbone.feature_dim
+        self.prompts = KeyedPool(options.pool_size, (options.prompt_length, dim), dim)
+
+    def select(self, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q(x), s(x)): the frozen query and the indices [B, N] of the chosen prompts."""
+        query = self.query(inputs)
+        return query, self.prompts.select(query, self.options.top_n, self.options.balance)
+
+    def prompted_features(self, inputs: Any, idx: torch.Tensor) -> torch.Tensor:
+        """Mean of the outputs at the prompt positions (right after [CLS]) with prompts P_idx inserted."""
+        tokens = self.prompts.prompts[idx].flatten(1, 2)  # [B, N * L_p, D]
+        with self.injector.inject(tokens=tokens):
+            hidden = self.injector.hidden(inputs)
+        return hidden[:, 1:1 + tokens.shape[1]].mean(dim=1)
+
+    def features(self, inputs: Any) -> torch.Tensor:
+        return self.prompted_features(inputs, self.select(inputs)[1])
+
+    def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
+        inputs, labels = batch
+        query, idx = self.select(inputs)
+        logits = self.head(self.prompted_features(inputs, idx))
+        with full_precision(logits):
+            ce = self.loss(logits.float(), labels, task)
+            pull = pull_loss(query.float(), self.prompts.keys.float(), idx)
+        scalars = {"ce": float(ce.detach()), "pull": float(pull.detach())}
+        return StepOutput(ce + self.options.pull_weight * pull, scalars)
+
+    @torch.no_grad()
+    def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
+        self.prompts.end_task()
+        info = super().end_task(task, train_loader)
+        info["prompt_counts"] = [int(c) for c in self.prompts.counts.tolist()]
+        return info

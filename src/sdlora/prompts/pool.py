@@ -1,0 +1,63 @@
+"""Keyed prompt pools and the query-key matching of L2P / DualPrompt.
+
+    gamma(q, k_i) = 1 - cos(q, k_i)                      (the matching distance)
+    select:   s(x) = the N indices with the smallest gamma(q(x), k_i) * h_i
+    pull:     L_pull = sum_{i in s(x)} gamma(q(x), k_i)   (averaged over the batch), which the release
+              implements as - mean_x sum_{i in s(x)} cos(q(x), k_i) (the same gradient)
+
+`h_i` (L2P's optional prompt-frequency balancing, "diversified prompt selection") is prompt i's share of the
+selections made during the previous tasks; h = 1 (plain nearest keys) when off or before any history.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cosine_match(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """cos(q_b, k_i): [B, D] x [M, D] -> [B, M]."""
+    return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T
+
+
+def pull_loss(query: torch.Tensor, keys: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of sum_{i in idx_b} (1 - cos(q_b, k_i)); the query is detached (frozen encoder)."""
+    cos = cosine_match(query.detach(), keys).gather(1, idx)
+    return (1 - cos).sum(dim=1).mean()
+
+
+class KeyedPool(nn.Module):
+    """M prompts (each [length, dim], or any trailing shape) with one key each, initialised uniform(-1, 1)
+    (`prompt_init` / `prompt_key_init: uniform` in the PyTorch port of the L2P release, l2p-pytorch)."""
+
+    def __init__(self, size: int, prompt_shape: tuple[int, ...], key_dim: int) -> None:
+        super().__init__()
+        self.prompts = nn.Parameter(torch.empty(size, *prompt_shape).uniform_(-1, 1))
+        self.keys = nn.Parameter(torch.empty(size, key_dim).uniform_(-1, 1))
+        self.register_buffer("counts", torch.zeros(size))  # selections in finished tasks (balancing)
+        self.register_buffer("current_counts", torch.zeros(size))  # selections in the task being trained
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    def frequency_penalty(self) -> torch.Tensor:
+        """h_i: each prompt's share of the past tasks' selections (ones before any history)."""
+        total = self.counts.sum()
+        return self.counts / total if total > 0 else torch.ones_like(self.counts)
+
+    def select(self, query: torch.Tensor, top_n: int, balance: bool = False) -> torch.Tensor:
+        """Indices [B, N] of the N keys nearest to each query (with frequency balancing while training)."""
+        distance = 1 - cosine_match(query, self.keys)
+        if balance and self.training:
+            distance = distance * self.frequency_penalty()
+        idx = distance.topk(top_n, dim=1, largest=False).indices
+        if self.training:
+            self.current_counts += torch.bincount(idx.flatten(), minlength=self.size).to(self.current_counts)
+        return idx
+
+    @torch.no_grad()
+    def end_task(self) -> None:
+        self.counts += self.current_counts
+        self.current_counts.zero_()
