@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import pytest
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from export_helpers import no_library_warnings, text_run_config, train, vit_run_config
+import sdlora
+from export_helpers import LibraryWarnings, no_library_warnings, text_run_config, train, vit_run_config
 from sdlora.cli import main
 from sdlora.engine.restore import restore_run
 
@@ -66,7 +68,7 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
 
     out = tmp_path / "hf"
     assert main(["export", str(text_run), "--out", str(out), "--format", "hf"]) == 0
-    assert "note: no sequence-classification/ folder" in capsys.readouterr().out
+    assert "note:" not in capsys.readouterr().out
     assert not (out / "sequence-classification").exists()
     with no_library_warnings():
         model = AutoModel.from_pretrained(out).eval()
@@ -86,12 +88,17 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card
-    # the model card's own snippet runs and prints the class the run predicts
-    snippet = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1).replace("FOLDER", str(out))
-    exec(compile(snippet, "model card", "exec"), {})  # noqa: S102
+    assert "trust_remote_code=True" in card and "modeling_sdlora.py" in card and "- custom_code\n" in card
+    assert "pipeline_tag: text-classification" in card
+    # both of the model card's snippets (custom code; AutoModel + five lines) run and print the run's class
     with torch.no_grad():
         first = run.method(run.method.backbone.tokenize(["book a table for two"])).argmax(-1).item()
-    assert capsys.readouterr().out.strip().splitlines()[-1] == model.config.id2label[first]
+    snippets = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert len(snippets) == 2 and "trust_remote_code=True" in snippets[0]
+    for snippet in snippets:
+        with no_library_warnings():
+            exec(compile(snippet.replace("FOLDER", str(out)), "model card", "exec"), {})  # noqa: S102
+        assert capsys.readouterr().out.strip().splitlines()[-1] == model.config.id2label[first]
 
 
 def test_peft_export_matches_the_merged_model(vit_run, text_run, tmp_path):
@@ -184,3 +191,110 @@ def test_list_names_the_export_formats(capsys):
     assert main(["list"]) == 0
     printed = capsys.readouterr().out
     assert "export formats:" in printed and "save_for_hf" in printed and "PEFT LoRA adapter" in printed
+
+
+TEXTS = ["pay my bill now", "play some jazz tonight", "weather", "alarm clock please wake me at seven"]
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory, tiny_text_run):
+    """(pooling, classifier) -> seed folder of a tiny BERT run; trained on first use, shared by the module."""
+    runs = {("mean", "linear"): tiny_text_run}
+
+    def get(pooling: str, classifier: str):
+        if (pooling, classifier) not in runs:
+            folder = tmp_path_factory.mktemp(f"text-{pooling}-{classifier}")
+            data = text_run_config(folder)
+            data["backbone"]["options"]["pooling"] = pooling
+            if classifier == "prototypes":
+                data["train"] = {**data["train"], "classifier": {"kind": "prototypes"}}
+            runs[pooling, classifier] = train(data, folder / "run")
+        return runs[pooling, classifier]
+
+    return get
+
+
+def load_sequence_classifier(folder):
+    """The export through transformers' public loader; any load report or warning fails the test."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    with no_library_warnings():
+        model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+        tok = AutoTokenizer.from_pretrained(folder)
+    return model, tok
+
+
+@pytest.mark.parametrize("pooling, classifier", [("mean", "linear"), ("mean", "prototypes"), ("cls", "linear"),
+                                                 ("cls", "prototypes")])
+def test_hf_export_loads_as_sequence_classifier_with_remote_code(text_runs, pooling, classifier, tmp_path):
+    from transformers import AutoModel
+
+    seed = text_runs(pooling, classifier)
+    out = tmp_path / "hf"
+    assert main(["export", str(seed), "--out", str(out), "--format", "hf"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    remote = "modeling_sdlora.SDLoRAForSequenceClassification"
+    assert config["auto_map"] == {"AutoModelForSequenceClassification": remote}
+    assert (config["model_type"], config["sdlora_pooling"]) == ("bert", pooling)
+    assert config["sdlora_normalize"] is (classifier == "prototypes")
+    assert (out / "modeling_sdlora.py").is_file()
+    model, tok = load_sequence_classifier(out)
+    with no_library_warnings():  # the stock encoder still loads from the same folder without custom code
+        AutoModel.from_pretrained(out)
+    assert type(model).__name__ == "SDLoRAForSequenceClassification"
+    assert model.config.id2label == {0: "alarm clock", 1: "pay my bill", 2: "play some jazz", 3: "weather in paris"}
+    labels = torch.tensor([1, 2, 3, 0])
+    with torch.no_grad():
+        output = model(**tok(TEXTS, padding=True, truncation=True, max_length=16, return_tensors="pt"), labels=labels)
+    expected = sdlora.load(seed).logits(TEXTS)
+    diff = (output.logits - expected).abs().max().item()
+    assert diff < 1e-5, diff
+    assert torch.equal(output.logits.argmax(-1), expected.argmax(-1))
+    torch.testing.assert_close(output.loss, F.cross_entropy(expected, labels), atol=1e-5, rtol=1e-5)
+    if classifier == "prototypes":  # cosine similarities, not scaled by the feature norm
+        assert output.logits.abs().max().item() <= 1 + 1e-6
+    # the run's own forward (not only sdlora.load) agrees
+    with torch.no_grad():
+        run = restore_run(seed)
+        own = run.method.eval()(run.method.backbone.tokenize(TEXTS))
+    torch.testing.assert_close(output.logits, own, atol=1e-5, rtol=1e-5)
+    # save_pretrained of the loaded model writes a folder that loads the same way, silently
+    model.save_pretrained(tmp_path / "again")
+    tok.save_pretrained(tmp_path / "again")
+    again, _ = load_sequence_classifier(tmp_path / "again")
+    with torch.no_grad():
+        torch.testing.assert_close(again(**tok(TEXTS, padding=True, return_tensors="pt")).logits, output.logits,
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_hf_export_without_trust_remote_code_gets_the_stock_class_and_its_missing_report(text_run, tmp_path):
+    """Documented trap: without the flag transformers builds its own BERT head and reports it as MISSING."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "hf"
+    assert main(["export", str(text_run), "--out", str(out), "--format", "hf"]) == 0
+    handler, logger = LibraryWarnings(), logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(out)
+    finally:
+        logger.removeHandler(handler)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    assert any("MISSING" in m and "classifier.weight" in m for m in handler.messages), handler.messages
+
+
+@pytest.mark.slow
+def test_hf_export_of_a_real_minilm_run_loads_with_remote_code(tmp_path):
+    torch.set_num_threads(1)
+    data = text_run_config(tmp_path, rank=4)
+    data["backbone"]["options"] = {"model": "all-MiniLM-L6-v2", "max_length": 16}
+    seed = train(data, tmp_path / "run")
+    out = tmp_path / "hf"
+    assert main(["export", str(seed), "--out", str(out), "--format", "hf"]) == 0
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 384
+    model, tok = load_sequence_classifier(out)
+    with torch.no_grad():
+        logits = model(**tok(TEXTS, padding=True, truncation=True, max_length=16, return_tensors="pt")).logits
+    expected = sdlora.load(seed).logits(TEXTS)
+    assert (logits - expected).abs().max().item() < 1e-5
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))

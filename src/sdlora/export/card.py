@@ -24,10 +24,13 @@ def model_card(source: ExportSource, manifest: dict[str, Any], how_to_load: str,
     tasks = "\n".join(f"{i + 1}. {', '.join(source.class_names[sum(sizes[:i]):sum(sizes[:i + 1])])}"
                       for i in range(len(sizes)))
     classes = ", ".join(source.class_names)
+    # an hf export is a text classifier whose class ships in the folder (config.json auto_map): say so to the Hub
+    remote = "pipeline_tag: text-classification\n" if manifest.get("remote_code") else ""
+    custom = "- custom_code\n" if manifest.get("remote_code") else ""
     return f"""---
 library_name: {manifest["library"]}
-tags:
-- sdlora
+{remote}tags:
+{custom}- sdlora
 - continual-learning
 - class-incremental
 ---

@@ -1,16 +1,14 @@
 """`--format hf`: a transformers `save_pretrained` folder (config with id2label / label2id, merged weights,
-tokenizer) plus the classifier in `classifier.safetensors`.
+tokenizer, the classifier in `classifier.safetensors`) that both Auto classes load without a load report:
 
-`AutoModel.from_pretrained(FOLDER)` loads it with no load report (every key used, none missing). The run's
-classifier sits on a pooled feature (mean over tokens for sentence encoders such as MiniLM, or CLS, optionally
-L2-normalised). transformers' `*ForSequenceClassification` classes pool their own way (BERT: tanh(dense(CLS))):
-* CLS pooling, not normalised, on an architecture in `SEQUENCE_HEADS`: a second folder
-  `sequence-classification/` holds that class with dense = eps I and classifier = W / eps, so
-  tanh(eps h) / eps = h - eps^2 h^3 / 3 reproduces the linear head to ~1e-6 relative;
-  `AutoModelForSequenceClassification.from_pretrained(FOLDER/sequence-classification)` loads it silently.
-* mean pooling (MiniLM and other sentence encoders): no stock class pools that way, so none is written; use
-  `sdlora.load(FOLDER)` or the five lines in the model card (AutoModelForSequenceClassification on FOLDER
-  would attach a new, untrained head and transformers reports it as MISSING).
+* `AutoModel.from_pretrained(FOLDER)`: the merged encoder (stock class, every key used, none missing);
+* `AutoModelForSequenceClassification.from_pretrained(FOLDER, trust_remote_code=True)`: the run's classifier
+  (`hf_remote/modeling_sdlora.py`, copied into the folder and named in config.json's `auto_map`). Custom code
+  because the run pools its own way (mean over non-padding tokens for sentence encoders such as MiniLM, or CLS
+  without BERT's tanh pooler) and L2-normalises for a prototype head; no stock class does that.
+* CLS pooling, not normalised, on an architecture in `SEQUENCE_HEADS`: also a folder `sequence-classification/`
+  with the stock class (no custom code): dense = eps I and classifier = W / eps, so
+  tanh(eps h) / eps = h - eps^2 h^3 / 3 reproduces the linear head to ~1e-6 relative.
 """
 
 from __future__ import annotations
@@ -21,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 from transformers import AutoModel
 
 from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource
+from sdlora.export.hf_remote.modeling_sdlora import CLASSIFIER_FILE, SDLoRAForSequenceClassification
 
-CLASSIFIER_FILE = "classifier.safetensors"
 SEQUENCE_FOLDER = "sequence-classification"
 #: scale of the linearised tanh pooler (see the module docstring)
 EPS = 1e-4
@@ -72,30 +69,52 @@ def hf_encoder(source: ExportSource) -> Any:
 
 def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     encoder = hf_encoder(source)
-    encoder.save_pretrained(folder)
-    source.backbone.tokenizer.save_pretrained(folder)
     options = source.backbone.options
-    save_file({"weight": source.head_weight.contiguous(), "bias": source.head_bias.contiguous()},
-              str(folder / CLASSIFIER_FILE), metadata={"classifier": source.classifier})
+    normalize = bool(options.normalize) or source.classifier == "cosine"
+    classifier = SDLoRAForSequenceClassification.from_encoder(encoder, source.head_weight, source.head_bias,
+                                                              options.pooling, normalize)
+    # config.json (+ auto_map), model.safetensors (the encoder's keys), classifier.safetensors, modeling_sdlora.py
+    classifier.save_pretrained(folder)
+    source.backbone.tokenizer.save_pretrained(folder)
     builder = SEQUENCE_HEADS.get(encoder.config.model_type)
     sequence = options.pooling == "cls" and not options.normalize and builder is not None
     if sequence:
         builder(encoder, source.head_weight, source.head_bias).save_pretrained(folder / SEQUENCE_FOLDER)
         source.backbone.tokenizer.save_pretrained(folder / SEQUENCE_FOLDER)
-    notes = [] if sequence else [
-        f"no {SEQUENCE_FOLDER}/ folder: transformers' *ForSequenceClassification cannot reproduce {options.pooling} "
-        f"pooling{' with L2 normalisation' if options.normalize else ''}; load with AutoModel + "
-        f"{CLASSIFIER_FILE} (model card) or sdlora.load"]
     return {"classifier_file": CLASSIFIER_FILE, "pooling": options.pooling, "normalize": options.normalize,
             "max_length": options.max_length, "sequence_classification": SEQUENCE_FOLDER if sequence else None,
-            "notes": notes}
+            "remote_code": "modeling_sdlora.SDLoRAForSequenceClassification", "notes": []}
 
 
 def hf_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
     pool = ("(h * m).sum(1) / m.sum(1)" if manifest["pooling"] == "mean" else "h[:, 0]")
     norm = manifest["normalize"] or source.classifier == "cosine"
     normalize = "\n    f = F.normalize(f, dim=-1)" if norm else ""
-    return f"""```python
+    kind = "cosine similarities to the class means" if source.classifier == "cosine" else "linear logits"
+    return f"""One line with transformers (the run's {kind}):
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("FOLDER", trust_remote_code=True).eval()
+tok = AutoTokenizer.from_pretrained("FOLDER")
+batch = tok(["book a table for two"], padding=True, truncation=True, max_length={manifest["max_length"]},
+            return_tensors="pt")
+with torch.no_grad():
+    logits = model(**batch).logits
+print(model.config.id2label[int(logits.argmax(-1))])
+```
+
+`trust_remote_code=True` is needed because the run pools the encoder's output its own way
+({manifest["pooling"]} pooling{" + L2 normalisation" if norm else ""}), which no stock
+`*ForSequenceClassification` class does: the folder ships that code in `modeling_sdlora.py` (about 120 lines,
+torch and transformers only; read it before trusting it), named in `config.json`'s `auto_map`. Without the flag
+transformers loads its stock class for `{source.backbone.model.config.model_type}`, whose head is new and untrained
+(it reports the keys as MISSING).
+
+Without custom code: the merged encoder loads with `AutoModel`, and five lines apply the classifier:
+
+```python
 import torch, torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
@@ -110,20 +129,20 @@ with torch.no_grad():
 print(model.config.id2label[int(logits.argmax(-1))])
 ```
 
-Or `sdlora.load("FOLDER").predict([...])`. {sequence_note(source, manifest)}"""
+Or `sdlora.load("FOLDER").predict([...])`.{sequence_note(source, manifest)}"""
 
 
 def sequence_note(source: ExportSource, manifest: dict[str, Any]) -> str:
-    if manifest["sequence_classification"]:
-        scaled = " (a cosine classifier: same argmax, logits scaled by the feature norm)" \
-            if source.classifier == "cosine" else ""
-        return (f"`AutoModelForSequenceClassification.from_pretrained(\"FOLDER/{SEQUENCE_FOLDER}\")` gives the "
-                f"same logits to ~1e-6{scaled}: its pooler is a linearised tanh (dense = {EPS} I, classifier = "
-                f"W / {EPS}), so its `pooler_output` is not meaningful on its own.")
-    return (f"`AutoModelForSequenceClassification` cannot reproduce the run's {manifest['pooling']} pooling"
-            f"{' with L2 normalisation' if manifest['normalize'] else ''} (its BERT head is tanh(dense(CLS))); "
-            "on this folder it would add an untrained head, which transformers reports as MISSING.")
+    if not manifest["sequence_classification"]:
+        return ""
+    scaled = " (a cosine classifier: same argmax, logits scaled by the feature norm)" \
+        if source.classifier == "cosine" else ""
+    return (f" With CLS pooling the stock class works too, without custom code: "
+            f"`AutoModelForSequenceClassification.from_pretrained(\"FOLDER/{SEQUENCE_FOLDER}\")` gives the "
+            f"same logits to ~1e-6{scaled}; its pooler is a linearised tanh (dense = {EPS} I, classifier = "
+            f"W / {EPS}), so its `pooler_output` is not meaningful on its own.")
 
 
-EXPORT_FORMATS.register("hf", "transformers save_pretrained folder + tokenizer + classifier.safetensors")(
+EXPORT_FORMATS.register("hf", "transformers save_pretrained folder: AutoModel, and "
+                        "AutoModelForSequenceClassification with trust_remote_code")(
     ExportFormat(write=write_hf, library="transformers", how_to_load=hf_recipe))
