@@ -21,9 +21,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.deterministic = deterministic
 
 
+def data_seed(seed: int, task: int) -> int:
+    """The base of a task's shuffling seeds; epoch e shuffles with torch.randperm under `data_seed + e`
+    (DistributedSampler's rule), so the order depends only on (seed, task, epoch): resume needs no loader
+    state, and N processes split the very permutation that one process uses."""
+    return (seed * 1_000_003 + task * 10_007) % 2**62
+
+
 def data_generator(seed: int, task: int, epoch: int) -> torch.Generator:
-    """The shuffling order of one epoch depends only on (seed, task, epoch): resume needs no loader state."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + task * 10_007 + epoch) % 2**63)
+    """A generator seeded as the training sampler is in this epoch: its randperm is the epoch's order."""
+    return torch.Generator().manual_seed(data_seed(seed, task) + epoch)
 
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
