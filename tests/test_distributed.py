@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from engine_helpers import tiny
+from sdlora.adapters.subspace import collect_covariances
 from sdlora.config import load_config
 from sdlora.engine import distributed
 from sdlora.engine.runner import run_config
@@ -128,6 +129,12 @@ def _helpers_worker(rank: int, port: int) -> None:
         else:
             raise AssertionError("from_main did not raise")
         assert distributed.from_main(lambda: rank) == 0  # rank 0's value everywhere
+        # InfLoRA's input covariance from two shards (7 batches: 4 on rank 0, 3 on rank 1) = the one of all
+        layer = torch.nn.Linear(3, 2)
+        batches = [torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(i)) for i in range(7)]
+        everything = torch.cat(batches).reshape(-1, 3).double()
+        cov = collect_covariances({"layer": layer}, layer, batches[rank::2])["layer"]
+        assert torch.allclose(cov, everything.T @ everything / everything.shape[0], atol=1e-12)
         assert micro_batch_size(load_config(data=tiny()).train, distributed.world_size()) == 2
     finally:
         dist.destroy_process_group()
