@@ -31,6 +31,7 @@ from engine_helpers import tiny
 from sdlora.adapters.subspace import collect_covariances
 from sdlora.config import load_config
 from sdlora.engine import distributed
+from sdlora.engine.launch import strip_option
 from sdlora.engine.runner import run_config
 from sdlora.engine.seeding import data_generator, data_seed
 from sdlora.engine.trainer import micro_batch_size
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 9 classes in 3 tasks: 24 training samples per task (3 global batches of 8), 9 test samples per task (odd:
 # the evaluation shards are uneven at tasks 1 and 3)
 BENCH = {"name": "synthetic", "init_classes": 3, "increment": 3,
-         "options": {"num_classes": 9, "train_per_class": 8, "test_per_class": 3, "separation": 6.0}}
+         "options": {"num_classes": 9, "train_per_class": 8, "test_per_class": 3, "separation": 1.0}}
 TRAIN = {"epochs": 1, "batch_size": 8, "eval_batch_size": 4, "lr": 0.1}
 
 
@@ -153,6 +154,11 @@ def test_global_batch_must_split_over_processes_and_micro_batches():
         load_config(data=tiny(train={"batch_size": 6, "accumulate_steps": 4}))
 
 
+def test_nproc_relaunches_the_same_command_without_the_flag():
+    assert strip_option(["train", "c.yaml", "--nproc", "2", "--set", "a=1", "--nproc=3", "--quiet"], "--nproc") == [
+        "train", "c.yaml", "--set", "a=1", "--quiet"]
+
+
 def test_accumulated_micro_batches_equal_the_whole_batch(tmp_path):
     """One process: batch 8 in 4 micro-batches of 2 gives the run of batch 8 in one go."""
     base = tiny(benchmark=BENCH, method={"name": "seq_lora", "options": {"rank": 2}}, train=TRAIN)
@@ -164,8 +170,10 @@ def test_accumulated_micro_batches_equal_the_whole_batch(tmp_path):
 
 # -- whole runs: torchrun with 2 processes against 1 process ---------------------------------------------------
 def test_two_processes_equal_one_seq_lora_with_accumulation(tmp_path):
-    """seq_lora, linear head: `sdlora train --nproc 2` with 2 accumulated micro-batches per rank."""
-    base = tiny(benchmark=BENCH, method={"name": "seq_lora", "options": {"rank": 2}}, train=TRAIN)
+    """seq_lora, linear head initialised from class means: `sdlora train --nproc 2` with 2 accumulated
+    micro-batches per rank."""
+    base = tiny(benchmark=BENCH, method={"name": "seq_lora", "options": {"rank": 2}},
+                train={**TRAIN, "head_init": "class_mean"})
     one_process(write_config(tmp_path / "one.yaml", base), tmp_path / "one")
     config = write_config(tmp_path / "two.yaml", {**base, "train": {**base["train"], "accumulate_steps": 2}})
     done = subprocess.run([sys.executable, "-m", "sdlora", "train", str(config), "--out", str(tmp_path / "two"),

@@ -21,12 +21,14 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from sdlora.engine.launch import launched, relaunch
+
+    cfg = _config(args)
+    if args.nproc > 1 and not launched():
+        return relaunch(args.argv, args.nproc)
     from sdlora.engine import distributed
     from sdlora.engine.runner import run_config
 
-    cfg = _config(args)
-    if args.nproc > 1 and not distributed.launched():
-        return distributed.relaunch(args.argv, args.nproc)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
     run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if distributed.is_main():

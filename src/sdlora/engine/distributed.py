@@ -20,8 +20,6 @@ import datetime
 import inspect
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -30,6 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Subset
+
+from sdlora.engine.launch import launched
 
 log = logging.getLogger("sdlora")
 
@@ -42,11 +42,6 @@ DEFAULT_TIMEOUT_S = 1800
 
 class RankFailed(RuntimeError):
     """Another rank (rank 0, for the steps that only it performs) failed; this rank stops too."""
-
-
-def launched() -> bool:
-    """Started by torchrun (or another launcher that sets WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def active() -> bool:
@@ -200,25 +195,3 @@ def no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
     """Skip DDP's gradient averaging (the micro-batches of an accumulated step before the last)."""
     return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
-
-def relaunch(argv: list[str], nproc: int) -> int:
-    """`sdlora ARGV` again on `nproc` local processes through torchrun (torch.distributed.run, a free port);
-    returns its exit status (non-zero when any rank failed: torchrun stops the others)."""
-    args = strip_option(argv, "--nproc")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "sdlora", *args]
-    log.info("launching %d processes: %s", nproc, " ".join(command))
-    return subprocess.run(command, check=False).returncode
-
-
-def strip_option(argv: list[str], name: str) -> list[str]:
-    """`argv` without `name VALUE` / `name=VALUE`."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == name:
-            skip = True
-        elif not arg.startswith(f"{name}="):
-            out.append(arg)
-    return out
