@@ -133,7 +133,8 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
     with distributed.session(pick_device(device or cfg.device)) as dev:
         micro_batch_size(cfg.train, distributed.world_size())  # a batch the processes cannot share: stop now
         distributed.from_main(lambda: check_output(out, resume, overwrite))
-        quiet = quiet or not interactive()  # progress bars on a terminal or in a notebook, never in a log file
+        # progress bars on rank 0's terminal or notebook, never in a log file
+        quiet = quiet or not interactive() or not distributed.is_main()
         if quiet:
             from transformers.utils import logging as hf_logging
 
