@@ -59,7 +59,6 @@ class Trainer:
         self.cfg, self.seed, self.out_dir, self.device = cfg, seed, Path(out_dir), device
         self.quiet = quiet or not distributed.is_main()
         self.on_checkpoint = on_checkpoint
-        self.micro_batch = micro_batch_size(cfg.train, distributed.world_size())
         seed_everything(seed, cfg.deterministic)
         self.scenario: Scenario = build.build_scenario(cfg, data, seed)
         self.backbone = build.build_backbone(cfg).to(device)
@@ -72,6 +71,11 @@ class Trainer:
         self.log_positions: dict[str, int] = {}
 
     # -- data ------------------------------------------------------------------------------------
+    @property
+    def micro_batch(self) -> int:
+        """Samples per forward on this process (run_config checked that the global batch splits)."""
+        return micro_batch_size(self.cfg.train, distributed.world_size())
+
     def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
         """Training: this rank's share of the epoch's permutation in micro-batches of
         batch_size / (processes * accumulate_steps). Otherwise: this rank's shard (all of it when alone),
