@@ -76,7 +76,7 @@ def session(device: torch.device) -> Iterator[torch.device]:
     Outside a launcher, or when the caller already set up a process group, nothing is created or destroyed.
     Other ranks log warnings only (rank 0 speaks for the run)."""
     device = local_device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:  # plain "cuda" (one process) keeps the current GPU
         torch.cuda.set_device(device)
     if not launched() or active():
         yield device
