@@ -19,7 +19,8 @@ def test_overrides_parse_yaml_values():
 @pytest.mark.parametrize(
     ("data", "overrides", "message"),
     [
-        ({**BASE, "train": {"lrr": 1}}, [], r"train: unknown key\(s\) 'lrr' \(did you mean 'lr'\?\); allowed: amp"),
+        ({**BASE, "train": {"lrr": 1}}, [],
+         r"train: unknown key\(s\) 'lrr' \(did you mean 'lr'\?\); allowed: accumulate_steps, amp"),
         (BASE, ["train.optimizer=rmsprop"], "train.optimizer: 'rmsprop' is not allowed; allowed: 'sgd' | 'adam'"),
         (BASE, ["train.epochs=two"], "train.epochs: expected int, got 'two'"),
         (BASE, ["train.freeze_old_head=1"], "train.freeze_old_head: expected bool"),

@@ -21,12 +21,18 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sdlora.engine.runner import run_config
+    from sdlora.engine.launch import launched, relaunch
 
     cfg = _config(args)
+    if args.nproc > 1 and not launched():
+        return relaunch(args.argv, args.nproc)
+    from sdlora.engine import distributed
+    from sdlora.engine.runner import run_config
+
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
     run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    print(f"\nrun written to {out}")
+    if distributed.is_main():
+        print(f"\nrun written to {out}")
     return 0
 
 
@@ -139,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--device", help="cpu, cuda, cuda:1... (default: the config's, auto)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N processes of this machine (torchrun --standalone --nproc-per-node N; one GPU "
+                        "each, or CPU processes); the global batch stays train.batch_size")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a finished run on every seen class")
@@ -206,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     from sdlora.backbones.base import BackboneUnavailable
     from sdlora.engine.checkpoint import CheckpointError
+    from sdlora.engine.distributed import RankFailed
     from sdlora.engine.lock import OutputLocked
     from sdlora.engine.loop import TrainingDiverged
     from sdlora.engine.runner import OutputExists
 
     user_errors = (ConfigError, KeyError, FileNotFoundError, OutputExists, OutputLocked, TrainingDiverged, ValueError,
-                   BackboneUnavailable, CheckpointError)
+                   BackboneUnavailable, CheckpointError, RankFailed)
     try:
         return args.func(args)
     except user_errors as err:  # one line; the traceback only with -v

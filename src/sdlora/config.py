@@ -174,7 +174,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     epochs: int = 20
+    # the global batch of one optimiser step: over all processes (torchrun) and all accumulated micro-batches;
+    # each forward sees batch_size / (processes * accumulate_steps) samples
     batch_size: int = 128
+    accumulate_steps: int = 1
     eval_batch_size: int = 256
     # cosine: CosineAnnealingLR(T_max=epochs, eta_min=min_lr); quarter_cosine: lr * cos(0.495 pi e / (epochs - 1))
     # for epoch e (InfLoRA's / CODA-Prompt's CosineSchedule; min_lr unused)
@@ -198,11 +201,14 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=lambda: ["csv"])
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "accumulate_steps"):
             if getattr(self, name) < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size % self.accumulate_steps:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate_steps "
+                             f"({self.accumulate_steps}): every micro-batch has the same size")
 
 
 @dataclass

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdlora.engine.distributed import all_reduce_sum
+
 SPECTRA: dict[str, Callable[[Tensor], Tensor]] = {
     "official": lambda c: c @ c,
     "paper": lambda c: c,
@@ -63,7 +65,13 @@ class CovarianceCollector:
         return hook
 
     def covariances(self) -> dict[str, Tensor]:
-        return {name: s / max(self.counts[name], 1) for name, s in self.sums.items()}
+        """C per module; in a multi-process run the sums and counts of every rank's shard are added first."""
+        out = {}
+        for name in sorted(self.sums):  # the same order on every rank
+            total = all_reduce_sum(self.sums[name])
+            count = all_reduce_sum(torch.tensor([self.counts[name]], dtype=torch.float64, device=total.device))
+            out[name] = total / max(float(count), 1.0)
+        return out
 
     def remove(self) -> None:
         for h in self.handles:

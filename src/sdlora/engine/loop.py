@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import move_to
 from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.engine.distributed import all_reduce_sum, mean_over_ranks, no_sync
 from sdlora.methods.base import Method
+
+T = TypeVar("T")
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,32 +43,71 @@ class StepContext:
     device: torch.device
     amp: str
     grad_clip: float | None
+    #: what the forward goes through: the method, or DDP around it in a multi-process run
+    model: nn.Module | None = None
+    #: micro-batches per optimiser step (`train.accumulate_steps`)
+    accumulate: int = 1
+
+
+class TrainingStep(nn.Module):
+    """`Method.training_step` as a module's forward, so that DDP's forward (which arms its gradient averaging)
+    runs the whole step: auxiliary losses and extra passes included (Lightning wraps its modules the same way)."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> Any:
+        return self.method.training_step(batch, task)
+
+
+def groups_of(loader: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive groups of `size` items (the last one may be shorter)."""
+    group: list[T] = []
+    for item in loader:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
                 on_step: Callable[[float], None] | None = None) -> float:
     """Train one epoch; returns the mean loss (`on_step` gets each step's). Raises TrainingDiverged on a
-    non-finite loss."""
+    non-finite loss.
+
+    One optimiser step per group of `ctx.accumulate` micro-batches; each micro-batch's mean loss is weighted
+    by its share of the group's samples, so the gradient is the one of the whole group's mean loss (a short
+    last group included). Under DDP the gradients are averaged over ranks at the group's last backward; the
+    ranks' groups have equal sizes (DistributedSampler), so the step equals one process's on the global batch.
+    """
     ctx.method.train()
+    model = ctx.model if ctx.model is not None else TrainingStep(ctx.method)
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
-    total, batches = 0.0, 0
-    for inputs, labels in loader:
-        inputs, labels = move_to(inputs, ctx.device), labels.to(ctx.device)
-        with autocast(ctx.device, ctx.amp):
-            step = ctx.method.training_step((inputs, labels), task)  # the method contract (issue 10)
-        ctx.method.step_scalars.add(step.scalars)
-        loss = step.loss
-        if not torch.isfinite(loss):
+    total, steps = 0.0, 0
+    for group in groups_of(loader, ctx.accumulate):
+        size = sum(len(labels) for _, labels in group)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=ctx.device)
+        for i, (inputs, labels) in enumerate(group):
+            inputs, labels = move_to(inputs, ctx.device), labels.to(ctx.device)
+            with no_sync(model) if i < len(group) - 1 else contextlib.nullcontext():
+                with autocast(ctx.device, ctx.amp):
+                    step = model((inputs, labels), task)  # Method.training_step, through DDP when distributed
+                ctx.method.step_scalars.add(step.scalars)
+                loss = step.loss * (len(labels) / size)
+                (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
+            step_loss += loss.detach()
+        value = mean_over_ranks(step_loss)  # every rank sees the same value: all stop together on a NaN
+        if not math.isfinite(value):
             raise TrainingDiverged(
-                f"task {task.index + 1}: the loss became {loss.item()} at batch {batches + 1}; "
+                f"task {task.index + 1}: the loss became {value} at batch {steps + 1}; "
                 "lower train.lr, set train.grad_clip, or use train.amp=bf16 instead of fp16"
             )
-        ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
             ctx.scaler.unscale_(ctx.optimizer)
-        else:
-            loss.backward()
         if ctx.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, ctx.grad_clip)
         if ctx.scaler is not None:
@@ -71,14 +115,13 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
             ctx.scaler.update()
         else:
             ctx.optimizer.step()
-        value = loss.item()
         total += value
-        batches += 1
+        steps += 1
         if on_step is not None:
             on_step(value)
         bar.update(1)
-        bar.set_postfix(loss=f"{total / batches:.4f}")
-    return total / max(batches, 1)
+        bar.set_postfix(loss=f"{total / steps:.4f}")
+    return total / max(steps, 1)
 
 
 def predictions(method: Method, loader: DataLoader, device: torch.device, amp: str,
@@ -94,7 +137,9 @@ def predictions(method: Method, loader: DataLoader, device: torch.device, amp: s
 
 def evaluate(method: Method, loader: DataLoader, scenario: Scenario, task: TaskInfo, device: torch.device,
              amp: str = "none") -> tuple[list[float], list[int]]:
-    """Accuracy (percent) on each seen task's classes, and the number of samples of each task."""
+    """Accuracy (percent) on each seen task's classes, and the number of samples of each task.
+
+    In a multi-process run `loader` holds this rank's shard (`distributed.shard`); the counts are summed."""
     n_tasks = task.index + 1
     correct = np.zeros(n_tasks, dtype=np.int64)
     count = np.zeros(n_tasks, dtype=np.int64)
@@ -102,5 +147,6 @@ def evaluate(method: Method, loader: DataLoader, scenario: Scenario, task: TaskI
         owner = scenario.task_of_label(true)
         np.add.at(count, owner, 1)
         np.add.at(correct, owner, (pred == true).astype(np.int64))
+    correct, count = (all_reduce_sum(torch.from_numpy(a)).numpy() for a in (correct, count))  # shards -> all
     acc = [100.0 * c / n if n else 0.0 for c, n in zip(correct, count, strict=True)]
     return acc, count.tolist()

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from sdlora.config import RunConfig, config_to_dict, load_config, parse_yaml
-from sdlora.engine import build
+from sdlora.engine import build, distributed
 from sdlora.engine.checkpoint import write_json_atomic, write_text_atomic
 from sdlora.engine.csvlog import write_metrics_csv
 from sdlora.engine.lock import LOCK_NAME, output_lock
 from sdlora.engine.metrics import summarize_runs
-from sdlora.engine.trainer import CheckpointHook, Trainer
+from sdlora.engine.trainer import CheckpointHook, Trainer, micro_batch_size
 from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
@@ -124,67 +124,90 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
     """Train every seed of `cfg` into `out`; returns the summary.
 
     Everything that can be checked without data or weights is checked before the folder is touched; a run
-    that fails before its first checkpoint removes what it wrote (so the same --out can be used again)."""
+    that fails before its first checkpoint removes what it wrote (so the same --out can be used again).
+
+    Under torchrun every rank calls this: rank 0 alone touches the output folder (lock, checks, checkpoints,
+    results, plots, logs, clean-up); its checks' outcome is handed to the others (`distributed.from_main`)."""
     cfg = build.validate_plugins(cfg)
     out = Path(out)
-    dev = pick_device(device or cfg.device)
-    check_output(out, resume, overwrite)
-    quiet = quiet or not interactive()  # progress bars on a terminal or in a notebook, never in a log file
-    if quiet:
-        from transformers.utils import logging as hf_logging
+    with distributed.session(pick_device(device or cfg.device)) as dev:
+        micro_batch_size(cfg.train, distributed.world_size())  # a batch the processes cannot share: stop now
+        distributed.from_main(lambda: check_output(out, resume, overwrite))
+        # progress bars on rank 0's terminal or notebook, never in a log file
+        quiet = quiet or not interactive() or not distributed.is_main()
+        if quiet:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
-    created = not out.exists()
-    fresh = not holds_run(out) or (overwrite and not resume)
-    with output_lock(out):
-        try:
+            hf_logging.disable_progress_bar()
+        if not distributed.is_main():
             return _run_locked(cfg, out, dev, resume, overwrite, quiet, on_checkpoint, stream)
-        except BaseException:
-            if fresh:
-                remove_unstarted(out, created)
-            raise
+        created = not out.exists()
+        fresh = not holds_run(out) or (overwrite and not resume)
+        with output_lock(out):
+            try:
+                return _run_locked(cfg, out, dev, resume, overwrite, quiet, on_checkpoint, stream)
+            except BaseException:
+                if fresh:
+                    remove_unstarted(out, created)
+                raise
 
 
 def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, overwrite: bool, quiet: bool,
                 on_checkpoint: CheckpointHook | None, stream: TextIO | None) -> dict[str, Any]:
+    distributed.from_main(lambda: _prepare_locked(cfg, out, resume, overwrite))
+    data = build.build_benchmark(cfg)
+    main = distributed.is_main()
+    results = []
+    for seed in cfg.seeds:
+        folder = seed_dir(out, seed)
+        handler = distributed.from_main(lambda folder=folder: _seed_log(folder), share=False)
+        try:
+            existing = folder / "results.json"
+            previous = distributed.from_main(
+                lambda existing=existing: json.loads(existing.read_text()) if resume and existing.is_file() else {})
+            if previous.get("status") == "complete":
+                log.info("seed %d already complete", seed)
+                if main and not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
+                    write_metrics_csv(previous, folder / "metrics.csv")
+                    write_plots(previous, folder)
+                results.append(previous)
+                continue
+            log.info("seed %d: %s on %s with %s, device %s%s", seed, cfg.method.name, cfg.benchmark.name,
+                     cfg.backbone.name, dev,
+                     f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+            trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint)
+            result = trainer.run(resume=resume)
+            if main:
+                write_metrics_csv(result, folder / "metrics.csv")
+                write_plots(result, folder)
+                print_table(result, stream or sys.stdout)
+            results.append(result)
+        finally:
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+    summary = summarize_runs(results)
+    summary["out"] = str(out)
+    if main:
+        write_json_atomic(out / "summary.json", summary)
+        if len(results) > 1:
+            print_summary(summary, stream or sys.stdout)
+    return summary
+
+
+def _prepare_locked(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:
+    """Rank 0: clear or check the folder, and save the config."""
     prepare_output(out, resume, overwrite)
     saved = out / "config.yaml"
     if resume and saved.is_file():
         check_resumed_config(saved, cfg)
     write_text_atomic(saved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    data = build.build_benchmark(cfg)
-    results = []
-    for seed in cfg.seeds:
-        folder = seed_dir(out, seed)
-        folder.mkdir(parents=True, exist_ok=True)
-        handler = _file_logger(folder / "train.log")
-        try:
-            existing = folder / "results.json"
-            previous = json.loads(existing.read_text()) if resume and existing.is_file() else {}
-            if previous.get("status") == "complete":
-                log.info("seed %d already complete", seed)
-                if not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
-                    write_metrics_csv(previous, folder / "metrics.csv")
-                    write_plots(previous, folder)
-                results.append(previous)
-                continue
-            log.info("seed %d: %s on %s with %s, device %s", seed, cfg.method.name, cfg.benchmark.name,
-                     cfg.backbone.name, dev)
-            trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint)
-            result = trainer.run(resume=resume)
-            write_metrics_csv(result, folder / "metrics.csv")
-            write_plots(result, folder)
-            results.append(result)
-            print_table(result, stream or sys.stdout)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
-    summary = summarize_runs(results)
-    summary["out"] = str(out)
-    write_json_atomic(out / "summary.json", summary)
-    if len(results) > 1:
-        print_summary(summary, stream or sys.stdout)
-    return summary
+
+
+def _seed_log(folder: Path) -> logging.Handler:
+    """Rank 0: the seed's folder and its train.log (other ranks get None from `from_main`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return _file_logger(folder / "train.log")
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> None:

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sdlora.config import RunConfig
+from sdlora.config import RunConfig, TrainConfig
 from sdlora.data.base import BenchmarkData
 from sdlora.data.scenario import Scenario, TaskInfo
-from sdlora.engine import build
+from sdlora.engine import build, distributed
 from sdlora.engine.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -30,15 +30,25 @@ from sdlora.engine.checkpoint import (
     write_json_atomic,
 )
 from sdlora.engine.loggers import Loggers, Resume
-from sdlora.engine.loop import StepContext, evaluate, train_epoch
+from sdlora.engine.loop import StepContext, TrainingStep, evaluate, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
 from sdlora.engine.results import RunRecord
 from sdlora.engine.seeding import data_generator, rng_state, seed_everything, set_rng_state
 from sdlora.methods.base import Method
+from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
 
 CheckpointHook = Callable[[int, int, bool], None]  # (task, epochs done, task finished)
+
+
+def micro_batch_size(train: TrainConfig, processes: int) -> int:
+    """The samples of one forward: the global batch split over processes and accumulated micro-batches."""
+    parts = processes * train.accumulate_steps
+    if train.batch_size % parts:
+        raise ConfigError(f"train.batch_size ({train.batch_size}) is the global batch: it must be a multiple of "
+                          f"processes x train.accumulate_steps ({processes} x {train.accumulate_steps})")
+    return train.batch_size // parts
 
 
 class Trainer:
@@ -47,7 +57,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, seed: int, out_dir: Path, device: torch.device, data: BenchmarkData,
                  quiet: bool = False, on_checkpoint: CheckpointHook | None = None) -> None:
         self.cfg, self.seed, self.out_dir, self.device = cfg, seed, Path(out_dir), device
-        self.quiet = quiet
+        self.quiet = quiet or not distributed.is_main()
         self.on_checkpoint = on_checkpoint
         seed_everything(seed, cfg.deterministic)
         self.scenario: Scenario = build.build_scenario(cfg, data, seed)
@@ -61,12 +71,21 @@ class Trainer:
         self.log_positions: dict[str, int] = {}
 
     # -- data ------------------------------------------------------------------------------------
+    @property
+    def micro_batch(self) -> int:
+        """Samples per forward on this process (run_config checked that the global batch splits)."""
+        return micro_batch_size(self.cfg.train, distributed.world_size())
+
     def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
+        """Training: this rank's share of the epoch's permutation in micro-batches of
+        batch_size / (processes * accumulate_steps). Otherwise: this rank's shard (all of it when alone),
+        for passes whose statistics are reduced over ranks."""
         t = self.cfg.train
         return DataLoader(
-            dataset,
-            batch_size=t.batch_size if shuffle else t.eval_batch_size,
-            shuffle=shuffle,
+            dataset if shuffle else distributed.shard(dataset),
+            batch_size=self.micro_batch if shuffle else t.eval_batch_size,
+            sampler=distributed.train_sampler(dataset, data_generator(self.seed, task, epoch)) if shuffle else None,
+            # its own generator for the loader's base seed, so a training epoch draws nothing from the global RNG
             generator=data_generator(self.seed, task, epoch) if shuffle else None,
             collate_fn=self.backbone.collate,
             num_workers=t.num_workers,
@@ -75,6 +94,10 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, task: int, epochs_done: int, finished: bool, optimizer: torch.optim.Optimizer | None) -> None:
+        """Rank 0 writes (every rank holds the same state); the others only count."""
+        if not distributed.is_main():
+            self.counter += 1
+            return
         structure, tensors = self.method.checkpoint_state()
         rng_meta, rng_tensors = rng_state()
         meta: dict[str, Any] = {
@@ -97,8 +120,10 @@ class Trainer:
             self.on_checkpoint(task, epochs_done, finished)
 
     def _restore(self) -> tuple[int, int, dict[str, Any] | None, dict[str, torch.Tensor]]:
-        """Load the last checkpoint; returns (task to run, epochs already done in it, optimizer meta, tensors)."""
-        loaded = load_checkpoint(self.ckpt_dir)
+        """Load the last checkpoint; returns (task to run, epochs already done in it, optimizer meta, tensors).
+
+        Rank 0 reads it and hands it to the others: every rank resumes from the same one (shared disk or not)."""
+        loaded = distributed.from_main(lambda: load_checkpoint(self.ckpt_dir))
         if loaded is None:
             return 0, 0, None, {}
         meta, tensors = loaded
@@ -121,7 +146,8 @@ class Trainer:
     def run(self, resume: bool = False) -> dict[str, Any]:
         start_task, start_epoch, opt_meta, tensors = self._restore() if resume else (0, 0, None, {})
         name = f"{self.cfg.name or self.cfg.method.name}-seed{self.seed}"
-        self.loggers = Loggers(self.cfg.train.loggers, self.out_dir, name, self.record.config,
+        kinds = self.cfg.train.loggers if distributed.is_main() else []
+        self.loggers = Loggers(kinds, self.out_dir, name, self.record.config,
                                Resume(self.step, self.log_positions) if resume else None)
         try:
             return self._run(start_task, start_epoch, opt_meta, tensors)
@@ -137,6 +163,9 @@ class Trainer:
             if task.size == 1 and self.cfg.train.loss == "current" and self.method.trains:
                 log.warning("task %d has one class: with train.loss 'current' its loss is identically zero "
                             "(nothing is learned in this task); consider train.loss: seen", t + 1)
+            if len(self.scenario.train_set(t)) < distributed.world_size():
+                raise ConfigError(f"task {t + 1} has {len(self.scenario.train_set(t))} training samples, fewer than "
+                                  f"the {distributed.world_size()} processes: run it on fewer processes")
             resuming_mid_task = t == start_task and opt_meta is not None
             if not resuming_mid_task:
                 self.method.begin_task(task)
@@ -176,7 +205,9 @@ class Trainer:
             load_optimizer_state(optimizer, opt_meta, {k: v.to(self.device) for k, v in tensors.items()})
         use_scaler = self.device.type == "cuda" and self.cfg.train.amp == "fp16"
         ctx = StepContext(self.method, optimizer, torch.amp.GradScaler("cuda") if use_scaler else None,
-                          self.device, self.cfg.train.amp, self.cfg.train.grad_clip)
+                          self.device, self.cfg.train.amp, self.cfg.train.grad_clip,
+                          model=distributed.wrap(TrainingStep(self.method), self.device),
+                          accumulate=self.cfg.train.accumulate_steps)
         train_set = self.scenario.train_set(task.index)
         for epoch in range(start_epoch, schedule.epochs):
             loader = self._loader(train_set, shuffle=True, task=task.index, epoch=epoch)
@@ -199,5 +230,7 @@ class Trainer:
         return {f"method/{k}": v for k, v in self.method.scalars().items()}
 
     def write_results(self) -> None:
+        if not distributed.is_main():
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out_dir / "results.json", self.record.to_dict())

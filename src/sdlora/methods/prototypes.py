@@ -16,17 +16,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import move_to
+from sdlora.engine.distributed import gather_shards
 
 
 @torch.no_grad()
 def collect_features(features_of: Callable[[Any], torch.Tensor], loader: DataLoader,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [N, D] in float32, labels [N]) over one pass of `loader`."""
+    """(features [N, D] in float32, labels [N]) over one pass of `loader`.
+
+    In a multi-process run the trainer's loaders hold one strided shard per rank: the rows of every rank are
+    gathered back in dataset order, so every rank fits the same means / drift / head rows from all samples."""
     feats, labels = [], []
     for inputs, y in loader:
         feats.append(features_of(move_to(inputs, device)).float())
         labels.append(y.to(device))
-    return torch.cat(feats), torch.cat(labels)
+    return gather_shards(torch.cat(feats)), gather_shards(torch.cat(labels))
 
 
 class ClassPrototypes(nn.Module):
