@@ -104,6 +104,11 @@ def test_summarize_runs_over_three_seeds():
     forgetting = summary["metrics"]["forgetting"]
     assert forgetting["mean"] == pytest.approx(8.0)
     assert forgetting["stderr"] == pytest.approx(1.154701, abs=1e-6)  # 2 / sqrt(3)
+    # the worst seed beside the mean: the lowest accuracy, the highest forgetting
+    assert (final["worst"], final["worst_seed"]) == (75.0, 1)
+    assert (forgetting["worst"], forgetting["worst_seed"]) == (10.0, 1)
+    aaa = summary["metrics"]["average_incremental_accuracy"]
+    assert (aaa["worst"], aaa["worst_seed"]) == (82.5, 1)
     assert summary["accuracy_curve"]["mean"] == pytest.approx([92.0, 78.0])
     assert summary["accuracy_curve"]["stderr"] == pytest.approx([1.154701, 1.527525], abs=1e-6)
 

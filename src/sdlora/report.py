@@ -97,7 +97,11 @@ def _rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
 
 
 def _pm(stat: dict) -> str:
-    return DASH if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['stderr']:.2f}"
+    """mean ± stderr, and the worst seed's value when there are several seeds."""
+    if stat["mean"] is None:
+        return DASH
+    worst = f" (worst {stat['worst']:.2f})" if stat.get("n", 1) > 1 and stat.get("worst") is not None else ""
+    return f"{stat['mean']:.2f} ± {stat['stderr']:.2f}{worst}"
 
 
 def _published_cells(row: dict, name: str, fmt: str) -> list[str]:
@@ -130,7 +134,7 @@ def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
 def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
     header = ["benchmark", "method", "seeds"]
     for name in TABLE_METRICS:
-        header += [f"{name}_mean", f"{name}_stderr"]
+        header += [f"{name}_mean", f"{name}_stderr", f"{name}_worst"]
         if with_published and name in PUBLISHED:
             header += [f"published_{name}", f"diff_{name}"]
     body = []
@@ -138,7 +142,8 @@ def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
         cells = [row["benchmark"], row["label"], str(row["seeds"])]
         for name in TABLE_METRICS:
             stat = row["metrics"][name]
-            cells += ["", ""] if stat["mean"] is None else [f"{stat['mean']:.4f}", f"{stat['stderr']:.4f}"]
+            cells += ["", "", ""] if stat["mean"] is None else [
+                f"{stat['mean']:.4f}", f"{stat['stderr']:.4f}", f"{stat['worst']:.4f}"]
             if with_published and name in PUBLISHED:
                 cells += _published_cells(row, name, "csv")
         body.append(cells)

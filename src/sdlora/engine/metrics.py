@@ -84,28 +84,36 @@ def run_curve(results: dict) -> list[float]:
     return list(curve) if curve else accuracy_curve(results["accuracy_matrix"], results["task_test_counts"])
 
 
-def _summary(values: list[float | None]) -> dict:
-    present = [v for v in values if v is not None]
+#: metrics where a lower value is better (for the worst seed); every other metric is higher-is-better
+LOWER_IS_BETTER = frozenset({"forgetting"})
+
+
+def _summary(name: str, values: list[float | None], seeds: list[int | None]) -> dict:
+    """Mean, stderr and the worst seed: a setting is only better if its worst class order improves too."""
+    present = [(v, s) for v, s in zip(values, seeds, strict=True) if v is not None]
     if not present:
-        return {"mean": None, "stderr": None, "n": 0, "values": values}
-    return {**mean_stderr(present), "values": values}
+        return {"mean": None, "stderr": None, "n": 0, "values": values, "worst": None, "worst_seed": None}
+    pick = max if name in LOWER_IS_BETTER else min
+    worst, worst_seed = pick(present, key=lambda pair: pair[0])
+    return {**mean_stderr([v for v, _ in present]), "values": values, "worst": worst, "worst_seed": worst_seed}
 
 
 def summarize_runs(results: list[dict]) -> dict:
     """Mean and stderr over the seeds of one config: every metric, and the accuracy curve per task.
 
-    Metrics that are None (forgetting with one task) are left out of the mean; the curve's task i is
-    averaged over the runs that reached it (`n` per task).
+    Metrics that are None (forgetting with one task) are left out of the mean; each metric also names its
+    worst seed (`worst`, `worst_seed`); the curve's task i is averaged over the runs that reached it.
     """
     if not results:
         raise ValueError("summarize_runs needs at least one run")
     metrics = [run_metrics(r) for r in results]
+    seeds = [r.get("seed") for r in results]
     curves = [run_curve(r) for r in results]
     length = max(len(c) for c in curves)
     points = [mean_stderr([c[i] for c in curves if len(c) > i]) for i in range(length)]
     return {
-        "seeds": [r.get("seed") for r in results],
-        "metrics": {name: _summary([m[name] for m in metrics]) for name in METRIC_NAMES},
+        "seeds": seeds,
+        "metrics": {name: _summary(name, [m[name] for m in metrics], seeds) for name in METRIC_NAMES},
         "accuracy_curve": {
             "mean": [p["mean"] for p in points],
             "stderr": [p["stderr"] for p in points],

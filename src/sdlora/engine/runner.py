@@ -244,9 +244,10 @@ def print_table(result: dict[str, Any], stream: TextIO) -> None:
 
 
 def print_summary(summary: dict[str, Any], stream: TextIO) -> None:
-    lines = [f"\nover seeds {summary['seeds']} (mean ± standard error)"]
+    lines = [f"\nover seeds {summary['seeds']} (mean ± standard error; worst seed)"]
     for key, label in METRIC_LABELS.items():
         m = summary["metrics"].get(key)
         if m and m.get("mean") is not None:
-            lines.append(f"{label:>38}: {m['mean']:6.2f} ± {m['stderr']:.2f}")
+            lines.append(f"{label:>38}: {m['mean']:6.2f} ± {m['stderr']:.2f}; worst {m['worst']:6.2f} "
+                         f"(seed {m['worst_seed']})")
     stream.write("\n".join(lines) + "\n")
