@@ -191,3 +191,19 @@ def test_both_residuals_absorb_an_exact_combination(residual: str, fit: str) -> 
     info, _ = end_both(model, adapter, torch.randn(2, 3, 32, 32))
     assert info["absorbed"] is True and info["residual"] < 1e-6
     assert adapter.ranks == [2, 2, 0]
+
+
+@pytest.mark.parametrize("residual, absorbed_at_tau", [("relative", False), ("paper", True)])
+def test_residual_tests_at_tau_exactly(residual: str, absorbed_at_tau: bool) -> None:
+    """`relative` absorbs below tau (< tau), `paper` at tau too (<= tau, the paper's wording)."""
+    def ending(tau: float) -> dict:
+        model, adapter = two_tasks(kd_residual=residual, kd_tau=tau, kd_fit="per_layer")
+        set_combination(adapter, {name: [(0.7, -1.3)] * 2 for name in adapter.wrappers})
+        with torch.no_grad():
+            for wrapper in adapter.wrappers.values():
+                wrapper.bank.cur_up.add_(torch.randn_like(wrapper.bank.cur_up) * 1e-3)
+        return adapter.end_task()
+
+    probe = ending(0.0)  # tau 0: nothing is absorbed, the residual is reported
+    assert probe["absorbed"] is False and probe["residual"] > 0
+    assert ending(probe["residual"])["absorbed"] is absorbed_at_tau

@@ -198,7 +198,6 @@ class SDLoRAAdapter(nn.Module):
         info["residual"] = residual
         info["residual_kind"] = self.config.kd_residual
         absorbed = self.config.kd and passes
-        absorbed = self.config.kd and residual < self.config.kd_tau
         if absorbed:
             a_t = float(alpha[task])
             if joint:
