@@ -12,14 +12,14 @@ Prompt tokens (L2P) go in after the [CLS] embedding through a forward hook on `m
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import eager_attention_forward
+
+from sdlora.prompts.inject import PromptInjection
 
 
 def pad_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -65,7 +65,7 @@ class PrefixSelfAttention(nn.Module):
         return out.reshape(*hidden_states.shape[:-1], -1).contiguous(), weights
 
 
-class PromptedBert:
+class PromptedBert(PromptInjection):
     """Prefix wrappers on every layer's self-attention of a BERT-like `model` (`encoder.layer[i].attention.self`)
     and prompt tokens after [CLS]; `hidden(inputs)` runs the model with the injected prompts."""
 
@@ -97,20 +97,6 @@ class PromptedBert:
             ones = mask.new_ones(mask.shape[0], self.tokens.shape[-2])
             inputs["attention_mask"] = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
         return self.model(**inputs).last_hidden_state
-
-    @contextlib.contextmanager
-    def inject(self, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               tokens: torch.Tensor | None = None) -> Iterator[None]:
-        """As `PromptedViT.inject`: prefixes per layer, tokens after [CLS], cleared on exit."""
-        try:
-            for i, prefix in (prefixes or {}).items():
-                self.attentions[i].prefix = prefix
-            self.tokens = tokens
-            yield
-        finally:
-            for attention in self.attentions:
-                attention.prefix = None
-            self.tokens = None
 
     def unwrapped_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state dict under the library's own names (the wrappers' `.base` removed)."""

@@ -13,13 +13,12 @@ also normalises the prefix keys, so they live where the model's keys live.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention
 from torch import nn
+
+from sdlora.prompts.inject import PromptInjection
 
 
 class PrefixAttention(nn.Module):
@@ -66,7 +65,7 @@ class PrefixAttention(nn.Module):
         return b.proj_drop(b.proj(x))
 
 
-class PromptedViT:
+class PromptedViT(PromptInjection):
     """Prefix wrappers on every block's attention of a timm VisionTransformer, and a pre-hook on `blocks`
     that inserts prompt tokens after the prefix ([CLS]/register) tokens: [CLS, p_1..p_L, patches].
 
@@ -99,21 +98,6 @@ class PromptedViT:
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
         """Final-norm token states [B, N (+ L prompt tokens after [CLS]), dim] (timm `forward_features`)."""
         return self.model.forward_features(inputs)
-
-    @contextlib.contextmanager
-    def inject(self, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
-               tokens: torch.Tensor | None = None) -> Iterator[None]:
-        """Inside: block i attends with `prefixes[i]` = (P_k, P_v) [B or 1, L, dim]; `tokens` [B or 1, L, dim]
-        are inserted after the [CLS] token. Everything is cleared on exit (also on errors)."""
-        try:
-            for i, prefix in (prefixes or {}).items():
-                self.attentions[i].prefix = prefix
-            self.tokens = tokens
-            yield
-        finally:
-            for attention in self.attentions:
-                attention.prefix = None
-            self.tokens = None
 
     def unwrapped_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state dict under timm's own names (the wrappers' `.base` removed)."""

@@ -1,0 +1,32 @@
+"""What every prompted backbone shares: per-forward prefixes and prompt tokens, set inside a context."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class PromptInjection:
+    """Mixin: `self.attentions` (wrappers with a `.prefix` slot) and `self.tokens`, set only inside `inject`."""
+
+    attentions: Any
+    tokens: torch.Tensor | None
+
+    @contextlib.contextmanager
+    def inject(self, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+               tokens: torch.Tensor | None = None) -> Iterator[None]:
+        """Inside: layer i attends with `prefixes[i]` = (P_k, P_v) [B or 1, L, dim]; `tokens` [B or 1, L, dim]
+        are inserted after the [CLS] token. Everything is cleared on exit (also on errors), so prompts never
+        leak from one forward into the next."""
+        try:
+            for i, prefix in (prefixes or {}).items():
+                self.attentions[i].prefix = prefix
+            self.tokens = tokens
+            yield
+        finally:
+            for attention in self.attentions:
+                attention.prefix = None
+            self.tokens = None
