@@ -127,8 +127,8 @@ class SDLoRAConfig:
         if "kd" in data:  # written before `variant` (v0.1 checkpoints): kd=true was variant kd
             kd = data.pop("kd")
             data.setdefault("variant", "kd" if kd else ("rr" if data.get("rank_schedule") else "plain"))
-        if MODES.get(data.get("current_mode", "continuous")) is not None and \
-                MODES[data.get("current_mode", "continuous")].default_norm is None:
+        mode = MODES.get(data.get("current_mode", "continuous"))
+        if mode is not None and mode.default_norm is None:
             data.pop("norm", None)  # v0.1 recorded an (inert) norm for continuous mode
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

@@ -25,12 +25,6 @@ from sdlora.adapters.norms import NormFn, safe_divisor
 from sdlora.adapters.targets import Slice, SlicedLinear
 
 
-def _one_slice(terms: Terms, s: int) -> Terms:
-    """The terms of output slice `s` alone (a leading slice dim of 1)."""
-    return Terms(*(None if t is None else t[s:s + 1] for t in (
-        terms.past_scale, terms.past_down, terms.past_up, terms.cur_scale, terms.cur_down, terms.cur_up)))
-
-
 class DirectionBank(nn.Module):
     """Stored (frozen) and current (trainable) directions of one adapted Linear."""
 
@@ -189,13 +183,9 @@ class SDLoRALinear(SlicedLinear):
         weight = self.base.weight
         if self.merged:
             return weight.detach().clone()
-        terms = self.terms().to(torch.float64)
-        out = weight.detach().clone()
-        for s, (a, b) in enumerate(self.bounds):
-            rows = weight[a:b].detach().to(torch.float64)
-            add_delta_(rows, _one_slice(terms, s), ((0, b - a),))
-            out[a:b] = rows.to(weight.dtype)
-        return out
+        # rows outside the slices make the float64 round trip unchanged (every float32 / bf16 value is exact)
+        merged = add_delta_(weight.detach().to(torch.float64), self.terms().to(torch.float64), self.bounds)
+        return merged.to(weight.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
