@@ -18,16 +18,6 @@ from sdlora.cli import main
 from sdlora.engine.restore import restore_run
 
 
-@pytest.fixture
-def vit_run(tiny_vit_run):
-    return tiny_vit_run
-
-
-@pytest.fixture
-def text_run(tiny_text_run):
-    return tiny_text_run
-
-
 def images(n: int = 5) -> torch.Tensor:
     return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -39,9 +29,9 @@ def run_logits(seed_folder, inputs) -> torch.Tensor:
         return run.method(inputs)
 
 
-def test_timm_export_loads_through_timm_pretrained_path_strictly(vit_run, tmp_path):
+def test_timm_export_loads_through_timm_pretrained_path_strictly(tiny_vit_run, tmp_path):
     out = tmp_path / "timm"
-    assert main(["export", str(vit_run), "--out", str(out), "--format", "timm"]) == 0
+    assert main(["export", str(tiny_vit_run), "--out", str(out), "--format", "timm"]) == 0
     manifest = json.loads((out / "sdlora_export.json").read_text())
     x = images()
     kwargs = manifest["model_kwargs"]
@@ -51,7 +41,7 @@ def test_timm_export_loads_through_timm_pretrained_path_strictly(vit_run, tmp_pa
         local = timm.create_model(f"local-dir:{out}", pretrained=True)
     plain = timm.create_model(manifest["timm_tag"], pretrained=False, num_classes=6, **kwargs)
     plain.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
-    expected = run_logits(vit_run, x)
+    expected = run_logits(tiny_vit_run, x)
     for model in (by_name, local, plain):
         with torch.no_grad():
             got = model.eval()(x)
@@ -63,11 +53,11 @@ def test_timm_export_loads_through_timm_pretrained_path_strictly(vit_run, tmp_pa
     assert "--format timm" in card and "hf upload" in card and "final_accuracy" in card
 
 
-def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(text_run, tmp_path, capsys):
+def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(tiny_text_run, tmp_path, capsys):
     from transformers import AutoModel, AutoTokenizer
 
     out = tmp_path / "hf"
-    assert main(["export", str(text_run), "--out", str(out), "--format", "hf"]) == 0
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "hf"]) == 0
     assert "note:" not in capsys.readouterr().out
     assert not (out / "sequence-classification").exists()
     with no_library_warnings():
@@ -81,7 +71,7 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
     with torch.no_grad():
         h, m = model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1).float()
         logits = ((h * m).sum(1) / m.sum(1)) @ head["weight"].T + head["bias"]
-    run = restore_run(text_run)
+    run = restore_run(tiny_text_run)
     run.method.eval()
     with torch.no_grad():
         expected = run.method(run.method.backbone.tokenize(texts))
@@ -101,7 +91,7 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
         assert capsys.readouterr().out.strip().splitlines()[-1] == model.config.id2label[first]
 
 
-def test_peft_export_matches_the_merged_model(vit_run, text_run, tmp_path):
+def test_peft_export_matches_the_merged_model(tiny_vit_run, tiny_text_run, tmp_path):
     PeftModel = pytest.importorskip("peft").PeftModel
     from transformers import AutoModel
 
@@ -110,10 +100,10 @@ def test_peft_export_matches_the_merged_model(vit_run, text_run, tmp_path):
 
     # timm: PeftModel on the ORIGINAL backbone + the adapter (LoRA + head) == the merged timm export
     out = tmp_path / "peft-vit"
-    assert main(["export", str(vit_run), "--out", str(out), "--format", "peft"]) == 0
+    assert main(["export", str(tiny_vit_run), "--out", str(out), "--format", "peft"]) == 0
     manifest = json.loads((out / "sdlora_export.json").read_text())
     assert set(manifest["ranks"].values()) == {2 * 2 * 3}  # q and v slices x rank 2 x 3 tasks
-    run = restore_run(vit_run)
+    run = restore_run(tiny_vit_run)
     base = timm.create_model(manifest["base_model"], pretrained=False, num_classes=6, **manifest_kwargs(run))
     seed_everything(run.seed)  # the seeded random init plays the pretrained weights
     original = build.build_backbone(run.cfg).model.state_dict()
@@ -122,13 +112,13 @@ def test_peft_export_matches_the_merged_model(vit_run, text_run, tmp_path):
         peft_model = PeftModel.from_pretrained(base, str(out)).eval()
     x = images()
     with torch.no_grad():
-        diff = (peft_model(x) - run_logits(vit_run, x)).abs().max().item()
+        diff = (peft_model(x) - run_logits(tiny_vit_run, x)).abs().max().item()
     assert diff < 1e-5
 
     # Hugging Face encoder: same last hidden states as the merged encoder
     out = tmp_path / "peft-text"
-    assert main(["export", str(text_run), "--out", str(out), "--format", "peft"]) == 0
-    run = restore_run(text_run)
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "peft"]) == 0
+    run = restore_run(tiny_text_run)
     seed_everything(run.seed)
     base = build.build_backbone(run.cfg).model
     with no_library_warnings():
@@ -145,10 +135,10 @@ def manifest_kwargs(run):
     return dict(run.cfg.backbone.options["model_kwargs"])
 
 
-def test_export_refuses_a_format_the_run_cannot_take(text_run, vit_run, tmp_path, capsys):
-    assert main(["export", str(text_run), "--out", str(tmp_path / "x"), "--format", "timm"]) == 1
+def test_export_refuses_a_format_the_run_cannot_take(tiny_text_run, tiny_vit_run, tmp_path, capsys):
+    assert main(["export", str(tiny_text_run), "--out", str(tmp_path / "x"), "--format", "timm"]) == 1
     assert "--format timm needs a timm backbone" in capsys.readouterr().err
-    assert main(["export", str(vit_run), "--out", str(tmp_path / "y"), "--format", "hf"]) == 1
+    assert main(["export", str(tiny_vit_run), "--out", str(tmp_path / "y"), "--format", "hf"]) == 1
     assert "--format hf needs a Hugging Face encoder" in capsys.readouterr().err
 
 
@@ -267,12 +257,12 @@ def test_hf_export_loads_as_sequence_classifier_with_remote_code(text_runs, pool
                                    atol=1e-6, rtol=1e-6)
 
 
-def test_hf_export_without_trust_remote_code_gets_the_stock_class_and_its_missing_report(text_run, tmp_path):
+def test_hf_export_without_trust_remote_code_gets_the_stock_class_and_its_missing_report(tiny_text_run, tmp_path):
     """Documented trap: without the flag transformers builds its own BERT head and reports it as MISSING."""
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "hf"
-    assert main(["export", str(text_run), "--out", str(out), "--format", "hf"]) == 0
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "hf"]) == 0
     handler, logger = LibraryWarnings(), logging.getLogger("transformers")
     logger.addHandler(handler)
     try:
