@@ -10,7 +10,7 @@ from torch import nn
 
 from sdlora.adapters import KERNELS, SDLoRAAdapter, SDLoRAConfig
 from sdlora.adapters.kernels import _AdaptedLinear
-from sdlora.adapters.reference import dense_norm
+from sdlora.adapters.reference import dense_update
 
 torch.set_num_threads(1)
 
@@ -55,29 +55,18 @@ class QKV(nn.Module):
 
 
 def dense_forward(adapter: SDLoRAAdapter, x: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 with autograd: the magnitudes and current factors as leaves, stored directions as constants."""
+    """Eq. 4 (`reference.dense_update`) with autograd: magnitudes and current factors as leaves."""
     wrapper = adapter.wrappers["qkv"]
     bank, cfg = wrapper.bank, adapter.config
     alpha = adapter.magnitudes.alpha
     weight = wrapper.base.weight
     parts, end = [], 0
     for s, (a, b) in enumerate(wrapper.bounds):
-        parts.append(weight[end:a])
-        delta = torch.zeros(b - a, weight.shape[1], dtype=torch.float64)
-        start = 0
-        for k, rank in enumerate(adapter.ranks):
-            up, down = bank.past_up[s, :, start:start + rank], bank.past_down[s, start:start + rank]
-            # official: the newest stored term is normalised only once the next task starts
-            pending = cfg.current_mode == "official" and k == adapter.num_tasks - 1 and bank.cur_down is None
-            unit = cfg.current_mode == "continuous" or pending
-            n_k = 1.0 if unit else dense_norm(up, down, cfg.resolved_norm)
-            delta = delta + alpha[k] * (up @ down) / n_k
-            start += rank
-        if bank.cur_down is not None:
-            up, down = bank.cur_up[s], bank.cur_down[s]
-            c_t = 1.0 / dense_norm(up, down, cfg.resolved_norm) if cfg.current_mode == "paper" else 1.0
-            delta = delta + alpha[adapter.num_tasks] * c_t * (up @ down)
-        parts.append(weight[a:b] + delta)
+        columns = [0, *torch.tensor(adapter.ranks).cumsum(0).tolist()]
+        stored = [(bank.past_up[s, :, i:j], bank.past_down[s, i:j]) for i, j in zip(columns, columns[1:])]
+        current = None if bank.cur_down is None else (bank.cur_up[s], bank.cur_down[s])
+        delta = dense_update(stored, alpha, mode=cfg.current_mode, norm=cfg.resolved_norm, current=current)
+        parts += [weight[end:a], weight[a:b] + delta]
         end = b
     parts.append(weight[end:])
     return torch.nn.functional.linear(x, torch.cat(parts), wrapper.base.bias)

@@ -37,7 +37,8 @@ def dense_update(stored: Sequence[tuple[Tensor, Tensor]], alphas: Sequence[float
 
     `alphas[k]` multiplies stored task k and `alphas[len(stored)]` the current direction. `newest_normalised`
     (official mode only): whether the newest stored term has been normalised yet, i.e. whether a task has
-    started since it ended; default: exactly when a current direction is open.
+    started since it ended; default: exactly when a current direction is open. Differentiable: with magnitudes
+    and current factors that require grad, autograd through this function is the reference gradient.
     """
     if newest_normalised is None:
         newest_normalised = current is not None
@@ -50,9 +51,9 @@ def dense_update(stored: Sequence[tuple[Tensor, Tensor]], alphas: Sequence[float
             n_k = torch.ones((), dtype=torch.float64)
         else:
             n_k = dense_norm(up, down, norm)
-        delta += float(alphas[k]) * (up @ down) / n_k
+        delta = delta + alphas[k] * (up @ down) / n_k
     if current is not None:
         up, down = current[0].double(), current[1].double()
         c_t = 1.0 / dense_norm(up, down, norm) if mode == "paper" else 1.0
-        delta += float(alphas[len(stored)]) * c_t * (up @ down)
+        delta = delta + alphas[len(stored)] * c_t * (up @ down)
     return delta
