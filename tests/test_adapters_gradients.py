@@ -114,3 +114,33 @@ def test_layer_gradients_equal_autograd_through_the_dense_formula(mode: str, nor
     assert len(got) == len(expected) == len(leaves) + x_grad
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_backward_under_bf16_autocast_matches_float32(kernel: str) -> None:
+    """Under autocast the forward's matmuls run in bf16, so the backward's must too (mixing bf16 products
+    with float32 factors failed on a GPU); every gradient comes back in its input's dtype, close to fp32."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(16, 24))
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(targets=["0[q,v]"], rank=4, kernel=kernel))
+    for _ in range(2):
+        adapter.begin_task()
+        with torch.no_grad():
+            for p in adapter.trainable_parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+        if _ == 0:
+            adapter.end_task()
+    x = torch.randn(8, 16, requires_grad=True)
+    leaves = [*adapter.trainable_parameters(), x]
+
+    def grads(amp: bool) -> list[torch.Tensor]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        assert out.dtype == (torch.bfloat16 if amp else torch.float32)
+        return list(torch.autograd.grad(out.float().square().sum(), leaves))
+
+    exact, mixed = grads(False), grads(True)
+    assert adapter.wrappers["0"].last_kernel == kernel
+    for a, b, leaf in zip(exact, mixed, leaves, strict=True):
+        assert b.dtype == leaf.dtype
+        torch.testing.assert_close(b, a, atol=0.05 * float(a.abs().max()), rtol=0.05)

@@ -91,8 +91,8 @@ def _factored_forward(x: Tensor, weight: Tensor, bias: Tensor | None, terms: Ter
     P = F.linear(x.reshape(-1, x.shape[-1]), downs.reshape(num_slices * cols, -1))
     H = P * scales.reshape(1, -1).to(P.dtype)
     flat = y.view(-1, y.shape[-1])
-    for s, (a, b) in enumerate(slices):
-        flat[:, a:b].addmm_(H[:, s * cols:(s + 1) * cols], ups[s].t())
+    for s, (a, b) in enumerate(slices):  # in place, so autocast does not cast: y's dtype (bf16 under autocast)
+        flat[:, a:b].addmm_(H[:, s * cols:(s + 1) * cols].to(y.dtype), ups[s].t().to(y.dtype))
     return y, P
 
 
@@ -114,11 +114,24 @@ class _AdaptedLinear(torch.autograd.Function):
         else:
             y, kept = _factored_forward(x, weight, bias, terms, slices)
         ctx.slices, ctx.fold, ctx.grad_kind = slices, fold, grad_kind
+        device = x.device.type  # backward runs under the forward's autocast state (like torch.amp.custom_bwd)
+        ctx.amp = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(x, kept, weight, past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
+        # the dtype each returned gradient must have (None: no gradient), in `backward`'s return order
+        ctx.grad_dtypes = tuple(None if t is None else t.dtype for t in
+                                (x, None, None, past_scale, None, None, cur_scale, cur_down, cur_up, None, None, None))
         return y
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        enabled, dtype = ctx.amp
+        with torch.autocast(grad_out.device.type, dtype=dtype, enabled=enabled):
+            grads = _AdaptedLinear.gradients(ctx, grad_out)
+        # under autocast the products come out in the autocast dtype: each gradient takes its input's dtype
+        return tuple(g if g is None else g.to(want) for g, want in zip(grads, ctx.grad_dtypes, strict=True))
+
+    @staticmethod
+    def gradients(ctx, grad_out):  # type: ignore[no-untyped-def]
         x, kept, weight, ps, pd, pu, cs, cd, cu = ctx.saved_tensors
         needs = ctx.needs_input_grad
         g = grad_out.reshape(-1, grad_out.shape[-1])

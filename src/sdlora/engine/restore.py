@@ -71,6 +71,7 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
     method = build.build_method(cfg, backbone).to(device)
     method.load_checkpoint_state(meta["method"], {k[7:]: v.to(device) for k, v in tensors.items()
                                                   if k.startswith("method.")})
+    method.to(device)
     return RestoredRun(cfg, seed_value, folder, method, meta["position"]["task"] + 1)
 
 

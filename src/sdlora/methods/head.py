@@ -20,6 +20,8 @@ class IncrementalHead(nn.Module):
         self.in_features = in_features
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
+        # follows `.to(device)` while the head has no rows yet, so new rows are made where the model lives
+        self.register_buffer("device_tag", torch.zeros(0), persistent=False)
 
     @property
     def num_classes(self) -> int:
@@ -31,7 +33,7 @@ class IncrementalHead(nn.Module):
     def grow(self, n_new: int, freeze_old: bool = True) -> None:
         if n_new <= 0:
             raise ValueError(f"a task must add at least one class, got {n_new}")
-        device = self.weights[0].device if len(self.weights) else torch.device("cpu")
+        device = self.device_tag.device
         w = torch.empty(n_new, self.in_features, device=device)
         nn.init.kaiming_uniform_(w, nonlinearity="linear")
         if freeze_old:
