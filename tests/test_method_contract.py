@@ -92,3 +92,57 @@ def test_auxiliary_loss_is_trained_and_logged(tmp_path, aux_method):
         values = [0.5 * 3 * (2 * 0.95 ** (3 * epoch + i)) ** 2 for i in range(3)]
         expected.append(sum(values) / 3)
     assert aux == pytest.approx(expected, rel=1e-5)
+
+
+def test_head_rows_are_made_on_the_device_the_head_was_moved_to():
+    """A head moved before it has rows (the trainer builds the method, then moves it) grows there: the
+    first task's rows were made on the CPU while the features came from the GPU."""
+    from sdlora.methods.head import IncrementalHead
+
+    head = IncrementalHead(4).to(torch.device("meta"))
+    head.grow(3)
+    head.grow(2)
+    assert [w.device.type for w in head.weights] == ["meta", "meta"]
+    head.resize_to([3, 2])
+    assert {p.device.type for p in head.parameters()} == {"meta"}
+    assert "device_tag" not in head.state_dict()
+
+
+TASK_START_METHODS = {
+    "sdlora-continuous": {"name": "sdlora", "options": {"rank": 2}},
+    "sdlora-official": {"name": "sdlora", "options": {"rank": 2, "current_mode": "official"}},
+    "sdlora-paper": {"name": "sdlora", "options": {"rank": 2, "current_mode": "paper"}},
+    "seq_lora": {"name": "seq_lora", "options": {"rank": 2}},
+    "inflora": {"name": "inflora", "options": {"rank": 2}},
+    "linear_probe": {"name": "linear_probe"},
+    "finetune": {"name": "finetune"},
+}
+
+
+@pytest.mark.parametrize("method", list(TASK_START_METHODS.values()), ids=list(TASK_START_METHODS))
+def test_sdc_reference_features_come_from_the_function_the_prototypes_describe(tmp_path, method):
+    """SDC's reference features are taken before `begin_task`, and `task_start_keeps_features` tells the
+    truth: where the task start changes the features (the official rebuild, paper's random direction), that
+    drift is compensated too; where it does not, the head init reuses the same pass."""
+    from sdlora.engine.trainer import Trainer
+    from sdlora.methods.prototypes import collect_features
+
+    train = {"classifier": {"kind": "prototypes", "drift": "sdc"}, "head_init": "class_mean"}
+    cfg = load_config(data=tiny(method=method, train=train, benchmark={"num_tasks": 2}))
+    trainer = Trainer(cfg, 3, tmp_path / "run", torch.device("cpu"), build.build_benchmark(cfg), quiet=True)
+    m = trainer.method
+    original, seen = m.begin_task, {}
+
+    def begin_task(task):
+        loader = trainer._loader(trainer.scenario.train_set(task.index), shuffle=False)
+        before = collect_features(m.features, loader, torch.device("cpu"))[0] if task.index else None
+        if task.index:
+            assert torch.equal(m.features_before, before)  # taken under the function before the start
+        original(task)
+        m.eval()
+        if task.index:
+            seen["kept"] = torch.equal(collect_features(m.features, loader, torch.device("cpu"))[0], before)
+
+    m.begin_task = begin_task
+    trainer.run()
+    assert seen["kept"] == m.task_start_keeps_features

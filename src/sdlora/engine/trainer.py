@@ -132,6 +132,7 @@ class Trainer:
         self.log_positions = meta.get("loggers", {})
         method_tensors = {k[7:]: v.to(self.device) for k, v in tensors.items() if k.startswith("method.")}
         self.method.load_checkpoint_state(meta["method"], method_tensors)
+        self.method.to(self.device)  # whatever a method rebuilt while loading lives with the model
         self.record.restore(meta["record"])
         pos = meta["position"]
         set_rng_state(meta["rng"], tensors)
@@ -168,7 +169,9 @@ class Trainer:
                                   f"the {distributed.world_size()} processes: run it on fewer processes")
             resuming_mid_task = t == start_task and opt_meta is not None
             if not resuming_mid_task:
+                self.method.before_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
                 self.method.begin_task(task)
+                self.method.to(self.device)  # parameters a method adds at a task start (head rows, prompts...)
                 self.method.prepare_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
             trainable = self.method.num_trainable()
             self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,

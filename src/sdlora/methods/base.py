@@ -1,5 +1,7 @@
 """The method interface: one trainer loop calls these hooks (the Mammoth pattern).
 
+    before_task(task, loader)   optional: look at the task's data with the model as the last task left it
+                                (SDC's reference features)
     begin_task(task)            grow the head, add per-task parameters
     prepare_task(task, loader)  optional: look at the task's training data before training (InfLoRA)
     trainable_parameters()      param groups the optimiser updates this task
@@ -82,29 +84,45 @@ class Method(nn.Module):
         classifier = train.classifier
         self.prototypes = ClassPrototypes(backbone.feature_dim) if classifier.kind == "prototypes" else None
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
+        self._start_features: tuple[torch.Tensor, torch.Tensor] | None = None  # before_task's pass
         self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
 
     # -- lifecycle -------------------------------------------------------------------------------
+    #: whether `begin_task` leaves `features(x)` unchanged (new head rows, a zero-initialised new term). When
+    #: false, SDC's reference features are taken before `begin_task` and the head init takes its own pass.
+    task_start_keeps_features: bool = True
+
+    def _task_features(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        was_training = self.training
+        self.eval()
+        features, labels = collect_features(self.features, loader, self._device())
+        self.train(was_training)
+        return features, labels
+
     def begin_task(self, task: TaskInfo) -> None:
         self.head.grow(task.size, freeze_old=self.train_cfg.freeze_old_head)
+
+    def before_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
+        """Called right before `begin_task` (not when resuming mid-task) with the task's training data.
+
+        With drift compensation, records the task's features under the function that the stored prototypes
+        describe: drift that the task start itself causes (the official rebuild, a random new direction) is
+        then compensated too, not only the drift of training (subclasses call super())."""
+        self._start_features = None
+        if self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0:
+            self._start_features = self._task_features(train_loader)
+            self.features_before = self._start_features[0]
 
     def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """Called right after `begin_task` (not when resuming mid-task) with the task's training data.
 
-        With drift compensation, records the task's features before training (subclasses call super()).
-        """
-        sdc = self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0
-        class_mean_head = self.train_cfg.head_init == "class_mean" and self.head.num_classes == task.total
-        if not (sdc or class_mean_head):
-            return
-        was_training = self.training
-        self.eval()
-        features, labels = collect_features(self.features, train_loader, self._device())
-        self.train(was_training)
-        if sdc:
-            self.features_before = features
-        if class_mean_head:
-            self._init_head_rows(features, labels, task)
+        With `head_init: class_mean`, sets the new head rows from the class means of the features the
+        training starts from (reusing `before_task`'s pass when the task start kept them; subclasses call
+        super())."""
+        reusable = self._start_features if self.task_start_keeps_features else None
+        self._start_features = None
+        if self.train_cfg.head_init == "class_mean" and self.head.num_classes == task.total:
+            self._init_head_rows(*(reusable or self._task_features(train_loader)), task)
 
     @torch.no_grad()
     def _init_head_rows(self, features: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> None:

@@ -13,6 +13,15 @@ Table 4 ablations (`ablation`, plain variant only):
   as they are (no `official` rebuild).
 (The third ablation, "W0 + alpha dir(AB)" with one direction that keeps training, is
 `seq_lora` with `decoupled: true`.)
+
+Magnitude anchor (`magnitude_anchor`, lambda >= 0; 0 = off, the paper): while task t trains the loss gains
+
+    lambda * sum_{k<t} (alpha_k - abar_k)^2,   abar_k = alpha_k when task k ended
+
+(re-taken whenever a task start rewrites alpha_k, i.e. the `official` rebuild). Old magnitudes still learn, but
+cannot drift far from the value their task was trained and evaluated at. Why: with a cross-entropy head, a
+larger alpha_k scales the features up and lowers the loss of every confident sample whatever task k was, so
+old magnitudes drift upwards task after task (benchmarks/README.md, "Stability across class orders").
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
-from sdlora.methods.base import Method
+from sdlora.methods.base import Method, StepOutput
 from sdlora.registry import METHODS
 
 
@@ -44,6 +53,8 @@ class SDLoRA(Method):
         # every old task's term towards zero, i.e. it is forgetting by construction)
         magnitude_weight_decay: float = 0.0
         ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
+        # lambda of the pull of each old magnitude towards its value at the end of its task (module docstring)
+        magnitude_anchor: float = 0.0
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -51,16 +62,23 @@ class SDLoRA(Method):
                 raise ValueError(f"ablation {self.ablation!r} needs variant 'plain', got {self.variant!r}")
             if self.magnitude_weight_decay < 0:
                 raise ValueError(f"magnitude_weight_decay must be >= 0, got {self.magnitude_weight_decay}")
+            if not self.magnitude_anchor >= 0:
+                raise ValueError(f"magnitude_anchor must be >= 0, got {self.magnitude_anchor}")
+            if self.magnitude_anchor and self.ablation == "fixed_old":
+                raise ValueError("magnitude_anchor has no effect with ablation 'fixed_old' (old magnitudes are "
+                                 "frozen): remove one of them")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
         super().__init__(backbone, options, train)
         config = options.adapter_fields(targets=options.targets or backbone.default_targets)
         self.adapter = SDLoRAAdapter(backbone.model, config)
         self._old_magnitudes_hook: torch.utils.hooks.RemovableHandle | None = None
+        self.magnitude_anchors = torch.zeros(0)  # abar_k of the stored tasks (module docstring)
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
         ablation = self.options.ablation
+        before = self.adapter.magnitudes.alpha.detach().clone()
         # first_direction_only: after task 1 no new direction (the mode's task-start rule still applies);
         # fixed_old: stored terms stay exactly as they were (no official rebuild, magnitudes carried over)
         self.adapter.begin_task(new_direction=not (ablation == "first_direction_only" and self.adapter.num_tasks),
@@ -68,6 +86,34 @@ class SDLoRA(Method):
         self.adapter.to(next(self.backbone.parameters()).device)
         if ablation == "fixed_old":
             self._freeze_old_magnitudes()
+        self._update_anchors(before)
+
+    @property
+    def task_start_keeps_features(self) -> bool:  # type: ignore[override]
+        """Only `continuous` starts a task without changing the function (the official rebuild rescales
+        every stored term; `paper` adds a random unit-norm direction)."""
+        return self.options.current_mode == "continuous"
+
+    def _update_anchors(self, before: torch.Tensor) -> None:
+        """abar_k for every stored task: a task that just ended is anchored at its current alpha; a stored
+        alpha that the task start rewrote (the official rebuild) is re-anchored at its new value."""
+        alpha = self.adapter.magnitudes.alpha.detach()[: self.adapter.num_tasks]
+        anchors = alpha.clone()
+        kept = min(len(self.magnitude_anchors), len(before), len(alpha))
+        unchanged = before[:kept].to(alpha.device) == alpha[:kept]
+        anchors[:kept] = torch.where(unchanged, self.magnitude_anchors[:kept].to(alpha.device), alpha[:kept])
+        self.magnitude_anchors = anchors
+
+    def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
+        """The default step plus the magnitude anchor lambda * sum_{k<t} (alpha_k - abar_k)^2 when enabled."""
+        step = super().training_step(batch, task)
+        lam, anchors = self.options.magnitude_anchor, self.magnitude_anchors
+        if lam and len(anchors):
+            alpha = self.adapter.magnitudes.alpha[: len(anchors)].float()
+            penalty = lam * (alpha - anchors.to(alpha.device)).square().sum()
+            step.scalars["magnitude_anchor_penalty"] = float(penalty.detach())
+            step.loss = step.loss + penalty
+        return step
 
     def _freeze_old_magnitudes(self) -> None:
         """fixed_old: zero the gradient of every stored task's magnitude (the current one, last, trains)."""
@@ -103,6 +149,7 @@ class SDLoRA(Method):
         structure, tensors = super().checkpoint_state()
         structure["adapter"] = self.adapter.structure()
         tensors.update({f"adapter.{k}": v for k, v in self.adapter.state_tensors().items()})
+        tensors["magnitude_anchors"] = self.magnitude_anchors
         return structure, tensors
 
     def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -110,6 +157,8 @@ class SDLoRA(Method):
         self.adapter.load_state(structure["adapter"],
                                 {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
         self.adapter.to(next(self.backbone.parameters()).device)
+        stored = self.adapter.magnitudes.alpha.detach()[: self.adapter.num_tasks]
+        self.magnitude_anchors = tensors.get("magnitude_anchors", stored).clone()  # absent before v0.3: alpha
         if self.options.ablation == "fixed_old" and self.adapter.current_task is not None:
             self._freeze_old_magnitudes()
 
