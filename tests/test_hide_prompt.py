@@ -218,3 +218,43 @@ def test_cli_trains_a_text_encoder_and_resumes(tmp_path):
     assert len(final["accuracy_curve"]) == 2 and all(0 <= a <= 100 for a in final["accuracy_curve"])
     assert main(["train", str(path), "--out", str(out), "--quiet", "--resume"]) == 0  # finished: nothing to redo
     assert results_without_timing(out / "seed-3") == final
+
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_configs_mirror_the_harness_and_quote_table_2():
+    main = load_config(CONFIGS / "clinc150.yaml")
+    text = load_config(CONFIGS / "baselines" / "clinc150_hide_prompt.yaml")
+    build.validate_plugins(text)
+    assert text.backbone == main.backbone and text.benchmark == main.benchmark and text.method.name == "hide_prompt"
+    budget = ("optimizer", "lr", "momentum", "epochs", "batch_size", "loss")
+    assert [getattr(text.train, k) for k in budget] == [getattr(main.train, k) for k in budget]
+    assert text.train.classifier.kind == "linear" and text.seeds == [1993, 1994, 1995]
+    vision = load_config(CONFIGS / "vision" / "prompts" / "imagenet_r_10_hide_prompt.yaml")
+    build.validate_plugins(vision)
+    assert tuple(vision.published[k] for k in ("final_accuracy", "final_accuracy_stderr",
+                                               "average_incremental_accuracy",
+                                               "average_incremental_accuracy_stderr")) == (74.65, 0.14, 78.46, 0.18)
+    assert vision.benchmark.increment == vision.benchmark.init_classes == 20 and "Table 2" in vision.source
+    t = vision.train
+    assert (t.optimizer, t.epochs, t.batch_size, t.scheduler, t.grad_clip) == ("adam", 150, 192, "cosine", 1.0)
+    assert t.lr == pytest.approx(0.03 * 24 / 256) and t.head_lr == pytest.approx(t.lr / 10)
+
+
+def test_two_processes_equal_one(tmp_path):
+    """`sdlora train --nproc 2`: the end-of-task statistics, TII training and alignment see the gathered features
+    and the same sampling seed on both ranks, so the run is the one-process run (the contrastive term is per
+    micro-batch, as the release's per-GPU term, hence off here)."""
+    import subprocess
+    import sys
+
+    from test_distributed import BENCH, TRAIN, assert_same_run, environment, one_process, write_config
+
+    method = {"name": "hide_prompt", "options": {**HIDE["options"], "contrast_weight": 0.0}}
+    config = write_config(tmp_path / "run.yaml", tiny(benchmark=BENCH, method=method, train=TRAIN))
+    one_process(config, tmp_path / "one")
+    done = subprocess.run([sys.executable, "-m", "sdlora", "train", str(config), "--out", str(tmp_path / "two"),
+                           "--quiet", "--nproc", "2"], env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
