@@ -20,7 +20,13 @@ Defaults are the release's ImageNet-R run (thu-ml/HiDe-Prompt, training_scripts/
 configs/imr_hideprompt_5e.py). Differences from the release: its TII stage trains for 20 epochs on augmented
 images; here on the task's features from the end-of-task pass (one view, the trainer's `end_task` loader). Its
 'multi-centroid' statistics (k-means, the config default) are not offered; 'covariance' is the paper's Gaussian.
-The contrastive term is over each process's micro-batch (the release: each GPU's batch).
+The contrastive term is over each process's micro-batch (the release: each GPU's batch). The release reshapes
+its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, L, ...] without a permute (peft/prompt/hide_prompt.py,
+lines 115-118): sample b gets the prefix halves of flat positions 2b, 2b+1 of the (key/value, sample) grid, so with
+one prompt for the batch (training) its first half attends with the key half as keys and values, its second half
+with the value half, and with per-sample prompts (test) samples take other samples' halves; here every sample
+gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head and both alignments train with
+the method's own optimisers inside `end_task`.
 """
 
 from __future__ import annotations
@@ -109,29 +115,32 @@ class HiDePrompt(PromptMethod):
 
     @dataclass
     class Options:
-        e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # imr_hideprompt_5e.py:106
-        e_length: PositiveInt = 20  # imr_hideprompt_5e.py:115 --length (train_imr_vit.sh passes 20)
-        init_from_previous: bool = True  # imr_hideprompt_5e.py:122 --shared_prompt_pool: E^t starts as E^{t-1}
-        prompt_momentum: float = 0.01  # m: train_imr_vit.sh --prompt_momentum 0.01 (config default 0)
-        contrast_weight: float = 0.5  # lambda: train_imr_vit.sh --reg 0.5 (config :149 default 0.01)
-        contrast_temperature: float = 0.8  # tau: hide_promtp_wtp_and_tap_engine.py:539 (`/ 0.8`)
-        prompt_lr: float | None = None  # lr of the prompts (None: train.lr; the release's head gets lr / 10)
-        statistics: StatsKind = "covariance"  # imr_hideprompt_5e.py:151 (covariance | variance; default there:
-        #                                        multi-centroid, not offered)
-        covariance_eps: float = 1e-4  # hide_promtp_wtp_and_tap_engine.py:391 (+ 1e-4 I)
-        tii_hidden: list[int] = field(default_factory=lambda: [2])  # imr_hideprompt_5e.py:143 mlp_structure
-        tii_epochs: int = 20  # train_imr_vit.sh, first (TII) run: --epochs 20
-        tii_lr: float = 0.0005 * 24 / 256  # Adam; train_imr_vit.sh --lr 0.0005 x batch 24 / 256 (tii_trainer.py:79)
-        tii_batch_size: PositiveInt = 192  # 8 processes x --batch-size 24 (train_imr_vit.sh)
-        ca_epochs: int = 30  # --crct_epochs 30 (imr_hideprompt_5e.py:141)
-        ca_lr: float = 0.005  # --ca_lr 0.005 (TAP; unscaled in hideprompt_trainer.py)
-        tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: ca_lr x 24 / 256 (tii_trainer.py:80)
-        ca_momentum: float = 0.9  # SGD momentum, hide_promtp_wtp_and_tap_engine.py:427
-        # the param group's weight_decay (args.weight_decay = 0.0: '--weight-decay', declared first at
-        # imr_hideprompt_5e.py:27, owns the default) overrides SGD's 5e-4 (engine :423, :427)
+        # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
+        # train_imr_vit.sh (a TII run, then the prompt run), E = engines/hide_promtp_wtp_and_tap_engine.py,
+        # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
+        e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # C:106 --e_prompt_layer_idx
+        e_length: PositiveInt = 20  # C:115 --length (S passes 20)
+        init_from_previous: bool = True  # C:122 --shared_prompt_pool: E^t starts as a copy of E^{t-1} (E:257)
+        prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
+        contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
+        contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
+        prompt_lr: float | None = None  # lr of the prompts (None: train.lr); the release's head gets lr / 10
+        statistics: StatsKind = "covariance"  # C:151 choices covariance | variance (its default, multi-centroid
+        #                                       k-means, is not offered); the paper's Gaussian
+        covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I)
+        tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
+        tii_epochs: int = 20  # S, TII run: --epochs 20
+        tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
+        tii_batch_size: PositiveInt = 192  # 8 x 24
+        ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
+        ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
+        tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
+        ca_momentum: float = 0.9  # SGD momentum, E:427 and T:292
+        # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
+        # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
         ca_weight_decay: float = 0.0
-        ca_batch_size: PositiveInt = 960  # 8 processes x batch 24 x 5 (engine :440, averaged by DDP)
-        tii_ca_batch_size: PositiveInt = 192  # 8 processes x batch 24 (hide_tii_engine.py:305)
+        ca_batch_size: PositiveInt = 960  # 8 processes x 24 x 5 pseudo-features per step (E:440; DDP averages)
+        tii_ca_batch_size: PositiveInt = 192  # 8 processes x 24 (T:305)
 
         def __post_init__(self) -> None:
             if not self.e_layers or any(i < 0 for i in self.e_layers):
