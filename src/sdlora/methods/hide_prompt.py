@@ -187,8 +187,9 @@ class HiDePrompt(PromptMethod):
             return self.backbone(inputs)
 
     def infer_task(self, query: torch.Tensor) -> torch.Tensor:
-        """t_hat: the task owning argmax_c h_tii(g(x)) over the seen classes."""
-        classes = self.tii(query.float())[:, : self.head.num_classes].argmax(1)
+        """t_hat: the task owning argmax_c h_tii(g(x)) over the seen classes (in float32, autocast off)."""
+        with full_precision(query):
+            classes = self.tii(query.float())[:, : self.head.num_classes].argmax(1)
         ends = torch.tensor(self.head.block_sizes(), device=classes.device).cumsum(0)
         return torch.bucketize(classes, ends, right=True)
 
