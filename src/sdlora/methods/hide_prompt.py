@@ -1,0 +1,328 @@
+"""HiDe-Prompt (Wang et al., NeurIPS 2023): hierarchical decomposition into within-task prediction (WTP),
+task-identity inference (TII) and task-adaptive prediction (TAP), with statistics instead of stored samples.
+
+    WTP   task t trains its own prefix E^t (keys and values at e_layers, as DualPrompt's E-prompts) and the head:
+            P^t = (1 - m) E^t + m mean_{j<t} sg(E^j)        (prompt momentum m; E^t <- P^t after the task)
+            loss = CE(head(f(x; P^t))[current task], y) + lambda CE(S, I),  S = M M^T / tau,  M = [mu_1..mu_K; f_batch]
+          (the contrastive term pushes the batch's prompted features away from the class means mu of the
+          earlier tasks and from each other; f = the pooled prompted feature, unnormalised, as the release)
+    TII   g(x) = the frozen backbone's feature (no prompt); a residual MLP + linear head over all classes,
+            c_hat = argmax h_tii(g(x)),   t_hat(x) = the task that owns c_hat
+          trained after each task on the task's frozen features (CE over its classes), then aligned on
+          pseudo-features drawn from N(mu_c^g, Sigma_c^g) for every seen class (`class_stats.align_classifier`)
+    TAP   prediction = head(f(x; E^{t_hat(x)})); after each task the head is aligned on pseudo-features drawn
+          from N(mu_c^f, Sigma_c^f) of the prompted features of every seen class
+
+Only class statistics are kept (means and covariances of both feature kinds; no samples). The task's frozen
+features live only inside `end_task`, as in the release's separate TII run that trains on the task's data.
+
+Defaults are the release's ImageNet-R run (thu-ml/HiDe-Prompt, training_scripts/train_imr_vit.sh with
+configs/imr_hideprompt_5e.py). Differences from the release: its TII stage trains for 20 epochs on augmented
+images; here on the task's features from the end-of-task pass (one view, the trainer's `end_task` loader). Its
+'multi-centroid' statistics (k-means, the config default) are not offered; 'covariance' is the paper's Gaussian.
+The contrastive term is over each process's micro-batch (the release: each GPU's batch). The release reshapes
+its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, L, ...] without a permute (peft/prompt/hide_prompt.py,
+lines 115-118): sample b gets the prefix halves of flat positions 2b, 2b+1 of the (key/value, sample) grid, so with
+one prompt for the batch (training) its first half attends with the key half as keys and values, its second half
+with the value half, and with per-sample prompts (test) samples take other samples' halves; here every sample
+gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head and both alignments train with
+the method's own optimisers inside `end_task`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sdlora.backbones.base import Backbone
+from sdlora.config import TrainConfig
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import StepOutput, full_precision
+from sdlora.methods.class_stats import ClassGaussians, StatsKind, align_classifier
+from sdlora.methods.head import IncrementalHead
+from sdlora.methods.prompting import PromptMethod
+from sdlora.methods.prototypes import collect_features
+from sdlora.registry import METHODS
+from sdlora.typed import PositiveInt
+
+GRAD_CLIP = 1.0  # release: configs/imr_hideprompt_5e.py:24 (--clip-grad 1.0), also for the TII stage
+
+
+def contrastive(features: torch.Tensor, means: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CE(S, I) with S = M M^T / tau over the rows of M = [means; features] (the release's `orth_loss`)."""
+    rows = torch.cat([means.to(features), features])
+    similarity = rows @ rows.T / temperature
+    return F.cross_entropy(similarity, torch.arange(rows.shape[0], device=rows.device))
+
+
+class TaskIdentity(nn.Module):
+    """h_tii(g) = head(LayerNorm(g + MLP(g))) with MLP = Linear(D, k D), GELU, Linear(k D, D) for hidden [k]
+    (the release's `MlpMapping`, vits/hide_prompt_vision_transformer.py); hidden [] = a linear head on g."""
+
+    def __init__(self, dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        widths = [dim, *(dim * k for k in hidden), dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            layers += [nn.Linear(a, b)] + ([nn.GELU()] if i < len(widths) - 2 else [])
+        self.mlp = nn.Sequential(*layers) if hidden else None
+        self.norm = nn.LayerNorm(dim, eps=1e-6) if hidden else nn.Identity()
+        self.head = IncrementalHead(dim)
+        for layer in self.modules():
+            if isinstance(layer, nn.Linear):  # timm's ViT init (trunc normal 0.02, zero bias), as the release
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.requires_grad_(False)  # trained inside `end_task` only, never by the trainer's optimiser
+
+    def grow(self, n_new: int) -> None:
+        self.head.grow(n_new, freeze_old=False)
+        with torch.no_grad():
+            nn.init.trunc_normal_(self.head.weights[-1], std=0.02)
+        self.requires_grad_(False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        mapped = features if self.mlp is None else self.norm(features + self.mlp(features))
+        return self.head(mapped)
+
+
+class TaskPrompts(nn.Module):
+    """E^t: [len(e_layers), 2, L, D] per task (prefix keys and values); the earlier ones are frozen."""
+
+    def __init__(self, layers: int, length: int, dim: int) -> None:
+        super().__init__()
+        self.layers, self.length, self.dim = layers, length, dim
+        self.e = nn.ParameterList()
+
+    def add_task(self, copy_previous: bool, device: torch.device) -> None:
+        """A new E^t: a copy of E^{t-1} (`copy_previous`) or uniform(-1, 1); every earlier one is frozen."""
+        for p in self.e:
+            p.requires_grad_(False)
+        if copy_previous and len(self.e):
+            new = self.e[-1].detach().clone()
+        else:
+            new = torch.empty(self.layers, 2, self.length, self.dim, device=device).uniform_(-1, 1)
+        self.e.append(nn.Parameter(new))
+
+
+@METHODS.register("hide_prompt")
+class HiDePrompt(PromptMethod):
+    """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics."""
+
+    @dataclass
+    class Options:
+        # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
+        # train_imr_vit.sh (a TII run, then the prompt run), E = engines/hide_promtp_wtp_and_tap_engine.py,
+        # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
+        e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # C:106 --e_prompt_layer_idx
+        e_length: PositiveInt = 20  # C:115 --length (S passes 20)
+        init_from_previous: bool = True  # C:122 --shared_prompt_pool: E^t starts as a copy of E^{t-1} (E:257)
+        prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
+        contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
+        contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
+        prompt_lr: float | None = None  # lr of the prompts (None: train.lr); the release's head gets lr / 10
+        statistics: StatsKind = "covariance"  # C:151 choices covariance | variance (its default, multi-centroid
+        #                                       k-means, is not offered); the paper's Gaussian
+        covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I)
+        tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
+        tii_epochs: int = 20  # S, TII run: --epochs 20
+        tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
+        tii_batch_size: PositiveInt = 192  # 8 x 24
+        ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
+        ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
+        tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
+        ca_momentum: float = 0.9  # SGD momentum, E:427 and T:292
+        # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
+        # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
+        ca_weight_decay: float = 0.0
+        ca_batch_size: PositiveInt = 960  # 8 processes x 24 x 5 pseudo-features per step (E:440; DDP averages)
+        tii_ca_batch_size: PositiveInt = 192  # 8 processes x 24 (T:305)
+
+        def __post_init__(self) -> None:
+            if not self.e_layers or any(i < 0 for i in self.e_layers):
+                raise ValueError(f"e_layers must be non-empty indices >= 0, got {self.e_layers}")
+            if not 0 <= self.prompt_momentum < 1:
+                raise ValueError(f"prompt_momentum must be in [0, 1), got {self.prompt_momentum}")
+            if self.contrast_weight < 0 or self.contrast_temperature <= 0:
+                raise ValueError("contrast_weight must be >= 0 and contrast_temperature > 0")
+            if any(k < 1 for k in self.tii_hidden) or min(self.tii_epochs, self.ca_epochs) < 0:
+                raise ValueError("tii_hidden widths must be >= 1; tii_epochs and ca_epochs >= 0")
+
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
+        super().__init__(backbone, options, train)
+        if max(options.e_layers) >= self.injector.depth:
+            raise ValueError(f"hide_prompt: e_layers {options.e_layers} exceed the backbone's {self.injector.depth}")
+        dim = backbone.feature_dim
+        self.prompts = TaskPrompts(len(options.e_layers), options.e_length, dim)
+        self.tii = TaskIdentity(dim, options.tii_hidden)
+        self.tii_stats = ClassGaussians(dim, options.statistics, options.covariance_eps)  # frozen features
+        self.tap_stats = ClassGaussians(dim, options.statistics, options.covariance_eps)  # prompted features
+        self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`
+        self.seed = torch.initial_seed()  # the run's seed: end-of-task sampling is the same on every rank
+
+    # -- tasks and prompts -----------------------------------------------------------------------
+    def begin_task(self, task: TaskInfo) -> None:
+        super().begin_task(task)
+        with torch.no_grad():  # the release's head init (timm ViT: trunc normal 0.02, zero bias)
+            nn.init.trunc_normal_(self.head.weights[-1], std=0.02)
+        self.prompts.add_task(self.options.init_from_previous, self._device())
+        self.tii.grow(task.size)
+        self.current_task = task.index
+
+    def training_prompt(self, t: int) -> torch.Tensor:
+        """P^t = (1 - m) E^t + m mean_{j<t} sg(E^j) (E^t itself for the first task or m = 0)."""
+        m, e = self.options.prompt_momentum, self.prompts.e
+        if t == 0 or m == 0:
+            return e[t]
+        return (1 - m) * e[t] + m * torch.stack([p.detach() for p in e[:t]]).mean(0)
+
+    def prompted_features(self, inputs: Any, prompts: torch.Tensor) -> torch.Tensor:
+        """Pooled feature with prefixes `prompts` [B or 1, layers, 2, L, D] at e_layers."""
+        prefixes = {layer: (prompts[:, i, 0], prompts[:, i, 1]) for i, layer in enumerate(self.options.e_layers)}
+        with self.injector.inject(prefixes):
+            return self.backbone(inputs)
+
+    def infer_task(self, query: torch.Tensor) -> torch.Tensor:
+        """t_hat: the task owning argmax_c h_tii(g(x)) over the seen classes (in float32, autocast off)."""
+        with full_precision(query):
+            classes = self.tii(query.float())[:, : self.head.num_classes].argmax(1)
+        ends = torch.tensor(self.head.block_sizes(), device=classes.device).cumsum(0)
+        return torch.bucketize(classes, ends, right=True)
+
+    def features(self, inputs: Any) -> torch.Tensor:
+        """With the task being trained known (`current_task`), P^t; else E^{t_hat(x)} per sample."""
+        if self.current_task is not None:
+            return self.prompted_features(inputs, self.training_prompt(self.current_task)[None])
+        ids = self.infer_task(self.query(inputs))
+        return self.prompted_features(inputs, torch.stack(list(self.prompts.e))[ids])
+
+    def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
+        inputs, labels = batch
+        features = self.prompted_features(inputs, self.training_prompt(task.index)[None])
+        logits = self.head(features)
+        with full_precision(logits):
+            ce = self.loss(logits.float(), labels, task)
+            if self.options.contrast_weight == 0:
+                return StepOutput(ce, {"ce": float(ce.detach())})
+            reg = contrastive(features.float(), self.tap_stats.means[: task.known], self.options.contrast_temperature)
+        scalars = {"ce": float(ce.detach()), "contrast": float(reg.detach())}
+        return StepOutput(ce + self.options.contrast_weight * reg, scalars)
+
+    # -- end of task: statistics, TII, alignment ---------------------------------------------------
+    @torch.no_grad()
+    def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
+        """E^t <- P^t; class statistics of frozen and prompted features; train and align the TII head; align
+        the head (from the second task on, as the release)."""
+        t = task.index
+        self.prompts.e[t].copy_(self.training_prompt(t))
+        self.eval()
+        device = self._device()
+        prompt = self.prompts.e[t][None]
+        both, labels = collect_features(lambda x: torch.cat([self.query(x), self.prompted_features(x, prompt)], 1),
+                                        train_loader, device)
+        frozen, prompted = both.split(self.backbone.feature_dim, dim=1)
+        self.tii_stats.fit(frozen, labels, task.known, task.total)
+        self.tap_stats.fit(prompted, labels, task.known, task.total)
+        generator = torch.Generator(device=device).manual_seed((self.seed + 7919 * (t + 1)) % 2**63)
+        info: dict[str, Any] = {"tii_loss": self._fit_tii(frozen, labels, task, generator)}
+        if t > 0:
+            info |= self.align(task, generator)
+        self.current_task = None  # from now on the prompt is chosen by the TII head
+        info |= super().end_task(task, train_loader)
+        return info
+
+    @torch.enable_grad()
+    def _fit_tii(self, features: torch.Tensor, labels: torch.Tensor, task: TaskInfo,
+                 generator: torch.Generator) -> float:
+        """The TII head's own training on the task's frozen features: Adam, CE over the task's classes."""
+        params = [*(self.tii.mlp.parameters() if self.tii.mlp is not None else []), *self.tii.norm.parameters(),
+                  self.tii.head.weights[-1], self.tii.head.biases[-1]]
+        o, mean_loss = self.options, 0.0
+        if o.tii_epochs == 0:
+            return mean_loss
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(params, lr=o.tii_lr)
+        self.tii.train()
+        for _ in range(o.tii_epochs):
+            order = torch.randperm(features.shape[0], generator=generator, device=features.device)
+            total, steps = 0.0, 0
+            for i in range(0, order.shape[0], o.tii_batch_size):
+                rows = order[i:i + o.tii_batch_size]
+                logits = self.tii(features[rows])[:, task.known:task.total]
+                loss = F.cross_entropy(logits, labels[rows] - task.known)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+                optimizer.step()
+                total, steps = total + float(loss.detach()), steps + 1
+            mean_loss = total / max(steps, 1)
+        self.tii.requires_grad_(False)
+        self.tii.eval()
+        return mean_loss
+
+    @torch.enable_grad()
+    def align(self, task: TaskInfo, generator: torch.Generator) -> dict[str, float]:
+        """Classifier alignment of the TII head (on N(mu^g, Sigma^g)) and of the head (on N(mu^f, Sigma^f)) over
+        every seen class; uses the stored statistics only. Steps per epoch = classes of the earlier tasks."""
+        o = self.options
+        tii_params = list(self.tii.parameters())
+        head_params = list(self.head.parameters())
+        flags = [p.requires_grad for p in head_params]
+        for p in (*tii_params, *head_params):
+            p.requires_grad_(True)
+        common = {"epochs": o.ca_epochs, "momentum": o.ca_momentum, "weight_decay": o.ca_weight_decay,
+                  "generator": generator}
+        self.tii.train()
+        tii_loss = align_classifier(self.tii, tii_params, self.tii_stats, task.total, task.known,
+                                    batch_size=o.tii_ca_batch_size, lr=o.tii_ca_lr, **common)
+        self.tii.eval()
+        head_loss = align_classifier(self.head, head_params, self.tap_stats, task.total, task.known,
+                                     batch_size=o.ca_batch_size, lr=o.ca_lr, **common)
+        self.tii.requires_grad_(False)
+        for p, flag in zip(head_params, flags, strict=True):
+            p.requires_grad_(flag)
+        return {"tii_alignment_loss": tii_loss, "head_alignment_loss": head_loss}
+
+    # -- parameters and persistence ----------------------------------------------------------------
+    def num_trainable(self) -> int:
+        """The trainer's parameters plus the TII head's (trained inside `end_task`)."""
+        return super().num_trainable() + sum(p.numel() for p in self.tii.parameters())
+
+    def prompt_structure(self) -> dict[str, Any]:
+        return {"tasks": len(self.prompts.e), "current_task": self.current_task}
+
+    def resize_prompts(self, structure: dict[str, Any]) -> None:
+        p = self.prompts
+        self.prompts = TaskPrompts(p.layers, p.length, p.dim)
+        for _ in range(structure["tasks"]):
+            self.prompts.add_task(False, self._device())
+        self.current_task = structure["current_task"]
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        structure, tensors = super().checkpoint_state()
+        structure["tii_blocks"] = self.tii.head.block_sizes()
+        structure["statistics_classes"] = self.tii_stats.num_classes
+        for name in ("tii", "tii_stats", "tap_stats"):
+            tensors.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        return structure, tensors
+
+    def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_checkpoint_state(structure, tensors)
+        self.tii.head.resize_to(structure["tii_blocks"])
+        for stats in (self.tii_stats, self.tap_stats):
+            stats.resize_to(structure["statistics_classes"])
+        for name in ("tii", "tii_stats", "tap_stats"):
+            module = getattr(self, name)
+            module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+            module.to(self._device())
+        self.tii.requires_grad_(False)
+
+    def restore_trainable_flags(self, task: TaskInfo) -> None:
+        super().restore_trainable_flags(task)
+        for i, e in enumerate(self.prompts.e):
+            e.requires_grad_(i == task.index)
