@@ -144,3 +144,29 @@ def test_backward_under_bf16_autocast_matches_float32(kernel: str) -> None:
     for a, b, leaf in zip(exact, mixed, leaves, strict=True):
         assert b.dtype == leaf.dtype
         torch.testing.assert_close(b, a, atol=0.05 * float(a.abs().max()), rtol=0.05)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_under_autocast_the_input_is_kept_for_backward_in_the_autocast_dtype(kernel: str) -> None:
+    """The input of an adapted Linear is the largest tensor it keeps for backward (tokens x width). Under bf16
+    autocast every product that reads it runs in bf16, so it is kept in bf16, as the backbone's own autocast
+    Linear keeps its cast input: a float32 copy made SD-LoRA's training peak 1.12x the frozen backbone's
+    on an H200 (ViT-B/16, batch 128)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(16, 24))
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(targets=["0[q,v]"], rank=4, kernel=kernel))
+    adapter.begin_task()
+    adapter.end_task()
+    adapter.begin_task()
+    x = torch.randn(32, 16, requires_grad=True)
+    kept: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t)
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    assert adapter.wrappers["0"].last_kernel == kernel
+    inputs = [t for t in kept if t.shape == x.shape]
+    assert inputs and all(t.dtype == torch.bfloat16 for t in inputs)

@@ -115,8 +115,12 @@ class _AdaptedLinear(torch.autograd.Function):
             y, kept = _factored_forward(x, weight, bias, terms, slices)
         ctx.slices, ctx.fold, ctx.grad_kind = slices, fold, grad_kind
         device = x.device.type  # backward runs under the forward's autocast state (like torch.amp.custom_bwd)
-        ctx.amp = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(x, kept, weight, past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
+        enabled, dtype = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        ctx.amp = (enabled, dtype)
+        # under autocast every product that reads x runs in `dtype`: keep x in it (half the memory of a float32
+        # copy, like the backbone's own autocast Linear, which saves its cast input)
+        saved_x = x.to(dtype) if enabled and x.is_floating_point() else x
+        ctx.save_for_backward(saved_x, kept, weight, past_scale, past_down, past_up, cur_scale, cur_down, cur_up)
         # the dtype each returned gradient must have (None: no gradient), in `backward`'s return order
         ctx.grad_dtypes = tuple(None if t is None else t.dtype for t in
                                 (x, None, None, past_scale, None, None, cur_scale, cur_down, cur_up, None, None, None))
