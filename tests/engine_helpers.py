@@ -38,3 +38,35 @@ def results_without_timing(folder: Path) -> dict[str, Any]:
     for key in TIMING:
         data.pop(key)
     return data
+
+
+class Interrupt(Exception):
+    """Raised from a checkpoint hook to stop a run where a test wants it stopped."""
+
+
+def check_resume_equals_uninterrupted(tmp_path: Path, data: dict[str, Any],
+                                      stop_at: tuple[int, int, bool] = (1, 1, False)) -> dict[str, Any]:
+    """Run `data` straight through, then again stopped at checkpoint `stop_at` (task, epochs done, task
+    finished) and resumed; asserts both give the same results.json (timings aside); returns it."""
+    import io
+
+    import pytest
+
+    from sdlora.config import load_config
+    from sdlora.engine.runner import run_config
+
+    def go(name: str, **kw: Any) -> None:
+        run_config(load_config(data=data), tmp_path / name, quiet=True, stream=io.StringIO(), **kw)
+
+    def hook(task: int, epochs: int, finished: bool) -> None:
+        if (task, epochs, finished) == stop_at:
+            raise Interrupt
+
+    go("ref")
+    with pytest.raises(Interrupt):
+        go("cut", on_checkpoint=hook)
+    go("cut", resume=True)
+    seed = f"seed-{data['seeds'][0]}"
+    ref = results_without_timing(tmp_path / "ref" / seed)
+    assert results_without_timing(tmp_path / "cut" / seed) == ref
+    return ref

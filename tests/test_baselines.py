@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from engine_helpers import TINY_VIT, results_without_timing, tiny
+from engine_helpers import TINY_VIT, check_resume_equals_uninterrupted, tiny
 from sdlora.adapters.subspace import design_down, update_basis
 from sdlora.backbones.hf_encoder import ATTENTION_TARGETS
 from sdlora.config import load_config
@@ -350,10 +350,6 @@ def test_ablation_needs_the_plain_variant():
 # -- resume: every checkpoint holds what it needs ----------------------------------------------------
 
 
-class Interrupt(Exception):
-    pass
-
-
 SDC = {"classifier": {"kind": "prototypes", "drift": "sdc"}}
 
 
@@ -368,19 +364,7 @@ SDC = {"classifier": {"kind": "prototypes", "drift": "sdc"}}
         "fixed_old"])
 def test_resume_mid_task_equals_uninterrupted_run(tmp_path, method, train):
     train = {"epochs": 2, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.05, **train}
-    data = tiny(method=method, train=train, benchmark={"num_tasks": 2})
-    ref = tmp_path / "ref"
-    run_config(load_config(data=data), ref, quiet=True, stream=io.StringIO())
-
-    def hook(task, epochs, finished):
-        if (task, epochs, finished) == (1, 1, False):
-            raise Interrupt
-
-    cut = tmp_path / "cut"
-    with pytest.raises(Interrupt):
-        run_config(load_config(data=data), cut, quiet=True, stream=io.StringIO(), on_checkpoint=hook)
-    run_config(load_config(data=data), cut, quiet=True, stream=io.StringIO(), resume=True)
-    assert results_without_timing(cut / "seed-3") == results_without_timing(ref / "seed-3")
+    check_resume_equals_uninterrupted(tmp_path, tiny(method=method, train=train, benchmark={"num_tasks": 2}))
 
 
 # -- configs -----------------------------------------------------------------------------------------

@@ -1,17 +1,15 @@
 """HiDe-Prompt: class statistics, task-identity inference, alignment from statistics only, per-task prompts,
 and runs (tiny ViT / BERT) that resume."""
 
-import io
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine_helpers import results_without_timing, tiny
+from engine_helpers import check_resume_equals_uninterrupted, results_without_timing, tiny
 from sdlora.config import load_config
 from sdlora.data.scenario import TaskInfo
 from sdlora.engine import build
-from sdlora.engine.runner import run_config
 from sdlora.methods.class_stats import ClassGaussians, align_classifier
 from sdlora.methods.hide_prompt import contrastive
 
@@ -184,20 +182,7 @@ def test_checkpoint_holds_statistics_not_samples_and_alignment_needs_nothing_els
 
 def test_run_resumes_mid_task_with_the_same_results(tmp_path):
     data = tiny(method=HIDE, train={"epochs": 2, "optimizer": "adam", "lr": 0.01})
-    run_config(load_config(data=data), tmp_path / "ref", quiet=True, stream=io.StringIO())
-
-    class Interrupt(Exception):
-        pass
-
-    def hook(task, epochs, finished):  # noqa: ANN001, ANN202
-        if (task, epochs, finished) == (1, 1, False):
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_config(load_config(data=data), tmp_path / "cut", quiet=True, stream=io.StringIO(), on_checkpoint=hook)
-    run_config(load_config(data=data), tmp_path / "cut", quiet=True, stream=io.StringIO(), resume=True)
-    ref = results_without_timing(tmp_path / "ref" / "seed-3")
-    assert results_without_timing(tmp_path / "cut" / "seed-3") == ref
+    ref = check_resume_equals_uninterrupted(tmp_path, data)
     assert len(ref["accuracy_curve"]) == 3
     assert set(ref["task_info"][1]) >= {"tii_loss", "tii_alignment_loss", "head_alignment_loss"}
 

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from engine_helpers import results_without_timing, tiny
+from engine_helpers import check_resume_equals_uninterrupted, results_without_timing, tiny
 from sdlora.config import load_config
 from sdlora.data.scenario import TaskInfo
 from sdlora.engine import build
@@ -132,21 +132,7 @@ def rows(folder):  # noqa: ANN001, ANN201
 def test_prompt_method_runs_and_resumes_mid_task(tmp_path, method):
     method = {"l2p": L2P, "dualprompt": DUAL, "coda": CODA}[method]
     data = tiny(method=method, train={"epochs": 2, "optimizer": "adam", "lr": 0.01})
-    cfg = load_config(data=data)
-    run_config(cfg, tmp_path / "ref", quiet=True, stream=io.StringIO())
-
-    class Interrupt(Exception):
-        pass
-
-    def hook(task, epochs, finished):  # noqa: ANN001, ANN202
-        if (task, epochs, finished) == (1, 1, False):
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        run_config(load_config(data=data), tmp_path / "cut", quiet=True, stream=io.StringIO(), on_checkpoint=hook)
-    run_config(load_config(data=data), tmp_path / "cut", quiet=True, stream=io.StringIO(), resume=True)
-    ref = results_without_timing(tmp_path / "ref" / "seed-3")
-    assert results_without_timing(tmp_path / "cut" / "seed-3") == ref
+    ref = check_resume_equals_uninterrupted(tmp_path, data)
     assert len(ref["accuracy_curve"]) == 3
     names = {r["name"] for r in rows(tmp_path / "ref" / "seed-3")}
     assert {"method/ce"} <= names and names & {"method/pull", "method/ortho"}
