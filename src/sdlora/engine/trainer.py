@@ -196,13 +196,16 @@ class Trainer:
         return self.record.to_dict()
 
     def _inference_cost(self) -> dict[str, Any] | None:
-        """`cost.inference_cost` on the first evaluation batch of the last task, measured on rank 0 and shared
-        (every rank waits for it and none hangs); a failure is logged and recorded as None."""
-        last = self.scenario.num_tasks - 1
+        """`cost.inference_cost` on the first evaluation batch of the last task (unsharded: the same batch for
+        any number of processes), measured on rank 0 and shared (every rank waits for it, none hangs); a
+        failure is logged and recorded as None."""
+        eval_set = self.scenario.eval_set(self.scenario.num_tasks - 1, self.cfg.eval_split)
 
         def measure() -> dict[str, Any] | None:
             try:
-                inputs, _ = next(iter(self._loader(self.scenario.eval_set(last, self.cfg.eval_split), False)))
+                loader = DataLoader(eval_set, batch_size=self.cfg.train.eval_batch_size,
+                                    collate_fn=self.backbone.collate)
+                inputs, _ = next(iter(loader))
                 return cost.inference_cost(self.method, move_to(inputs, self.device))
             except Exception as err:  # noqa: BLE001 - a finished run is not lost to its cost measurement
                 log.warning("inference cost not measured: %s: %s", type(err).__name__, err)
