@@ -1,6 +1,7 @@
 """Inference cost of a method as deployed, against the plain backbone: FLOPs counted on one batch, and the
-numbers stored to predict. Deterministic (`torch.utils.flop_counter`, no timing), so it is the same on every
-device and every rerun.
+numbers stored to predict. Deterministic (`torch.utils.flop_counter`, no timing): the same on every rerun, and
+counted from shapes, so the same on CPU and GPU as long as every kernel used is in the table (torch's has the
+GPU attention kernels; the CPU one is added below; checked on CPU only).
 
     flops           the method's eval forward (`Method.deployed()` form: SD-LoRA merged; prompt methods their
                     query pass and the prompted pass) on the batch
