@@ -80,6 +80,7 @@ def assert_same_run(one: Path, two: Path) -> float:
     assert r2["metrics"] == r1["metrics"]
     assert r2["trainable_parameters"] == r1["trainable_parameters"]
     assert r2["task_test_counts"] == r1["task_test_counts"]  # no test sample counted twice or missed
+    assert r2["inference_cost"] == r1["inference_cost"] and r1["inference_cost"]["ratio"] > 1  # rank 0's, shared
     assert sorted(t1) == sorted(t2)
     diff = max(float((t1[k].double() - t2[k].double()).abs().max()) for k in t1)
     assert diff < 1e-4

@@ -15,20 +15,26 @@ from sdlora.report import collect_runs, report_main, report_table, run_label
 PUBLISHED = {"final_accuracy": 80.0, "average_incremental_accuracy": 90.0}
 
 
-def write_run(folder, method, seed, matrix, config=None, status="complete"):
+def write_run(folder, method, seed, matrix, config=None, status="complete", cost=None, trainable=100):
     counts = [10] * len(matrix)
     results = {
         "method": method, "benchmark": "clinc150", "backbone": {"name": "hf_encoder"}, "seed": seed,
         "class_order": list(range(30)), "num_tasks": len(matrix), "task_sizes": [15] * len(matrix),
         "accuracy_matrix": matrix, "task_test_counts": counts,
         "accuracy_curve": accuracy_curve(matrix, counts), "metrics": compute_metrics(matrix, counts),
-        "trainable_parameters": [100] * len(matrix), "task_times_s": [1.0] * len(matrix),
+        "trainable_parameters": [trainable + t for t in range(len(matrix))], "task_times_s": [1.0] * len(matrix),
         "wall_time_s": 2.0, "config": {"method": {"name": method, "options": {}}, **(config or {})},
         "versions": {}, "status": status,
+        **({"inference_cost": cost} if cost is not None else {}),  # absent: a run from before it was recorded
     }
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps(results))
     return folder
+
+
+def cost(ratio, extra=115_300):
+    return {"form": "merged", "batch": 16, "flops": int(1e9 * ratio), "backbone_flops": int(1e9), "ratio": ratio,
+            "parameters": 86_000_000 + extra, "backbone_parameters": 86_000_000, "extra_parameters": extra}
 
 
 @pytest.fixture
@@ -40,9 +46,10 @@ def runs_root(tmp_path):
     (tmp_path / "seq" / "summary.json").write_text("{}")
     # sdlora-official: curves [94, 83] and [96, 86] -> final 84.5 ± 1.5, AAA (88.5, 91) 89.75 ± 1.25,
     # forgetting (8, 6) 7 ± 1; published 80 / 90 -> differences +4.50 / -0.25
+    # costs: trainable max (1501, 1501) -> 1.50K; extra 115300 -> 115.30K; ratio (1.0003, 1.0005) -> 1.00x
     named = {"name": "sdlora-official", "published": PUBLISHED}
-    write_run(tmp_path / "sd" / "seed-1", "sdlora", 1, [[94.0], [86.0, 80.0]], named)
-    write_run(tmp_path / "sd" / "seed-2", "sdlora", 2, [[96.0], [90.0, 82.0]], named)
+    write_run(tmp_path / "sd" / "seed-1", "sdlora", 1, [[94.0], [86.0, 80.0]], named, cost=cost(1.0003), trainable=1500)
+    write_run(tmp_path / "sd" / "seed-2", "sdlora", 2, [[96.0], [90.0, 82.0]], named, cost=cost(1.0005), trainable=1500)
     write_run(tmp_path / "sd-live", "sdlora", 3, [[50.0]], status="running")
     return tmp_path
 
@@ -63,13 +70,14 @@ def test_report_table_markdown(runs_root):
     lines = text.splitlines()
     assert lines[0] == ("| benchmark | method | seeds | final_accuracy | published Acc | Δ Acc | "
                         "final_accuracy_task_mean | average_incremental_accuracy | published AAA | Δ AAA | "
-                        "forgetting |")
-    assert lines[1] == "|" + "|".join(["---"] * 11) + "|"
+                        "forgetting | trainable params | extra inference params | inference cost (x backbone) |")
+    assert lines[1] == "|" + "|".join(["---"] * 14) + "|"
+    # worst: the lower accuracy, the higher forgetting; then the cost columns (the seq_lora runs predate them)
     assert lines[2] == ("| clinc150 | sdlora-official | 2 | 84.50 ± 1.50 (worst 83.00) | 80.00 | +4.50 | "
                         "84.50 ± 1.50 (worst 83.00) | 89.75 ± 1.25 (worst 88.50) | 90.00 | -0.25 | "
-                        "7.00 ± 1.00 (worst 8.00) |")  # worst: the lower accuracy, the higher forgetting
+                        "7.00 ± 1.00 (worst 8.00) | 1.50K | 115.30K | 1.00x |")
     assert lines[3] == ("| clinc150 | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | – | – | 66.50 ± 1.50 (worst 65.00) "
-                        "| 78.75 ± 1.25 (worst 77.50) | – | – | 29.00 ± 1.00 (worst 30.00) |")
+                        "| 78.75 ± 1.25 (worst 77.50) | – | – | 29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
     assert lines[4] == ""
     assert lines[5] == f"Note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
     assert len(lines) == 6
@@ -88,6 +96,10 @@ def test_report_table_csv(runs_root):
         "90.0000", "-0.2500")
     assert (seq["forgetting_mean"], seq["forgetting_stderr"]) == ("29.0000", "1.0000")
     assert seq["published_final_accuracy"] == seq["diff_final_accuracy"] == ""
+    assert (sd["trainable_parameters"], sd["extra_inference_parameters"], sd["inference_cost_ratio"]) == (
+        "1501", "115300", "1.0004")
+    assert (seq["trainable_parameters"], seq["extra_inference_parameters"], seq["inference_cost_ratio"]) == (
+        "101", "", "")
     assert text.splitlines()[-1] == f"# note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
 
 
@@ -95,7 +107,7 @@ def test_report_without_published_has_no_published_columns(runs_root):
     text = report_table(collect_runs([runs_root / "seq"]), "md")
     assert text.splitlines()[2] == (
         "| clinc150 | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | 66.50 ± 1.50 (worst 65.00) | "
-        "78.75 ± 1.25 (worst 77.50) | 29.00 ± 1.00 (worst 30.00) |")
+        "78.75 ± 1.25 (worst 77.50) | 29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
     assert "Note" not in text
 
 
@@ -122,3 +134,14 @@ def test_report_main_writes_plot(runs_root, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="unknown report format"):
         report_main([str(runs_root)], "xlsx")
+
+
+def test_cost_columns_mix_recorded_and_older_runs(tmp_path):
+    """Seeds that record a cost are averaged; a seed from before the field counts for nothing; counts scale."""
+    write_run(tmp_path / "a", "l2p", 1, [[90.0]], cost=cost(2.5, extra=2_118), trainable=2_000_000)
+    write_run(tmp_path / "b", "l2p", 2, [[80.0]], trainable=4_000_000)
+    assert report.cost_summary(collect_runs([tmp_path])) == {"trainable": 3_000_000.0, "extra": 2118.0,
+                                                              "ratio": 2.5}
+    line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
+    assert line.endswith("| 3.00M | 2.12K | 2.50x |")
+    assert report.cost_summary([{"trainable_parameters": []}]) == {"trainable": None, "extra": None, "ratio": None}

@@ -1,7 +1,10 @@
 """Comparison table over methods and seeds (`sdlora report`): mean ± standard error per (benchmark, method).
 
 Runs are grouped by benchmark and by a label: config `name` when set, else the method name plus its
-`variant` option when that differs from the method's default (e.g. `sdlora-rr`).
+`variant` option when that differs from the method's default (e.g. `sdlora-rr`). The last three columns are
+costs (means over seeds): the most parameters the optimiser trained in one task, the parameters stored for
+inference beyond the plain backbone, and the inference FLOPs against the plain backbone's (results.json
+`inference_cost`, `sdlora.engine.cost`); a run written before they were recorded shows a dash.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from sdlora.engine.plots import plot_curves
 TABLE_METRICS = ("final_accuracy", "final_accuracy_task_mean", "average_incremental_accuracy", "forgetting")
 PUBLISHED = {"final_accuracy": "Acc", "average_incremental_accuracy": "AAA"}  # config.published keys
 DASH = "–"
+#: cost columns: (markdown header, csv header, key of `cost_summary`)
+COST_COLUMNS = (("trainable params", "trainable_parameters", "trainable"),
+                ("extra inference params", "extra_inference_parameters", "extra"),
+                ("inference cost (x backbone)", "inference_cost_ratio", "ratio"))
 
 
 def collect_runs(paths: list[Path]) -> list[dict]:
@@ -87,13 +94,49 @@ def _published(members: list[dict]) -> dict[str, float]:
                  if (r.get("config") or {}).get("published")), {})
 
 
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def cost_summary(members: list[dict]) -> dict[str, float | None]:
+    """Means over the seeds that record them: `trainable` (the largest per-task trainable parameter count),
+    `extra` (inference parameters beyond the plain backbone) and `ratio` (inference FLOPs / backbone FLOPs)."""
+    costs = [r.get("inference_cost") or {} for r in members]
+    return {"trainable": _mean([max(r["trainable_parameters"]) if r.get("trainable_parameters") else None
+                                for r in members]),
+            "extra": _mean([c.get("extra_parameters") for c in costs]),
+            "ratio": _mean([c.get("ratio") for c in costs])}
+
+
 def _rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
     rows = []
     for (benchmark, label), members in groups.items():
         summary = summarize_runs(members)["metrics"]
         rows.append({"benchmark": benchmark, "label": label, "seeds": len(members),
-                     "metrics": summary, "published": _published(members)})
+                     "metrics": summary, "published": _published(members), "cost": cost_summary(members)})
     return rows
+
+
+def _count(n: float) -> str:
+    """1234567 -> 1.23M, 2118 -> 2.12K, 198 -> 198."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def _cost_cells(cost: dict[str, float | None], fmt: str) -> list[str]:
+    cells = []
+    for _, _, key in COST_COLUMNS:
+        value = cost[key]
+        if value is None:
+            cells.append(DASH if fmt == "md" else "")
+        elif fmt == "csv":
+            cells.append(f"{value:.4f}" if key == "ratio" else f"{value:.0f}")
+        else:
+            cells.append(f"{value:.2f}x" if key == "ratio" else _count(value))
+    return cells
 
 
 def _pm(stat: dict) -> str:
@@ -120,6 +163,7 @@ def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
         header.append(name)
         if with_published and name in PUBLISHED:
             header += [f"published {PUBLISHED[name]}", f"Δ {PUBLISHED[name]}"]
+    header += [md for md, _, _ in COST_COLUMNS]
     body = []
     for row in rows:
         cells = [row["benchmark"], row["label"], str(row["seeds"])]
@@ -127,7 +171,7 @@ def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
             cells.append(_pm(row["metrics"][name]))
             if with_published and name in PUBLISHED:
                 cells += _published_cells(row, name, "md")
-        body.append(cells)
+        body.append(cells + _cost_cells(row["cost"], "md"))
     return [header, *body]
 
 
@@ -137,6 +181,7 @@ def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
         header += [f"{name}_mean", f"{name}_stderr", f"{name}_worst"]
         if with_published and name in PUBLISHED:
             header += [f"published_{name}", f"diff_{name}"]
+    header += [csv_name for _, csv_name, _ in COST_COLUMNS]
     body = []
     for row in rows:
         cells = [row["benchmark"], row["label"], str(row["seeds"])]
@@ -146,7 +191,7 @@ def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
                 f"{stat['mean']:.4f}", f"{stat['stderr']:.4f}", f"{stat['worst']:.4f}"]
             if with_published and name in PUBLISHED:
                 cells += _published_cells(row, name, "csv")
-        body.append(cells)
+        body.append(cells + _cost_cells(row["cost"], "csv"))
     return [header, *body]
 
 
@@ -167,7 +212,8 @@ FORMATS = {"md": (_table_md, _render_md), "csv": (_table_csv, _render_csv)}
 
 def report_table(runs: list[dict], fmt: str = "md") -> str:
     """One row per (benchmark, label): seeds and mean ± stderr of TABLE_METRICS (percent); published
-    Acc / AAA and obtained - published when a config carries `published`. md or csv (notes as # lines)."""
+    Acc / AAA and obtained - published when a config carries `published`; the cost columns (COST_COLUMNS).
+    md or csv (notes as # lines)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown report format {fmt!r}; known: {', '.join(FORMATS)}")
     build, render = FORMATS[fmt]

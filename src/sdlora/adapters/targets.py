@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from sdlora.wrapping import ModuleWrapper
+
 #: named slices of a fused projection, as (index, parts)
 SLICE_NAMES: dict[str, tuple[int, int]] = {"q": (0, 3), "k": (1, 3), "v": (2, 3)}
 WHOLE = "all"
@@ -101,7 +103,7 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, tuple[nn.Lin
     return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
 
 
-class SlicedLinear(nn.Module):
+class SlicedLinear(ModuleWrapper):
     """Base of the adapter wrappers: holds the original (frozen) nn.Linear and the output slices it adapts."""
 
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...]) -> None:

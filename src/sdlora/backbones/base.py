@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from torch import nn
+
+from sdlora.wrapping import plain_forward, plain_numel
 
 
 class BackboneUnavailable(OSError, RuntimeError):
@@ -60,6 +63,15 @@ class Backbone(nn.Module):
 
     def make_prompted(self) -> Any:
         raise NotImplementedError(f"backbone {type(self).__name__} does not support prompt methods")
+
+    def plain(self) -> contextlib.AbstractContextManager:
+        """Inside: the backbone runs as the plain pre-trained architecture, every adapter and prompt wrapper
+        calling only the module it wraps (`sdlora.wrapping`)."""
+        return plain_forward(self.model)
+
+    def plain_numel(self) -> int:
+        """Parameters (and persistent buffers) of the plain backbone, without adapter or prompt tensors."""
+        return plain_numel(self.model)
 
     def freeze(self) -> None:
         for p in self.parameters():

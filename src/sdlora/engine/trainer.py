@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sdlora.backbones.base import move_to
 from sdlora.config import RunConfig, TrainConfig
 from sdlora.data.base import BenchmarkData
 from sdlora.data.scenario import Scenario, TaskInfo
-from sdlora.engine import build, distributed
+from sdlora.engine import build, cost, distributed
 from sdlora.engine.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
@@ -189,9 +190,28 @@ class Trainer:
             clock = time.perf_counter()
             self._save(t, task_schedule(self.cfg.train, t).epochs, True, None)
             self.write_results()
+        self.record.inference_cost = self._inference_cost()
         self.record.complete()
         self.write_results()
         return self.record.to_dict()
+
+    def _inference_cost(self) -> dict[str, Any] | None:
+        """`cost.inference_cost` on the first evaluation batch of the last task (unsharded: the same batch for
+        any number of processes), measured on rank 0 and shared (every rank waits for it, none hangs); a
+        failure is logged and recorded as None."""
+        eval_set = self.scenario.eval_set(self.scenario.num_tasks - 1, self.cfg.eval_split)
+
+        def measure() -> dict[str, Any] | None:
+            try:
+                loader = DataLoader(eval_set, batch_size=self.cfg.train.eval_batch_size,
+                                    collate_fn=self.backbone.collate)
+                inputs, _ = next(iter(loader))
+                return cost.inference_cost(self.method, move_to(inputs, self.device))
+            except Exception as err:  # noqa: BLE001 - a finished run is not lost to its cost measurement
+                log.warning("inference cost not measured: %s: %s", type(err).__name__, err)
+                return None
+
+        return distributed.from_main(measure)
 
     def _train_task(self, task: TaskInfo, start_epoch: int, opt_meta: dict[str, Any] | None,
                     tensors: dict[str, torch.Tensor]) -> None:

@@ -13,11 +13,14 @@
     checkpoint_state()          (structure: JSON, tensors) - everything needed to rebuild and resume
     load_checkpoint_state(...)
     export_state_dict()         merged backbone + head, loadable by plain timm / transformers
+    deployed()                  context: the method in its deployed form for prediction (inference cost)
+    inference_parameters()      numbers stored to predict in that form
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,7 @@ from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prototypes import ClassPrototypes, collect_features
+from sdlora.wrapping import plain_tensors
 
 
 @dataclass
@@ -239,6 +243,35 @@ class Method(nn.Module):
             out["head.weight"] = self.head.weight().detach().clone()
             out["head.bias"] = self.head.bias().detach().clone()
         return out
+
+    # -- inference cost (sdlora.engine.cost) -----------------------------------------------------
+    @contextlib.contextmanager
+    def deployed(self) -> Iterator[str]:
+        """Inside: `forward` runs in the form the method is deployed in; yields that form's name.
+
+        Exportable methods: "merged", the model `sdlora export` writes (the plain architecture with the merged
+        weights, which have W0's shapes, and the method's classifier): the backbone's wrappers are bypassed.
+        Others: "as trained" (every pass and parameter the method predicts with: query pass, prompts, keys).
+        Methods that can merge in place override this to measure their own merged path."""
+        if not self.exportable:
+            yield "as trained"
+            return
+        with self.backbone.plain():
+            yield "merged"
+
+    def inference_parameters(self) -> int:
+        """Numbers stored to predict in the `deployed` form: the export's tensors (merged backbone + head)
+        when exportable; else the plain backbone's and every other parameter of the method (prompts, keys,
+        heads, unmerged adapters), the class means replacing the linear head under the prototype classifier."""
+        if self.exportable:
+            return sum(v.numel() for v in self.export_state_dict().values())
+        plain = set(plain_tensors(self.backbone.model))  # ids
+        if self.prototypes is not None:
+            plain |= {id(p) for p in self.head.parameters()}
+        extra = sum(p.numel() for p in self.parameters() if id(p) not in plain)
+        if self.prototypes is not None:
+            extra += self.prototypes.means.numel()
+        return self.backbone.plain_numel() + extra
 
     def num_trainable(self) -> int:
         return sum(p.numel() for g in self.trainable_parameters() for p in g["params"])

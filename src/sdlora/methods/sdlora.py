@@ -26,6 +26,8 @@ old magnitudes drift upwards task after task (benchmarks/README.md, "Stability a
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -165,6 +167,19 @@ class SDLoRA(Method):
     def export_backbone(self) -> dict[str, torch.Tensor]:
         """W0 + sum_k alpha_k U_k D_k / n_k merged into each adapted weight: a plain backbone state dict."""
         return self.adapter.merged_state_dict()
+
+    @contextlib.contextmanager
+    def deployed(self) -> Iterator[str]:
+        """Merged in place (W0 += sum_k alpha_k U_k D_k / n_k, each wrapper then calls its plain Linear),
+        unmerged bit for bit on exit (unless it was merged before): the form `sdlora export` writes, measured
+        through the adapter itself."""
+        was_merged = self.adapter.merged
+        self.adapter.merge()
+        try:
+            yield "merged"
+        finally:
+            if not was_merged:
+                self.adapter.unmerge()
 
     def scalars(self) -> dict[str, float]:
         """The magnitudes alpha_1..alpha_t (logged per epoch: how old directions are re-weighted)."""

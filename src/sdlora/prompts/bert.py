@@ -20,6 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from sdlora.prompts.inject import PromptInjection
+from sdlora.wrapping import ModuleWrapper
 
 
 def pad_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
@@ -30,7 +31,7 @@ def pad_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return torch.cat([fill(*mask.shape[:-1], length, dtype=mask.dtype, device=mask.device), mask], dim=-1)
 
 
-class PrefixSelfAttention(nn.Module):
+class PrefixSelfAttention(ModuleWrapper):
     """A BERT-like self-attention whose keys/values get `prefix = (P_k, P_v)` ([B or 1, L, hidden]) prepended."""
 
     def __init__(self, base: nn.Module) -> None:

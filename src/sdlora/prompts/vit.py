@@ -19,9 +19,10 @@ from timm.layers import Attention
 from torch import nn
 
 from sdlora.prompts.inject import PromptInjection
+from sdlora.wrapping import ModuleWrapper
 
 
-class PrefixAttention(nn.Module):
+class PrefixAttention(ModuleWrapper):
     """A timm `Attention` whose keys and values get `prefix = (P_k, P_v)` ([B, L, attn_dim]) prepended.
 
     With `prefix = None` it calls the wrapped module itself; with an empty prefix (L = 0) its replica equals

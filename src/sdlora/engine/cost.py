@@ -1,0 +1,67 @@
+"""Inference cost of a method as deployed, against the plain backbone: FLOPs counted on one batch, and the
+numbers stored to predict. Deterministic (`torch.utils.flop_counter`, no timing): the same on every rerun, and
+counted from shapes, so the same on CPU and GPU as long as every kernel used is in the table (torch's has the
+GPU attention kernels; the CPU one is added below; checked on CPU only).
+
+    flops           the method's eval forward (`Method.deployed()` form: SD-LoRA merged; prompt methods their
+                    query pass and the prompted pass) on the batch
+    backbone_flops  the plain pre-trained backbone's forward (`Backbone.plain()`: no adapter, no prompt)
+    ratio           flops / backbone_flops (a merged method: 1 + the classifier's share)
+    parameters      `Method.inference_parameters()`; backbone_parameters: the plain backbone's; extra: the difference
+
+Counted ops: matrix products, convolutions and attention (incl. the CPU kernel of scaled_dot_product_attention,
+which torch's table lacks), 2 FLOPs per multiply-add; element-wise ops are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils import flop_counter
+
+from sdlora.methods.base import Method
+
+
+def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    return int(flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+#: attention kernels that torch's FLOP table misses (the CPU one), counted as its other SDPA kernels are
+EXTRA_FORMULAS = {getattr(torch.ops.aten, name): _sdpa_flops
+                  for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+                  if hasattr(torch.ops.aten, name)}
+
+
+def count_flops(fn: Callable[[Any], Any], inputs: Any) -> int:
+    """FLOPs of `fn(inputs)` without gradient and autocast (counts do not depend on the dtype)."""
+    with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
+        fn(inputs)
+    return int(counter.get_total_flops())
+
+
+def batch_size(inputs: Any) -> int:
+    """Samples in a batch of images [B, ...] or of tokenized text (a dict of [B, ...] tensors)."""
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    return int(first.shape[0])
+
+
+def inference_cost(method: Method, inputs: Any) -> dict[str, Any]:
+    """The `inference_cost` entry of results.json for `method` on one batch `inputs` (on its device)."""
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.autocast(next(method.parameters()).device.type, enabled=False):
+            with method.deployed() as form:
+                flops = count_flops(method, inputs)
+                parameters = method.inference_parameters()
+            with method.backbone.plain():
+                backbone_flops = count_flops(method.backbone, inputs)
+    finally:
+        method.train(was_training)
+    backbone_parameters = method.backbone.plain_numel()
+    return {"form": form, "batch": batch_size(inputs), "flops": flops, "backbone_flops": backbone_flops,
+            "ratio": flops / backbone_flops if backbone_flops else None,
+            "parameters": parameters, "backbone_parameters": backbone_parameters,
+            "extra_parameters": parameters - backbone_parameters}

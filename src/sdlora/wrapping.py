@@ -1,0 +1,57 @@
+"""The module wrappers that adapters and prompt injection put into a backbone in place, and the plain backbone
+under them.
+
+Every wrapper (`SlicedLinear` of the adapters, `PrefixAttention` / `PrefixSelfAttention` of the prompts) keeps
+the module it replaced as `base`; the plain pre-trained architecture is the model with every wrapper replaced
+by its `base`. `plain_forward` runs it so without changing the model's structure, `plain_tensors` names its
+stored tensors (what inference cost is measured against, `sdlora.engine.cost`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class ModuleWrapper(nn.Module):
+    """Base of the in-place wrappers: `base` is the wrapped module, whose call signature the wrapper keeps."""
+
+    base: nn.Module
+
+
+@contextlib.contextmanager
+def plain_forward(model: nn.Module) -> Iterator[None]:
+    """Inside: every `ModuleWrapper` in `model` only calls its `base` (no adapter term, no prompt); restored on
+    exit, also on errors."""
+    wrappers = [m for m in model.modules() if isinstance(m, ModuleWrapper)]
+    try:
+        for wrapper in wrappers:
+            wrapper.forward = wrapper.base.__call__  # the instance attribute shadows the class's forward
+        yield
+    finally:
+        for wrapper in wrappers:
+            wrapper.__dict__.pop("forward", None)
+
+
+def plain_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
+    """The parameters and persistent buffers of the plain model (inside a wrapper only its `base`'s), by id."""
+    out: dict[int, torch.Tensor] = {}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, ModuleWrapper):
+            stack.append(module.base)
+            continue
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None and name not in module._non_persistent_buffers_set:
+                out[id(tensor)] = tensor
+        stack.extend(m for m in module._modules.values() if m is not None)
+    return out
+
+
+def plain_numel(model: nn.Module) -> int:
+    """The numbers stored by the plain model (parameters and persistent buffers, shared ones once)."""
+    return sum(t.numel() for t in plain_tensors(model).values())

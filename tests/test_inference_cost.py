@@ -1,0 +1,99 @@
+"""Inference cost (`sdlora.engine.cost`, results.json `inference_cost`): FLOPs of the deployed form against the
+plain backbone on the tiny ViT, the stored parameters, and the plain forward that bypasses every wrapper."""
+
+import copy
+import io
+import json
+
+import pytest
+import torch
+
+from engine_helpers import tiny
+from sdlora.config import load_config
+from sdlora.data.scenario import TaskInfo
+from sdlora.engine import build
+from sdlora.engine.cost import count_flops, inference_cost
+from sdlora.engine.runner import run_config
+
+DIM, CLASSES, BATCH = 32, 6, 16  # the tiny ViT's width, the synthetic benchmark's classes, eval_batch_size
+HEAD = DIM * CLASSES + CLASSES
+L2P = {"name": "l2p"}  # published pool: M = 10 prompts of L_p = 5 tokens, N = 5 per input
+DUAL = {"name": "dualprompt", "options": {"g_layers": [0], "e_layers": [1]}}  # published lengths 5 / 20, depth 2
+
+
+def results(tmp_path, method: dict) -> dict:  # noqa: ANN001
+    run_config(load_config(data=tiny(method=method, train={"epochs": 1})), tmp_path, quiet=True,
+               stream=io.StringIO())
+    return json.loads((tmp_path / "seed-3" / "results.json").read_text())
+
+
+def trained_sdlora():  # noqa: ANN201
+    """SD-LoRA after one task whose direction moved, and the backbone as it was before the adapter went in."""
+    cfg = load_config(data=tiny(method={"name": "sdlora"}))
+    torch.manual_seed(0)
+    backbone = build.build_backbone(cfg)
+    plain = copy.deepcopy(backbone).eval()
+    method = build.build_method(cfg, backbone)
+    task = TaskInfo(index=0, known=0, total=2, num_tasks=3)
+    method.begin_task(task)
+    with torch.no_grad():
+        for p in method.adapter.trainable_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    method.end_task(task, None)
+    return method.eval(), plain
+
+
+def test_sdlora_merged_costs_the_backbone_plus_its_head(tmp_path):
+    cost = results(tmp_path, {"name": "sdlora"})["inference_cost"]
+    assert (cost["form"], cost["batch"]) == ("merged", BATCH)
+    assert cost["flops"] - cost["backbone_flops"] == 2 * BATCH * DIM * CLASSES  # the head's, nothing else
+    assert cost["ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert cost["extra_parameters"] == HEAD  # the merged adapter stores nothing
+    cfg = load_config(data=tiny())
+    assert cost["backbone_parameters"] == sum(p.numel() for p in build.build_backbone(cfg).parameters())
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    (L2P, 10 * 5 * DIM + 10 * DIM + HEAD),  # pool and keys
+    (DUAL, 2 * 5 * DIM + 3 * (2 * 20 * DIM + DIM) + HEAD),  # G; per task an E-prompt (keys and values) and a key
+], ids=["l2p", "dualprompt"])
+def test_prompt_methods_pay_a_query_pass_and_a_longer_prompted_pass(tmp_path, method, extra):
+    cost = results(tmp_path, method)["inference_cost"]
+    assert cost["form"] == "as trained"
+    assert cost["ratio"] > 1.8
+    assert cost["flops"] > 2 * cost["backbone_flops"]  # the query pass is the backbone's, the prompted one longer
+    assert cost["extra_parameters"] == extra
+
+
+def test_measuring_merges_sdlora_and_restores_it_bit_for_bit():
+    method, _ = trained_sdlora()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = method(x)
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    unmerged = count_flops(method, x)
+    method.train()
+    cost = inference_cost(method, x)
+    assert method.training and not method.adapter.merged
+    assert cost["flops"] < unmerged  # as trained, every adapted layer also pays its low-rank terms
+    assert cost["ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert cost["extra_parameters"] == DIM * 2 + 2  # the first task's head rows
+    after = method.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
+    with torch.no_grad():
+        assert torch.equal(method.eval()(x), before)
+
+
+def test_plain_backbone_bypasses_the_wrappers_and_counts_without_them():
+    method, plain = trained_sdlora()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        adapted, reference = method.backbone(x), plain(x)
+        with method.backbone.plain():
+            torch.testing.assert_close(method.backbone(x), reference, rtol=0, atol=0)
+        assert torch.equal(method.backbone(x), adapted)  # the wrappers are back
+        assert not torch.allclose(adapted, reference)
+    assert method.backbone.plain_numel() == sum(p.numel() for p in plain.parameters())
+    assert count_flops(plain, x) < count_flops(method.backbone, x)
+    with method.backbone.plain():
+        assert count_flops(method.backbone, x) == count_flops(plain, x)
