@@ -21,6 +21,9 @@ script prints both (a check that the bare loop does the work the engine does, no
 Rounds are interleaved (engine and bare once per round, the order alternating; `--warmup` rounds not
 counted), so a shared machine's load drift cancels. Each ratio is the median over rounds of engine / bare
 in the same round; in parentheses the ratio of the minima over rounds (interference only adds time).
+Wall time and CPU time (this process, all its threads: `time.process_time`) are both printed: on a shared,
+loaded CPU machine the wall time swings with the other jobs, while CPU time with `--threads 1` counts the
+work done (no OpenMP spin-waiting at one thread) and is the steadier ratio there; on a GPU read the wall time.
 Phases: train (the epochs), prepare (the pass before training), end (end_task's pass), eval, other
 (engine: begin_task, DataLoader set-up outside the passes, checkpoint after the task, results.json).
 
@@ -109,21 +112,33 @@ def sync(device: torch.device) -> None:
 
 
 class Clock:
-    """Seconds per phase; `phase(name)` wraps a callable so that its calls are timed under that name."""
+    """Wall seconds and CPU seconds (this process, all threads) per phase; `wrap(name, fn)` times fn's calls."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
+        self.cpu: dict[str, float] = dict.fromkeys(PHASES, 0.0)
 
     @contextmanager
     def measure(self, name: str) -> Iterator[None]:
         sync(self.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             sync(self.device)
             self.seconds[name] += time.perf_counter() - start
+            self.cpu[name] += time.process_time() - cpu
+
+    def result(self, total: float, total_cpu: float, fill_other: bool) -> dict[str, dict[str, float]]:
+        out = {}
+        for kind, seconds, whole in (("wall", self.seconds, total), ("cpu", self.cpu, total_cpu)):
+            seconds = dict(seconds)
+            if fill_other:
+                seconds["other"] = whole - sum(seconds[p] for p in PHASES if p != "other")
+            seconds["total"] = whole
+            out[kind] = seconds
+        return out
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -134,8 +149,8 @@ class Clock:
 
 
 # -- the engine ----------------------------------------------------------------------------------------
-def engine_run(cfg: RunConfig, data: Any, device: torch.device) -> tuple[dict[str, float], list[float]]:
-    """`Trainer.run()` into a temporary folder: (seconds per phase, accuracy curve)."""
+def engine_run(cfg: RunConfig, data: Any, device: torch.device) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """`Trainer.run()` into a temporary folder: ({wall, cpu: seconds per phase}, accuracy curve)."""
     with tempfile.TemporaryDirectory(prefix="sdlora-overhead-") as out:
         trainer = Trainer(cfg, cfg.seeds[0], Path(out), device, data, quiet=True)
         clock = Clock(device)
@@ -147,16 +162,13 @@ def engine_run(cfg: RunConfig, data: Any, device: torch.device) -> tuple[dict[st
         trainer_module.evaluate = clock.wrap("eval", evaluate)
         try:
             sync(device)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = trainer.run()
             sync(device)
-            total = time.perf_counter() - start
+            total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
         finally:
             trainer_module.evaluate = evaluate
-    seconds = dict(clock.seconds)
-    seconds["other"] = total - sum(seconds[p] for p in PHASES if p != "other")
-    seconds["total"] = total
-    return seconds, result["accuracy_curve"]
+    return clock.result(total, total_cpu, fill_other=True), result["accuracy_curve"]
 
 
 # -- the bare loop -------------------------------------------------------------------------------------
@@ -254,20 +266,18 @@ def make_batches(cfg: RunConfig, data: Any, method: Method, device: torch.device
 
 
 def bare_run(cfg: RunConfig, data: Any, device: torch.device,
-             batches: list[TaskBatches] | None = None) -> tuple[dict[str, float], list[float]]:
-    """The bare loop over every task of `cfg`: (seconds per phase, accuracy curve)."""
+             batches: list[TaskBatches] | None = None) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """The bare loop over every task of `cfg`: ({wall, cpu: seconds per phase}, accuracy curve)."""
     method = build_bare(cfg, device)
     if batches is None:
         batches = make_batches(cfg, data, method, device)
     scenario = build.build_scenario(cfg, data, cfg.seeds[0])
     clock = Clock(device)
     sync(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     curve = [bare_task(cfg, method, scenario.task(t), batches[t], device, clock) for t in range(scenario.num_tasks)]
     sync(device)
-    seconds = dict(clock.seconds)
-    seconds["total"] = time.perf_counter() - start
-    return seconds, curve
+    return clock.result(time.perf_counter() - start, time.process_time() - cpu, fill_other=False), curve
 
 
 # -- the comparison ------------------------------------------------------------------------------------
@@ -278,9 +288,12 @@ def load_average() -> str:
         return "n/a"
 
 
-def ratio_cells(engine: list[dict[str, float]], bare: list[dict[str, float]], phase: str) -> dict[str, float | None]:
-    e = [r[phase] for r in engine]
-    b = [r[phase] for r in bare]
+Run = dict[str, dict[str, float]]  # {"wall" | "cpu": {phase: seconds}}
+
+
+def ratio_cells(engine: list[Run], bare: list[Run], phase: str, kind: str = "wall") -> dict[str, float | None]:
+    e = [r[kind][phase] for r in engine]
+    b = [r[kind][phase] for r in bare]
     per_round = [x / y for x, y in zip(e, b, strict=True) if y > 0]
     return {
         "engine_s": statistics.median(e),
@@ -294,8 +307,8 @@ def compare(cfg: RunConfig, device: torch.device, reps: int, warmup: int) -> dic
     """Interleaved rounds of engine and bare runs; returns every timing and the per-phase ratios."""
     data = build.build_benchmark(cfg)
     batches = make_batches(cfg, data, build_bare(cfg, device), device)
-    engine: list[dict[str, float]] = []
-    bare: list[dict[str, float]] = []
+    engine: list[Run] = []
+    bare: list[Run] = []
     curves: dict[str, list[float]] = {}
     for rep in range(warmup + reps):
         order = ("engine", "bare") if rep % 2 == 0 else ("bare", "engine")
@@ -306,12 +319,14 @@ def compare(cfg: RunConfig, device: torch.device, reps: int, warmup: int) -> dic
                 seconds, curves["bare"] = bare_run(cfg, data, device, batches)
             if rep >= warmup:
                 (engine if which == "engine" else bare).append(seconds)
-            print(f"  round {rep + 1}{' (warm-up)' if rep < warmup else ''}: {which:6s} {seconds['total']:8.3f} s  "
-                  + " ".join(f"{p} {seconds[p]:.3f}" for p in PHASES), flush=True)
+            wall, cpu = seconds["wall"], seconds["cpu"]
+            print(f"  round {rep + 1}{' (warm-up)' if rep < warmup else ''}: {which:6s} {wall['total']:8.3f} s  "
+                  + " ".join(f"{p} {wall[p]:.3f}" for p in PHASES) + f"  (CPU {cpu['total']:.3f} s)", flush=True)
     return {
         "engine_runs": engine,
         "bare_runs": bare,
         "phases": {p: ratio_cells(engine, bare, p) for p in (*PHASES, "total")},
+        "cpu_phases": {p: ratio_cells(engine, bare, p, "cpu") for p in (*PHASES, "total")},
         "accuracy_curve": curves,
     }
 
@@ -326,11 +341,20 @@ def describe(cfg: RunConfig, device: torch.device) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    lines = [f"{'phase':>8} {'engine s':>10} {'bare s':>10} {'engine/bare':>12} {'(minima)':>9}"]
-    for phase, cell in result["phases"].items():
+    """Wall time per phase and engine / bare; the same for CPU time (this process's threads: on a loaded
+    machine it counts the work, not the waits for a core; on a GPU only wall time counts)."""
+    lines = [f"{'phase':>8} {'engine s':>10} {'bare s':>10} {'engine/bare':>12} {'(minima)':>9}   "
+             f"{'engine CPU s':>12} {'bare CPU s':>10} {'CPU ratio':>12} {'(minima)':>9}"]
+
+    def cells(cell: dict[str, Any]) -> str:
         ratio = "-" if cell["ratio"] is None else f"{cell['ratio']:.3f}"
         minima = "-" if cell["ratio_of_minima"] is None else f"({cell['ratio_of_minima']:.3f})"
-        lines.append(f"{phase:>8} {cell['engine_s']:10.3f} {cell['bare_s']:10.3f} {ratio:>12} {minima:>9}")
+        return f"{ratio:>12} {minima:>9}"
+
+    for phase, wall in result["phases"].items():
+        cpu = result["cpu_phases"][phase]
+        lines.append(f"{phase:>8} {wall['engine_s']:10.3f} {wall['bare_s']:10.3f} {cells(wall)}   "
+                     f"{cpu['engine_s']:12.3f} {cpu['bare_s']:10.3f} {cells(cpu)}")
     return "\n".join(lines)
 
 

@@ -44,8 +44,8 @@ def floor(cfg: Any, device: torch.device) -> dict[str, Any]:
     data = build.build_benchmark(cfg)
     batches = make_batches(cfg, data, build_bare(cfg, device), device)
     setup = time.perf_counter() - start
-    seconds, curve = bare_run(cfg, data, device, batches)
-    return {"setup_s": setup, "seconds": seconds, "accuracy_curve": curve}
+    times, curve = bare_run(cfg, data, device, batches)
+    return {"setup_s": setup, "seconds": times["wall"], "cpu_seconds": times["cpu"], "accuracy_curve": curve}
 
 
 def engine(cfg: Any, device: torch.device) -> dict[str, Any]:
