@@ -2,7 +2,8 @@
 
 Feature = pooled last hidden state: `mean` over non-padding tokens (sentence-transformers' pooling,
 sum_i m_i h_i / sum_i m_i with the attention mask m) or the `cls` token's hidden state (no BERT pooler),
-optionally L2-normalised. Tokenisation happens in `collate` (the DataLoader's collate_fn).
+optionally L2-normalised. Tokenisation happens in `collate` (the DataLoader's collate_fn), once per distinct
+text (`TokenCache`: later batches pad the cached ids, which gives the tensors the tokenizer itself gives).
 Adapters target the attention query and value Linear layers, chosen by `config.model_type`.
 The model's own dropout (0.1 in BERT-like configs) is active in train mode, as in PEFT fine-tuning;
 `config_overrides: {hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}` turns it off.
@@ -24,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
+from sdlora.backbones.token_cache import TokenCache
 from sdlora.prompts.bert import PromptedBert
 from sdlora.registry import BACKBONES
 
@@ -170,10 +172,22 @@ class HFEncoder(Backbone):
         self.feature_dim = int(config.hidden_size)
         self.default_targets = attention_targets(self.model, config.model_type)
         self.weights_hash = weights_sha256(self.model.state_dict())
+        cacheable = TokenCache.supports(self.tokenizer)
+        self.token_cache = TokenCache(self.tokenizer, options.max_length) if cacheable else None
         self.freeze()
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Pad to the longest text of the batch, truncate to max_length."""
+        """Pad to the longest text of the batch, truncate to max_length.
+
+        Each distinct text is tokenised once (`TokenCache`): later batches holding it (every epoch, the
+        feature passes, evaluation after every task) only pad cached ids, which gives the very tensors the
+        tokenizer's own `padding="longest"` call gives."""
+        if self.token_cache is None:
+            return self.tokenize_uncached(texts)
+        return self.token_cache.batch(list(texts))
+
+    def tokenize_uncached(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The tokenizer's own batch call (what `tokenize` reproduces from its cache)."""
         batch = self.tokenizer(list(texts), padding="longest", truncation=True,
                                max_length=self.options.max_length, return_tensors="pt")
         return dict(batch)

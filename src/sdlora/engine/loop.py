@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import move_to
 from sdlora.data.scenario import Scenario, TaskInfo
-from sdlora.engine.distributed import all_reduce_sum, mean_over_ranks, no_sync
+from sdlora.engine.distributed import all_reduce_sum, no_sync, world_size
 from sdlora.methods.base import Method
 
 T = TypeVar("T")
@@ -47,6 +47,18 @@ class StepContext:
     model: nn.Module | None = None
     #: micro-batches per optimiser step (`train.accumulate_steps`)
     accumulate: int = 1
+    #: optimiser steps between reads of the loss back to the host (`read_interval`): 1 on the CPU, where a
+    #: read is free; on a GPU every read waits for the queued kernels, so losses are read in groups
+    read_every: int = 1
+
+
+#: optimiser steps per loss read-back on a GPU (the NaN check, the logged values and the progress bar lag by
+#: at most this many steps; the values and the batch a NaN is reported at are the same)
+GPU_READ_EVERY = 16
+
+
+def read_interval(device: torch.device) -> int:
+    return GPU_READ_EVERY if device.type == "cuda" else 1
 
 
 class TrainingStep(nn.Module):
@@ -87,6 +99,26 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
     model = ctx.model if ctx.model is not None else TrainingStep(ctx.method)
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     total, steps = 0.0, 0
+    pending: list[torch.Tensor] = []  # step losses still on the device
+
+    def read() -> None:
+        """The pending steps' losses (means over ranks) in order: NaN check, totals, logs, progress bar."""
+        nonlocal total, steps
+        values = [v / world_size() for v in all_reduce_sum(torch.stack(pending).float()).tolist()]
+        pending.clear()
+        for value in values:  # every rank sees the same values: all stop together on a NaN
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"task {task.index + 1}: the loss became {value} at batch {steps + 1}; "
+                    "lower train.lr, set train.grad_clip, or use train.amp=bf16 instead of fp16"
+                )
+            total += value
+            steps += 1
+            if on_step is not None:
+                on_step(value)
+            bar.update(1)
+        bar.set_postfix(loss=f"{total / steps:.4f}")
+
     for group in groups_of(loader, ctx.accumulate):
         size = sum(len(labels) for _, labels in group)
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -100,12 +132,9 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
                 loss = step.loss * (len(labels) / size)
                 (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
             step_loss += loss.detach()
-        value = mean_over_ranks(step_loss)  # every rank sees the same value: all stop together on a NaN
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"task {task.index + 1}: the loss became {value} at batch {steps + 1}; "
-                "lower train.lr, set train.grad_clip, or use train.amp=bf16 instead of fp16"
-            )
+        pending.append(step_loss)
+        if len(pending) >= ctx.read_every:
+            read()  # on the CPU (read_every 1): before the step, so a NaN step is never applied
         if ctx.scaler is not None:
             ctx.scaler.unscale_(ctx.optimizer)
         if ctx.grad_clip is not None:
@@ -115,12 +144,8 @@ def train_epoch(ctx: StepContext, loader: DataLoader, task: TaskInfo, bar: Any,
             ctx.scaler.update()
         else:
             ctx.optimizer.step()
-        total += value
-        steps += 1
-        if on_step is not None:
-            on_step(value)
-        bar.update(1)
-        bar.set_postfix(loss=f"{total / steps:.4f}")
+    if pending:
+        read()
     return total / max(steps, 1)
 
 

@@ -31,7 +31,7 @@ from sdlora.engine.checkpoint import (
     write_json_atomic,
 )
 from sdlora.engine.loggers import Loggers, Resume
-from sdlora.engine.loop import StepContext, TrainingStep, evaluate, train_epoch
+from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
 from sdlora.engine.results import RunRecord
 from sdlora.engine.seeding import data_generator, rng_state, seed_everything, set_rng_state
@@ -230,7 +230,7 @@ class Trainer:
         ctx = StepContext(self.method, optimizer, torch.amp.GradScaler("cuda") if use_scaler else None,
                           self.device, self.cfg.train.amp, self.cfg.train.grad_clip,
                           model=distributed.wrap(TrainingStep(self.method), self.device),
-                          accumulate=self.cfg.train.accumulate_steps)
+                          accumulate=self.cfg.train.accumulate_steps, read_every=read_interval(self.device))
         train_set = self.scenario.train_set(task.index)
         for epoch in range(start_epoch, schedule.epochs):
             loader = self._loader(train_set, shuffle=True, task=task.index, epoch=epoch)
