@@ -24,7 +24,8 @@ in the same round; in parentheses the ratio of the minima over rounds (interfere
 Wall time and CPU time (this process, all its threads: `time.process_time`) are both printed: on a shared,
 loaded CPU machine the wall time swings with the other jobs, while CPU time with `--threads 1` counts the
 work done (no OpenMP spin-waiting at one thread) and is the steadier ratio there; on a GPU read the wall time.
-Phases: train (the epochs), prepare (the pass before training: before_task / prepare_task), end (end_task's pass), eval, other
+Phases: train (the epochs), prepare (the pass before training: before_task / prepare_task), end (end_task's
+pass), eval, other
 (engine: begin_task, DataLoader set-up outside the passes, checkpoint after the task, results.json).
 
 Cases:

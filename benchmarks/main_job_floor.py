@@ -4,7 +4,8 @@ bare loop.
 The floor runs, for every task of the config, exactly the forward/backward passes the job needs and nothing
 else, over batches made before its clock starts (tokenised once, outside the floor): the feature pass over
 the task's training data before training (`before_task`: the SDC "before" features; `begin_task`; head
-rows from class means, reusing that pass in `continuous` mode); the training epochs (forward, loss, backward, optimiser step on the engine's very batches);
+rows from class means, reusing that pass in `continuous` mode); the training epochs (forward, loss,
+backward, optimiser step on the engine's very batches);
 `end_task`'s feature pass after training (SDC "after" features, prototypes); the evaluation forward over
 the test data of every seen class. It shares its loop with `engine_overhead.py` (`bare_run`).
 
