@@ -144,9 +144,9 @@ def test_the_loss_is_ce_plus_the_contrastive_term_against_earlier_class_means():
         feats = method.prompted_features(x, method.training_prompt(1)[None])
     rows = torch.cat([method.tap_stats.means[:2], feats])
     manual = torch.nn.functional.cross_entropy(rows @ rows.T / 0.8, torch.arange(rows.shape[0]))
-    assert out.scalars["contrast"] == pytest.approx(float(manual), rel=1e-5)
+    assert float(out.scalars["contrast"]) == pytest.approx(float(manual), rel=1e-5)
     assert float(contrastive(feats, method.tap_stats.means[:2], 0.8)) == pytest.approx(float(manual), rel=1e-5)
-    assert out.loss.item() == pytest.approx(out.scalars["ce"] + 0.5 * out.scalars["contrast"], rel=1e-5)
+    assert out.loss.item() == pytest.approx(float(out.scalars["ce"] + 0.5 * out.scalars["contrast"]), rel=1e-5)
 
 
 def test_empty_prefixes_give_the_plain_backbone():

@@ -146,3 +146,15 @@ def test_sdc_reference_features_come_from_the_function_the_prototypes_describe(t
     m.begin_task = begin_task
     trainer.run()
     assert seen["kept"] == m.task_start_keeps_features
+
+
+def test_step_scalars_take_tensors_and_floats_and_read_them_once():
+    """Tensor scalars are summed where they are (no host sync per step) and read at `pop_means`."""
+    from sdlora.methods.base import StepScalars
+
+    scalars = StepScalars()
+    scalars.add({"ce": torch.tensor(1.5), "pull": 0.25})
+    scalars.add({"ce": torch.tensor(0.5, requires_grad=True) * 1, "pull": 0.75})
+    assert isinstance(scalars.sums["ce"], torch.Tensor) and not scalars.sums["ce"].requires_grad
+    assert scalars.pop_means() == {"ce": 1.0, "pull": 0.5}
+    assert scalars.pop_means() == {}

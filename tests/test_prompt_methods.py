@@ -56,7 +56,7 @@ def test_l2p_selects_the_nearest_keys_and_the_pull_moves_them_to_the_query():
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
     out = method.training_step((x, y), TASKS[0])
     assert set(out.scalars) == {"ce", "pull"}
-    assert out.loss.item() == pytest.approx(out.scalars["ce"] + 0.1 * out.scalars["pull"], rel=1e-6)
+    assert out.loss.item() == pytest.approx(float(out.scalars["ce"] + 0.1 * out.scalars["pull"]), rel=1e-6)
     out.loss.backward()
     selected = sorted(set(idx.flatten().tolist()))
     untouched = sorted(set(range(4)) - set(selected))
@@ -212,7 +212,7 @@ def test_coda_weights_are_attention_masked_cosines_and_the_ortho_loss_trains():
     torch.testing.assert_close(alpha, manual, rtol=1e-5, atol=1e-6)
     method.train()
     out = method.training_step((x, y), TASKS[0])
-    assert out.loss.item() == pytest.approx(out.scalars["ce"] + 0.1 * out.scalars["ortho"], rel=1e-6)
+    assert out.loss.item() == pytest.approx(float(out.scalars["ce"] + 0.1 * out.scalars["ortho"]), rel=1e-6)
 
 
 def F_cos(a, b):  # noqa: ANN001, ANN201, N802

@@ -39,26 +39,28 @@ from sdlora.wrapping import plain_tensors
 
 @dataclass
 class StepOutput:
-    """What one training step returns: the loss to minimise and named scalars (floats) worth logging."""
+    """What one training step returns: the loss to minimise and named scalars worth logging (floats, or
+    0-dim tensors: those are summed on their device and read once per epoch, no host sync per step)."""
 
     loss: torch.Tensor
-    scalars: dict[str, float] = field(default_factory=dict)
+    scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class StepScalars:
     """Running means of the scalars that training steps report, read (and reset) once per epoch."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float | torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, scalars: dict[str, float]) -> None:
+    def add(self, scalars: dict[str, float | torch.Tensor]) -> None:
         for name, value in scalars.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = self.sums.get(name, 0.0) + value
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def pop_means(self) -> dict[str, float]:
-        means = {name: total / self.counts[name] for name, total in self.sums.items()}
+        means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
         self.sums, self.counts = {}, {}
         return means
 

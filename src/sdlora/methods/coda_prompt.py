@@ -151,9 +151,9 @@ class CodaPrompt(PromptMethod):
         with full_precision(logits):
             ce = self.loss(logits.float(), labels, task)
             if self.options.ortho_weight == 0:
-                return StepOutput(ce, {"ce": float(ce.detach())})
+                return StepOutput(ce, {"ce": ce.detach()})
             ortho = self.orthogonality()
-        scalars = {"ce": float(ce.detach()), "ortho": float(ortho.detach())}
+        scalars = {"ce": ce.detach(), "ortho": ortho.detach()}
         return StepOutput(ce + self.options.ortho_weight * ortho, scalars)
 
     def prompt_structure(self) -> dict[str, Any]:

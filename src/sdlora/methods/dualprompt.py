@@ -122,7 +122,7 @@ class DualPrompt(PromptMethod):
             ce = self.loss(logits.float(), labels, task)
             key = self.prompts.keys[task.index].float()
             pull = (1 - cosine_match(query.float(), key[None])).mean()
-        scalars = {"ce": float(ce.detach()), "pull": float(pull.detach())}
+        scalars = {"ce": ce.detach(), "pull": pull.detach()}
         return StepOutput(ce + self.options.pull_weight * pull, scalars)
 
     @torch.no_grad()

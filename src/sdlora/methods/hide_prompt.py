@@ -207,9 +207,9 @@ class HiDePrompt(PromptMethod):
         with full_precision(logits):
             ce = self.loss(logits.float(), labels, task)
             if self.options.contrast_weight == 0:
-                return StepOutput(ce, {"ce": float(ce.detach())})
+                return StepOutput(ce, {"ce": ce.detach()})
             reg = contrastive(features.float(), self.tap_stats.means[: task.known], self.options.contrast_temperature)
-        scalars = {"ce": float(ce.detach()), "contrast": float(reg.detach())}
+        scalars = {"ce": ce.detach(), "contrast": reg.detach()}
         return StepOutput(ce + self.options.contrast_weight * reg, scalars)
 
     # -- end of task: statistics, TII, alignment ---------------------------------------------------

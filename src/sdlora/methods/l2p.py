@@ -75,7 +75,7 @@ class L2P(PromptMethod):
         with full_precision(logits):
             ce = self.loss(logits.float(), labels, task)
             pull = pull_loss(query.float(), self.prompts.keys.float(), idx)
-        scalars = {"ce": float(ce.detach()), "pull": float(pull.detach())}
+        scalars = {"ce": ce.detach(), "pull": pull.detach()}
         return StepOutput(ce + self.options.pull_weight * pull, scalars)
 
     @torch.no_grad()

@@ -113,7 +113,7 @@ class SDLoRA(Method):
         if lam and len(anchors):
             alpha = self.adapter.magnitudes.alpha[: len(anchors)].float()
             penalty = lam * (alpha - anchors.to(alpha.device)).square().sum()
-            step.scalars["magnitude_anchor_penalty"] = float(penalty.detach())
+            step.scalars["magnitude_anchor_penalty"] = penalty.detach()
             step.loss = step.loss + penalty
         return step
 
@@ -160,7 +160,8 @@ class SDLoRA(Method):
                                 {k[8:]: v for k, v in tensors.items() if k.startswith("adapter.")})
         self.adapter.to(next(self.backbone.parameters()).device)
         stored = self.adapter.magnitudes.alpha.detach()[: self.adapter.num_tasks]
-        self.magnitude_anchors = tensors.get("magnitude_anchors", stored).clone()  # absent before v0.3: alpha
+        # older checkpoints have no anchors: the stored alphas
+        self.magnitude_anchors = tensors.get("magnitude_anchors", stored).clone()
         if self.options.ablation == "fixed_old" and self.adapter.current_task is not None:
             self._freeze_old_magnitudes()
 
