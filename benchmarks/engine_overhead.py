@@ -369,19 +369,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=2, help="run the first N tasks (0: all)")
     p.add_argument("--reps", type=int, default=3, help="timed rounds (engine and bare once each)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    add_run_arguments(p)
+    return p.parse_args(argv)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """--device, --threads, --set, --json: shared with main_job_floor.py."""
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as sdlora train --set (repeatable)")
     p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
-    return p.parse_args(argv)
+
+
+def run_device(args: argparse.Namespace) -> torch.device:
+    """Applies --threads and resolves --device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return pick_device(args.device)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = run_device(args)
     out: dict[str, Any] = {}
     for case in args.cases:
         cfg = case_config(case, args.tasks or None, args.overrides)

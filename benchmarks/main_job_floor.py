@@ -34,10 +34,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_overhead import PHASES, ROOT, bare_run, build_bare, case_config, load_average, make_batches  # noqa: E402
+from engine_overhead import (  # noqa: E402
+    PHASES,
+    ROOT,
+    add_run_arguments,
+    bare_run,
+    build_bare,
+    case_config,
+    load_average,
+    make_batches,
+    run_device,
+)
 
 from sdlora.engine import build  # noqa: E402
-from sdlora.engine.runner import pick_device, run_config  # noqa: E402
+from sdlora.engine.runner import run_config  # noqa: E402
 
 
 def floor(cfg: Any, device: torch.device) -> dict[str, Any]:
@@ -63,18 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("config", nargs="?", default=str(ROOT / "configs" / "clinc150.yaml"))
     p.add_argument("--engine", action="store_true", help="also run the job itself (run_config) in this process")
     p.add_argument("--engine-first", action="store_true", help="run the job before the floor")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", type=Path, default=None)
+    add_run_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device = run_device(args)
     cfg = case_config(args.config, None, args.overrides)  # every task, the config's first seed
     print(f"{args.config}: seed {cfg.seeds[0]}, device {device}, torch threads {torch.get_num_threads()}", flush=True)
     out: dict[str, Any] = {"load_average_before": load_average()}

@@ -169,15 +169,16 @@ class Trainer:
                 raise ConfigError(f"task {t + 1} has {len(self.scenario.train_set(t))} training samples, fewer than "
                                   f"the {distributed.world_size()} processes: run it on fewer processes")
             resuming_mid_task = t == start_task and opt_meta is not None
+            passes = self._loader(self.scenario.train_set(t), shuffle=False)  # the task's no-gradient passes
             if not resuming_mid_task:
-                self.method.before_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
+                self.method.before_task(task, passes)
                 self.method.begin_task(task)
                 self.method.to(self.device)  # parameters a method adds at a task start (head rows, prompts...)
-                self.method.prepare_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
+                self.method.prepare_task(task, passes)
             trainable = self.method.num_trainable()
             self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,
                              tensors)
-            info = self.method.end_task(task, self._loader(self.scenario.train_set(t), shuffle=False))
+            info = self.method.end_task(task, passes)
             row, counts = evaluate(self.method, self._loader(self.scenario.eval_set(t, self.cfg.eval_split), False),
                                    self.scenario, task, self.device, self.cfg.train.amp)
             self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
