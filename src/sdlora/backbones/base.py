@@ -40,6 +40,11 @@ class Backbone(nn.Module):
         """
         return {}
 
+    def readout(self, hidden: torch.Tensor, inputs: Any) -> torch.Tensor:
+        """The feature from the model's final token states [B, N, dim] (what `forward` returns after them):
+        methods that change the token sequence (L2P's inserted prompts) pool the input's own tokens with it."""
+        raise NotImplementedError(f"backbone {type(self).__name__} does not expose its readout")
+
     def collate(self, samples: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
         inputs, labels = zip(*samples, strict=True)
         return torch.stack(list(inputs)), torch.as_tensor(labels, dtype=torch.long)

@@ -197,7 +197,10 @@ class HFEncoder(Backbone):
         return self.tokenize(list(texts)), torch.as_tensor(labels, dtype=torch.long)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**inputs).last_hidden_state
+        return self.readout(self.model(**inputs).last_hidden_state, inputs)
+
+    def readout(self, hidden: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The configured pooling over the real tokens (attention mask), L2-normalised if asked."""
         features = self.pool(hidden, inputs["attention_mask"])
         return F.normalize(features, dim=-1) if self.options.normalize else features
 

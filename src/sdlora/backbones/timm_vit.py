@@ -145,6 +145,10 @@ class TimmViT(Backbone):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs)
 
+    def readout(self, hidden: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """timm's `forward_head` (its global pool: [CLS] or token mean, fc_norm; no classifier: num_classes=0)."""
+        return self.model.forward_head(hidden)
+
     def make_prompted(self) -> PromptedViT:
         """Prefix wrappers on every block's attention + prompt tokens after [CLS] (prompt methods)."""
         return PromptedViT(self.model)

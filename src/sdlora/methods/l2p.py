@@ -2,11 +2,16 @@
 
     q(x) = frozen backbone [CLS];  s(x) = the N prompts whose keys k_i are nearest to q(x) (cosine)
     f(x) = mean of the outputs at the N * L_p prompt positions of the backbone run on [CLS, P_s(x), patches]
+           (`readout: prompt`, the release's `head_type: prompt`), or the backbone's own readout of the
+           input's tokens in that same run (`readout: backbone`: [CLS] on a ViT = the release's
+           `head_type: token`; the masked token mean of a mean-pooled sentence encoder)
     loss = CE(head(f(x)), y) + lambda * sum_{i in s(x)} (1 - cos(q(x), k_i))      (the key pull, Eq. 5)
 
 Prompt-frequency balancing (the paper's "diversified prompt selection", `balance: true`) scales each
 distance by the prompt's share of the past tasks' selections while training. Selection is per sample (the
 PyTorch port's `batchwise_prompt`, which makes predictions depend on the test batch, is not reproduced).
+The prompt readout suits a ViT pre-trained to read [CLS]; a mean-pooled sentence encoder was never
+trained to put the sentence into extra positions, so text configs read out the backbone's way.
 Defaults are the published ImageNet-R / CIFAR-100 settings: M = 10, L_p = 5, N = 5 (L2P paper section 5 and
 l2p-pytorch `configs/`); lambda = 0.1 (`pull_constraint_coeff` of l2p-pytorch's configs).
 """
@@ -14,7 +19,7 @@ l2p-pytorch `configs/`); lambda = 0.1 (`pull_constraint_coeff` of l2p-pytorch's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,6 +46,7 @@ class L2P(PromptMethod):
         pull_weight: float = 0.1  # lambda, the key pull (surrogate) loss weight
         balance: bool = False  # prompt-frequency balancing while training
         prompt_lr: float | None = None  # learning rate of prompts and keys (None: train.lr)
+        readout: Literal["prompt", "backbone"] = "prompt"  # f(x): mean prompt output or the backbone's own
 
         def __post_init__(self) -> None:
             if self.top_n > self.pool_size:
@@ -59,11 +65,13 @@ class L2P(PromptMethod):
         return query, self.prompts.select(query, self.options.top_n, self.options.balance)
 
     def prompted_features(self, inputs: Any, idx: torch.Tensor) -> torch.Tensor:
-        """Mean of the outputs at the prompt positions (right after [CLS]) with prompts P_idx inserted."""
+        """f(x) of the backbone run with prompts P_idx inserted after [CLS] (`readout`)."""
         tokens = self.prompts.prompts[idx].flatten(1, 2)  # [B, N * L_p, D]
         with self.injector.inject(tokens=tokens):
             hidden = self.injector.hidden(inputs)
-        return hidden[:, 1:1 + tokens.shape[1]].mean(dim=1)
+        if self.options.readout == "prompt":
+            return self.injector.prompt_outputs(hidden, tokens.shape[1]).mean(dim=1)
+        return self.backbone.readout(self.injector.input_outputs(hidden, tokens.shape[1]), inputs)
 
     def features(self, inputs: Any) -> torch.Tensor:
         return self.prompted_features(inputs, self.select(inputs)[1])

@@ -78,6 +78,7 @@ class PromptedBert(PromptInjection):
                 layer.attention.self = PrefixSelfAttention(layer.attention.self)
             self.attentions.append(layer.attention.self)
         self.tokens: torch.Tensor | None = None
+        self.prompt_start = 1  # after [CLS]
         model.embeddings.register_forward_hook(self._insert_tokens)
 
     @property

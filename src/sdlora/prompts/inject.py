@@ -10,10 +10,21 @@ import torch
 
 
 class PromptInjection:
-    """Mixin: `self.attentions` (wrappers with a `.prefix` slot) and `self.tokens`, set only inside `inject`."""
+    """Mixin: `self.attentions` (wrappers with a `.prefix` slot) and `self.tokens`, set only inside `inject`;
+    inserted tokens sit at positions [prompt_start, prompt_start + L) of the hidden states."""
 
     attentions: Any
     tokens: torch.Tensor | None
+    prompt_start: int
+
+    def prompt_outputs(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
+        """The states at the `length` inserted prompt positions [B, length, dim]."""
+        return hidden[:, self.prompt_start:self.prompt_start + length]
+
+    def input_outputs(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
+        """The states of the input's own tokens, the `length` inserted prompt positions removed."""
+        start = self.prompt_start
+        return torch.cat([hidden[:, :start], hidden[:, start + length:]], dim=1)
 
     @contextlib.contextmanager
     def inject(self, prefixes: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,

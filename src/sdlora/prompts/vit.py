@@ -80,7 +80,7 @@ class PromptedViT(PromptInjection):
             if not isinstance(block.attn, PrefixAttention):
                 block.attn = PrefixAttention(block.attn)
             self.attentions.append(block.attn)
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.num_prefix_tokens = self.prompt_start = int(getattr(model, "num_prefix_tokens", 1))
         self.tokens: torch.Tensor | None = None
         model.blocks.register_forward_pre_hook(self._insert_tokens)
 
