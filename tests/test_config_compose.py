@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 #: every config file as it was before the configs were rewritten with `base:` (each one complete, no bases),
 #: taken with `git show ef7a0e9:<path>`; the test compares what both resolve to, so a key added later with a
 #: default does not make it stale. One deliberate change since: configs/clinc150.yaml lost its inert
-#: `norm: product` (continuous mode never normalises; setting `norm` there is now an error)
+#: `norm: product` (continuous mode never normalises; setting `norm` there is now an error).
+#: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
+#: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/)
 BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").read_text())
 
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
 from sdlora import report
+from sdlora.config import config_to_dict, load_config
 from sdlora.engine.metrics import accuracy_curve, compute_metrics
 from sdlora.report import collect_runs, report_main, report_table, run_label
 
 PUBLISHED = {"final_accuracy": 80.0, "average_incremental_accuracy": 90.0}
 
 
-def write_run(folder, method, seed, matrix, config=None, status="complete", cost=None, trainable=100):
+def write_run(folder, method, seed, matrix, config=None, status="complete", cost=None, trainable=100,
+              benchmark="clinc150"):
     counts = [10] * len(matrix)
     results = {
-        "method": method, "benchmark": "clinc150", "backbone": {"name": "hf_encoder"}, "seed": seed,
+        "method": method, "benchmark": benchmark, "backbone": {"name": "hf_encoder"}, "seed": seed,
         "class_order": list(range(30)), "num_tasks": len(matrix), "task_sizes": [15] * len(matrix),
         "accuracy_matrix": matrix, "task_test_counts": counts,
         "accuracy_curve": accuracy_curve(matrix, counts), "metrics": compute_metrics(matrix, counts),
@@ -145,3 +148,46 @@ def test_cost_columns_mix_recorded_and_older_runs(tmp_path):
     line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
     assert line.endswith("| 3.00M | 2.12K | 2.50x |")
     assert report.cost_summary([{"trainable_parameters": []}]) == {"trainable": None, "extra": None, "ratio": None}
+
+
+PROMPT_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "vision" / "prompts"
+
+
+def test_report_puts_the_prompt_baselines_published_numbers_side_by_side(tmp_path):
+    """Fake runs (2 seeds) of the four prompt configs of ImageNet-R N=20 and of L2P and HiDe-Prompt on CIFAR-100,
+    each with its config as a real run saves it: one row per config name, each beside its own published Acc / AAA
+    (SD-LoRA Table 2 / Table 6) and the difference; HiDe-Prompt has no Table 6 row, hence dashes."""
+    # every run: curves [90, 75] (seed 1) and [94, 78] (seed 2) -> final 76.50 ± 1.50, AAA (82.5, 86) 84.25 ± 1.75,
+    # forgetting (20, 20) 20 ± 0
+    matrices = {1: [[90.0], [70.0, 80.0]], 2: [[94.0], [74.0, 82.0]]}
+    runs = [(m, "imagenet_r_20") for m in ("l2p", "dualprompt", "coda_prompt", "hide_prompt")]
+    runs += [("l2p", "cifar100_10"), ("hide_prompt", "cifar100_10")]
+    for method, setting in runs:
+        cfg = load_config(PROMPT_CONFIGS / f"{setting}_{method}.yaml")
+        for seed, matrix in matrices.items():
+            write_run(tmp_path / f"{setting}_{method}" / f"seed-{seed}", method, seed, matrix, config_to_dict(cfg),
+                      benchmark=cfg.benchmark.name)
+    lines = report_table(collect_runs([tmp_path]), "md").splitlines()
+    assert lines[0].startswith("| benchmark | method | seeds | final_accuracy | published Acc | Δ Acc | ")
+    same = "76.50 ± 1.50 (worst 75.00)"
+
+    def row(benchmark, name, acc, d_acc, aaa, d_aaa):
+        return (f"| {benchmark} | {name} | 2 | {same} | {acc} | {d_acc} | {same} | 84.25 ± 1.75 (worst 82.50) | "
+                f"{aaa} | {d_aaa} | 20.00 ± 0.00 (worst 20.00) | 101 | – | – |")
+
+    assert lines[2:] == [
+        row("cifar100", "hide-prompt-cifar100-10", "–", "–", "–", "–"),
+        row("cifar100", "l2p-cifar100-10", "83.18", "-6.68", "87.69", "-3.44"),
+        row("imagenet_r", "coda-prompt-imagenet-r-20", "69.38", "+7.12", "73.95", "+10.30"),
+        row("imagenet_r", "dualprompt-imagenet-r-20", "65.23", "+11.27", "71.30", "+12.95"),
+        row("imagenet_r", "hide-prompt-imagenet-r-20", "73.59", "+2.91", "77.93", "+6.32"),
+        row("imagenet_r", "l2p-imagenet-r-20", "68.97", "+7.53", "74.16", "+10.09"),
+    ]
+    rows = list(csv.DictReader(io.StringIO(report_table(collect_runs([tmp_path]), "csv"))))
+    published = {r["method"]: (r["published_final_accuracy"], r["published_average_incremental_accuracy"])
+                 for r in rows}
+    assert published == {"hide-prompt-cifar100-10": ("", ""), "l2p-cifar100-10": ("83.1800", "87.6900"),
+                         "coda-prompt-imagenet-r-20": ("69.3800", "73.9500"),
+                         "dualprompt-imagenet-r-20": ("65.2300", "71.3000"),
+                         "hide-prompt-imagenet-r-20": ("73.5900", "77.9300"),
+                         "l2p-imagenet-r-20": ("68.9700", "74.1600")}
