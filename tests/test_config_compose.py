@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: default does not make it stale. One deliberate change since: configs/clinc150.yaml lost its inert
 #: `norm: product` (continuous mode never normalises; setting `norm` there is now an error).
 #: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
-#: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/)
+#: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/);
+#: `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones afterwards (their releases clip at 1.0)
 BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").read_text())
 
 

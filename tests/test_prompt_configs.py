@@ -18,10 +18,10 @@ SETTINGS = ("imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "imagenet_a_10", "
 #: the ImageNet-R N=10 settings of each method (its bases/<method>.yaml): train fields, then method options
 BASE = {
     "l2p": ({"lr": 0.03, "head_lr": None, "epochs": 50, "scheduler": "constant", "milestones": [],
-             "batch_size": 128, "grad_clip": None},
+             "batch_size": 128, "grad_clip": 1.0},
             {"pool_size": 10, "prompt_length": 5, "top_n": 5, "pull_weight": 0.1}),
     "dualprompt": ({"lr": 0.005, "head_lr": None, "epochs": 50, "scheduler": "constant", "milestones": [],
-                    "batch_size": 128, "grad_clip": None},
+                    "batch_size": 128, "grad_clip": 1.0},
                    {"g_layers": [0, 1], "g_length": 5, "e_layers": [2, 3, 4], "e_length": 20, "pull_weight": 1.0}),
     "coda_prompt": ({"lr": 0.001, "head_lr": None, "epochs": 50, "scheduler": "quarter_cosine", "milestones": [],
                      "batch_size": 128, "grad_clip": None},
