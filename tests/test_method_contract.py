@@ -116,6 +116,11 @@ TASK_START_METHODS = {
     "inflora": {"name": "inflora", "options": {"rank": 2}},
     "linear_probe": {"name": "linear_probe"},
     "finetune": {"name": "finetune"},
+    "l2p": {"name": "l2p", "options": {"pool_size": 4, "prompt_length": 2, "top_n": 2}},
+    "dualprompt": {"name": "dualprompt", "options": {"g_layers": [0], "g_length": 2, "e_layers": [1], "e_length": 3}},
+    "coda_prompt": {"name": "coda_prompt", "options": {"pool_size": 6, "prompt_length": 4, "layers": [0, 1]}},
+    "hide_prompt": {"name": "hide_prompt", "options": {"e_layers": [0, 1], "e_length": 3, "tii_epochs": 1,
+                                                       "ca_epochs": 1}},
 }
 
 

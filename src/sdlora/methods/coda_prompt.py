@@ -91,6 +91,9 @@ class Components(nn.Module):
 class CodaPrompt(PromptMethod):
     """CODA-Prompt: attention-weighted component pool, per-task component slices, orthogonal initialisation."""
 
+    #: the task start adds components, and every input's prompt assembles them
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         pool_size: PositiveInt = 100  # M, components per layer over all tasks

@@ -61,6 +61,9 @@ class DualPrompts(nn.Module):
 class DualPrompt(PromptMethod):
     """DualPrompt: G-prompt (shared) + per-task E-prompts with keys, prefix-tuning, task-key matching."""
 
+    #: the task start adds E^t and the task's features use it (the task is known), not the key-matched prompt
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         g_layers: list[int] = field(default_factory=lambda: [0, 1])

@@ -113,6 +113,9 @@ class TaskPrompts(nn.Module):
 class HiDePrompt(PromptMethod):
     """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics."""
 
+    #: the task start adds E^t and the task's features use P^t (the task is known), not the inferred prompt
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
