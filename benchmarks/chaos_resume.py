@@ -40,9 +40,9 @@ CONFIG: dict[str, Any] = {
     "backbone": {"name": "timm_vit", "options": {
         "model": "vit_tiny_patch16_224", "pretrained": False,
         "model_kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}}},
-    "method": {"name": "sdlora", "options": {"rank": 2}},
+    "method": {"name": "sdlora", "options": {"rank": 2}, "classifier": {"kind": "prototypes"}},
     "train": {"optimizer": "adam", "lr": 0.01, "scheduler": "cosine", "epochs": 3, "batch_size": 4,
-              "eval_batch_size": 8, "classifier": {"kind": "prototypes"}},
+              "eval_batch_size": 8},
     "seeds": [3],
     "deterministic": True,
 }

@@ -73,8 +73,9 @@ from sdlora.methods.base import Method
 ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "epochs": 2, "batch_size": 32, "eval_batch_size": 256,
-         "loss": "current", "head_init": "class_mean", "head_init_scale": 60.0,
-         "classifier": {"kind": "prototypes", "drift": "sdc", "sdc_sigma": 0.3}}
+         "loss": "current"}
+CLASSIFIER = {"kind": "prototypes", "drift": "sdc", "sdc_sigma": 0.3, "head_init": "class_mean",
+              "head_init_scale": 60.0}
 
 TINY_VIT: dict[str, Any] = {
     "name": "engine-overhead-tiny-vit",
@@ -83,7 +84,8 @@ TINY_VIT: dict[str, Any] = {
                               "shape": [3, 32, 32], "separation": 2.0}},
     "backbone": {"name": "timm_vit", "options": {"model": "vit_tiny_patch16_224", "pretrained": False,
                                                  "model_kwargs": {"img_size": 32, "patch_size": 4, "depth": 4}}},
-    "method": {"name": "sdlora", "options": {"rank": 8, "current_mode": "continuous", "magnitude_init": 0.8}},
+    "method": {"name": "sdlora", "options": {"rank": 8, "current_mode": "continuous", "magnitude_init": 0.8},
+               "classifier": CLASSIFIER},
     "train": TRAIN,
     "seeds": [1993],
 }
@@ -337,9 +339,10 @@ def compare(cfg: RunConfig, device: torch.device, reps: int, warmup: int) -> dic
 
 def describe(cfg: RunConfig, device: torch.device) -> str:
     scenario_tasks = cfg.benchmark.num_tasks or "all"
+    classifier = cfg.method.classifier
     return (f"{cfg.benchmark.name} / {cfg.backbone.name} {cfg.backbone.options.get('model')} / {cfg.method.name}, "
             f"tasks {scenario_tasks}, epochs {cfg.train.epochs}, batch {cfg.train.batch_size}, eval batch "
-            f"{cfg.train.eval_batch_size}, classifier {cfg.train.classifier.kind}, head_init {cfg.train.head_init}; "
+            f"{cfg.train.eval_batch_size}, classifier {classifier.kind}, head_init {classifier.head_init}; "
             f"device {device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
 

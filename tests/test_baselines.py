@@ -1,6 +1,7 @@
 """Baselines in the harness: sequential LoRA (plain, decoupled), InfLoRA, full fine-tuning, joint training,
 SD-LoRA's Table 4 ablations, and the CLINC150 baseline configs. Every run is the tiny synthetic config."""
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from engine_helpers import TINY_VIT, check_resume_equals_uninterrupted, tiny
 from sdlora.adapters.subspace import design_down, update_basis
 from sdlora.backbones.hf_encoder import ATTENTION_TARGETS
-from sdlora.config import load_config
+from sdlora.config import ClassifierConfig, load_config
 from sdlora.engine import build
 from sdlora.engine.runner import run_config
 from sdlora.engine.trainer import Trainer
@@ -388,6 +389,12 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
     assert methods["seq_lora"].method.options["rank"] == methods["inflora"].method.options["rank"] == 8
     incremental = ("seq_lora", "inflora", "ncm", "linear_probe")
     assert all(methods[k].benchmark.init_classes == 15 for k in incremental)
+    for key in ("seq_lora", "inflora", "joint"):  # the same classifier: class-mean head init, prototypes, SDC
+        assert methods[key].method.classifier == main.method.classifier
+    # a linear probe's and NCM's features never drift: no SDC; NCM has no head
+    assert methods["linear_probe"].method.classifier == dataclasses.replace(main.method.classifier, drift=None,
+                                                                            sdc_sigma=None)
+    assert methods["ncm"].method.classifier == ClassifierConfig()
 
 
 @pytest.mark.parametrize("options, expected", [({}, 0.0), ({"magnitude_weight_decay": 0.05}, 0.05)])

@@ -12,8 +12,10 @@ from sdlora.typed import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 #: every config file as it was before the configs were rewritten with `base:` (each one complete, no bases),
 #: taken with `git show ef7a0e9:<path>`; the test compares what both resolve to, so a key added later with a
-#: default does not make it stale. One deliberate change since: configs/clinc150.yaml lost its inert
-#: `norm: product` (continuous mode never normalises; setting `norm` there is now an error).
+#: default does not make it stale. Deliberate changes since: configs/clinc150.yaml lost its inert
+#: `norm: product` (continuous mode never normalises; setting `norm` there is now an error); the classifier
+#: keys moved from `train` (classifier, head_init, head_init_scale) to `method.classifier` (same values), less
+#: the ones a method never used, which are now refused: all of NCM's, the linear probe's drift and sdc_sigma.
 #: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
 #: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/);
 #: `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones afterwards (their releases clip at 1.0)

@@ -215,7 +215,7 @@ def test_configs_mirror_the_harness_and_quote_table_2():
     assert text.backbone == main.backbone and text.benchmark == main.benchmark and text.method.name == "hide_prompt"
     budget = ("optimizer", "lr", "momentum", "epochs", "batch_size", "loss")
     assert [getattr(text.train, k) for k in budget] == [getattr(main.train, k) for k in budget]
-    assert text.train.classifier.kind == "linear" and text.seeds == [1993, 1994, 1995]
+    assert text.method.classifier.kind == "linear" and text.seeds == [1993, 1994, 1995]
     vision = load_config(CONFIGS / "vision" / "prompts" / "imagenet_r_10_hide_prompt.yaml")
     build.validate_plugins(vision)
     assert tuple(vision.published[k] for k in ("final_accuracy", "final_accuracy_stderr",

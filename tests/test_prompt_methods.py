@@ -159,6 +159,7 @@ def test_prompt_configs_mirror_the_harness(name):
     text = load_config(CONFIGS / "baselines" / f"clinc150_{name}.yaml")
     build.validate_plugins(text)
     assert text.backbone == main.backbone and text.train == main.train and text.method.name == name
+    assert text.method.classifier == main.method.classifier  # the same class-mean head init, prototypes, SDC
     assert text.benchmark == main.benchmark and text.seeds == [1993, 1994, 1995]
     vision = load_config(CONFIGS / "vision" / "prompts" / f"imagenet_r_10_{name}.yaml")
     assert (vision.train.optimizer, vision.train.epochs, vision.train.batch_size) == ("adam", 50, 128)

@@ -1,11 +1,14 @@
 """The run configuration: YAML -> typed dataclasses, `--set a.b=c` overrides, saved with every run.
 
 Plugin sections (`benchmark`, `backbone`, `method`) carry a `name` and free `options`; the options are
-validated against the `Options` dataclass of the registered plugin (see `resolve_options`).
+validated against the `Options` dataclass of the registered plugin (see `resolve_options`). The method
+section also holds the classifier settings (`method.classifier`, `sdlora.method_config`), which each method
+resolves against what it supports.
 
 A config may extend others with `base: other.yaml` (or a list; paths relative to the file): the bases are
 merged first, then the file on top, mapping by mapping; lists and scalars replace; a plugin section whose
-`name` differs from the base's starts from scratch (another method's options would not apply).
+`name` differs from the base's starts from scratch (another method's options and classifier would not apply).
+Keys under their old names are read with a warning (`sdlora.config_migration`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
+from sdlora import config_migration
+from sdlora.method_config import ClassifierConfig as ClassifierConfig  # re-exported
+from sdlora.method_config import MethodConfig
 from sdlora.typed import ConfigError, from_dict, to_dict
 
 #: YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3` (no dot) as a string
@@ -110,8 +116,9 @@ def compose(data: dict[str, Any], folder: Path, chain: tuple[Path, ...] = ()) ->
         if path in chain:
             cycle = " -> ".join(p.name for p in (*chain, path))
             raise ConfigError(f"base: cycle in config bases ({cycle})")
-        merged = merge(merged, compose(read_yaml_file(path), path.parent, (*chain, path)))
-    return merge(merged, data)
+        layer = compose(read_yaml_file(path), path.parent, (*chain, path))
+        merged = merge(config_migration.shadow(merged, layer), layer)
+    return merge(config_migration.shadow(merged, data), data)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -152,21 +159,6 @@ class FirstTaskConfig:
 
 
 @dataclass
-class ClassifierConfig:
-    """What predicts at evaluation time; training always goes through the linear head (it carries the loss).
-
-    `prototypes`: cosine nearest-class-mean over the adapted features, class means taken after each task.
-    `drift: sdc`: semantic drift compensation (Yu et al., CVPR 2020) moves old class means by the drift that
-    the current task's samples show: mu_c += sum_i w_ic (f_new(x_i) - f_old(x_i)) / sum_i w_ic,
-    w_ic = exp(-||g_old(x_i) - g(mu_c)||^2 / (2 sigma^2)), g = L2-normalisation; current data only.
-    """
-
-    kind: Literal["linear", "prototypes"] = "linear"
-    drift: Literal["none", "sdc"] = "none"
-    sdc_sigma: float = 0.3
-
-
-@dataclass
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
@@ -192,11 +184,7 @@ class TrainConfig:
     freeze_old_head: bool = True  # old head rows get no update (needed with weight decay / Adam)
     num_workers: int = 0
     head_lr: float | None = None  # learning rate of the classifier head (None: same as lr)
-    # new head rows: random (official) or the class means of the task's features (the LP-then-FT idea:
-    # a random head distorts pretrained features; rows = scale * mu_c / (||mu_c|| * mean ||f||))
-    head_init: Literal["random", "class_mean"] = "random"
-    head_init_scale: float = 10.0
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # (head_init, head_init_scale and classifier moved to method.classifier: sdlora.method_config)
     # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none
     loggers: list[str] = field(default_factory=lambda: ["csv"])
 
@@ -215,7 +203,7 @@ class TrainConfig:
 class RunConfig:
     benchmark: BenchmarkConfig
     backbone: PluginConfig
-    method: PluginConfig
+    method: MethodConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: list[int] = field(default_factory=lambda: [1993])
     device: str = "auto"
@@ -241,12 +229,13 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(node.get(part, {}), dict):
             raise ConfigError(f"--set {key}: {part!r} is not a section")
         node = node.setdefault(part, {})
+    config_migration.shadow_override(data, parts)  # e.g. train.head_init replaces method.classifier.head_init
     node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                data: dict[str, Any] | None = None) -> RunConfig:
-    """Read YAML (or take `data`), apply overrides, validate into a RunConfig."""
+                data: dict[str, Any] | None = None, source: str | None = None) -> RunConfig:
+    """Read YAML (or take `data`, read from `source`), apply overrides, validate into a RunConfig."""
     if data is None:
         if path is None:
             raise ConfigError("no config given")
@@ -260,6 +249,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         set_override(data, assignment)
     if "seed" in data:  # a single seed is allowed as a convenience (`--set seed=7` too)
         data["seeds"] = [data.pop("seed")]
+    config_migration.migrate(data, source or (str(path) if path is not None else "config"))
     cfg = from_dict(RunConfig, data, "")
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is required")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 from sdlora.backbones.base import Backbone
@@ -46,8 +47,14 @@ def build_backbone(cfg: RunConfig) -> Backbone:
 
 
 def build_method(cfg: RunConfig, backbone: Backbone) -> Method:
+    """The method with its options, the train settings and its classifier settings (`method.classifier`)."""
     entry = METHODS.get(cfg.method.name)
-    return entry(backbone, resolve_options(entry.Options, cfg.method.options, "method.options"), cfg.train)
+    options = resolve_options(entry.Options, cfg.method.options, "method.options")
+    if "classifier" not in inspect.signature(entry).parameters:
+        raise TypeError(f"method {cfg.method.name!r}: its constructor takes no `classifier` (the method.classifier "
+                        "settings, no longer in train); add `classifier: ClassifierConfig | None = None` and pass "
+                        "it on to Method.__init__")
+    return entry(backbone, options, cfg.train, cfg.method.classifier)
 
 
 PLUGIN_SECTIONS = (("benchmark", BENCHMARKS), ("backbone", BACKBONES), ("method", METHODS))
@@ -55,13 +62,17 @@ PLUGIN_SECTIONS = (("benchmark", BENCHMARKS), ("backbone", BACKBONES), ("method"
 
 def validate_plugins(cfg: RunConfig) -> RunConfig:
     """Fail early (before loading data or weights, before the output folder is touched) on unknown plugin
-    names, bad options and degenerate settings; returns `cfg` with every plugin's options resolved (defaults
-    filled in), which is what config.yaml and results.json record."""
+    names, bad options, classifier settings the method refuses and degenerate settings; returns `cfg` with
+    every plugin's options and the method's classifier resolved (defaults filled in), which is what
+    config.yaml and results.json record."""
     resolved = {}
     for section, registry in PLUGIN_SECTIONS:
         plugin = getattr(cfg, section)
         options = resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
         resolved[section] = dataclasses.replace(plugin, options=to_dict(options))
+    method = METHODS.get(cfg.method.name)
+    classifier = method.classifier_support.resolve(cfg.method.classifier)
+    resolved["method"] = dataclasses.replace(resolved["method"], classifier=classifier)
     cfg = dataclasses.replace(cfg, **resolved)
     check_loggers(cfg.train.loggers)
     check_degenerate(cfg)

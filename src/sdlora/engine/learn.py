@@ -294,7 +294,7 @@ def _run_config(folder: Path) -> RunConfig:
     from sdlora.config import load_config
 
     config_file = next(p / "config.yaml" for p in (folder, folder.parent) if (p / "config.yaml").is_file())
-    return load_config(data=yaml.safe_load(config_file.read_text()))
+    return load_config(data=yaml.safe_load(config_file.read_text()), source=str(config_file))
 
 
 def run_scenario(folder: Path, cfg: RunConfig, seed: int) -> Scenario:

@@ -56,7 +56,7 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
     config_file = next((p / "config.yaml" for p in (folder, folder.parent) if (p / "config.yaml").is_file()), None)
     if config_file is None:
         raise FileNotFoundError(f"no config.yaml next to {folder}")
-    cfg = load_config(data=yaml.safe_load(config_file.read_text()))
+    cfg = load_config(data=yaml.safe_load(config_file.read_text()), source=str(config_file))
     loaded = load_checkpoint(folder / "checkpoints")
     if loaded is None:
         raise FileNotFoundError(f"{folder / 'checkpoints'} has no checkpoint")

@@ -69,7 +69,8 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
 def check_resumed_config(saved: Path, cfg: RunConfig) -> None:
     """--resume continues the run saved in `saved` only with the same (resolved) config."""
     try:
-        previous = config_to_dict(build.validate_plugins(load_config(data=parse_yaml(saved.read_text(), str(saved)))))
+        data = parse_yaml(saved.read_text(), str(saved))
+        previous = config_to_dict(build.validate_plugins(load_config(data=data, source=str(saved))))
     except ConfigError as err:
         raise ConfigError(f"--resume: the config saved in {saved} is not valid any more ({err})") from None
     if previous != config_to_dict(cfg):

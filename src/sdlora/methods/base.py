@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
+from sdlora.method_config import ClassifierConfig, ClassifierSupport
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prototypes import ClassPrototypes, collect_features
 from sdlora.wrapping import plain_tensors
@@ -79,16 +80,22 @@ class Method(nn.Module):
     #: the trained function is a plain backbone + linear head, so `sdlora export` can write it (prompt
     #: methods set it to False: their prompts are chosen per input)
     exportable: bool = True
+    #: the `method.classifier` settings this method honours, its defaults, and why it refuses the others
+    classifier_support: ClassifierSupport = ClassifierSupport()
 
-    def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
+    def __init__(self, backbone: Backbone, options: Any, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        """`classifier`: the `method.classifier` settings (None or null fields: this method's defaults); a
+        setting that `classifier_support` refuses is a ConfigError naming the key."""
         super().__init__()
         self.backbone = backbone
         self.options = options
         self.train_cfg = train
+        self.classifier_cfg = self.classifier_support.resolve(classifier)
         self.head = IncrementalHead(backbone.feature_dim)
         self.tasks_seen = 0
-        classifier = train.classifier
-        self.prototypes = ClassPrototypes(backbone.feature_dim) if classifier.kind == "prototypes" else None
+        prototypes = self.classifier_cfg.kind == "prototypes"
+        self.prototypes = ClassPrototypes(backbone.feature_dim) if prototypes else None
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
         self._start_features: tuple[torch.Tensor, torch.Tensor] | None = None  # before_task's pass
         self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
@@ -115,19 +122,19 @@ class Method(nn.Module):
         describe: drift that the task start itself causes (the official rebuild, a random new direction) is
         then compensated too, not only the drift of training (subclasses call super())."""
         self._start_features = None
-        if self.prototypes is not None and self.train_cfg.classifier.drift == "sdc" and task.index > 0:
+        if self.prototypes is not None and self.classifier_cfg.drift == "sdc" and task.index > 0:
             self._start_features = self._task_features(train_loader)
             self.features_before = self._start_features[0]
 
     def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """Called right after `begin_task` (not when resuming mid-task) with the task's training data.
 
-        With `head_init: class_mean`, sets the new head rows from the class means of the features the
+        With `method.classifier.head_init: class_mean`, sets the new head rows from the class means of the features the
         training starts from (reusing `before_task`'s pass when the task start kept them; subclasses call
         super())."""
         reusable = self._start_features if self.task_start_keeps_features else None
         self._start_features = None
-        if self.train_cfg.head_init == "class_mean" and self.head.num_classes == task.total:
+        if self.classifier_cfg.head_init == "class_mean" and self.head.num_classes == task.total:
             self._init_head_rows(*(reusable or self._task_features(train_loader)), task)
 
     @torch.no_grad()
@@ -136,7 +143,7 @@ class Method(nn.Module):
         means = ClassPrototypes(features.shape[1]).to(features.device)
         means.fit(features, labels, task.known, task.total)
         rows = F.normalize(means.means[task.known:task.total], dim=-1)
-        rows *= self.train_cfg.head_init_scale / features.norm(dim=-1).mean()
+        rows *= self.classifier_cfg.head_init_scale / features.norm(dim=-1).mean()
         self.head.weights[-1].copy_(rows.to(self.head.weights[-1]))
         self.head.biases[-1].zero_()
 
@@ -186,7 +193,7 @@ class Method(nn.Module):
             self.eval()
             after, labels = collect_features(self.features, train_loader, self._device())
             if self.features_before is not None:
-                sigma = self.train_cfg.classifier.sdc_sigma
+                sigma = self.classifier_cfg.sdc_sigma
                 info["prototype_shift"] = self.prototypes.compensate_drift(self.features_before, after,
                                                                            task.known, sigma)
                 self.features_before = None

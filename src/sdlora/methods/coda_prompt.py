@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.prompting import PromptMethod
@@ -91,6 +91,9 @@ class Components(nn.Module):
 class CodaPrompt(PromptMethod):
     """CODA-Prompt: attention-weighted component pool, per-task component slices, orthogonal initialisation."""
 
+    #: the task start adds components, and every input's prompt assembles them
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         pool_size: PositiveInt = 100  # M, components per layer over all tasks
@@ -107,8 +110,9 @@ class CodaPrompt(PromptMethod):
             if not self.layers or any(i < 0 for i in self.layers):
                 raise ValueError(f"layers must be non-empty indices >= 0, got {self.layers}")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         if max(options.layers) >= self.injector.depth:
             raise ValueError(f"coda_prompt: layers {options.layers} exceed the backbone's {self.injector.depth}")
         self.prompts = Components(len(options.layers), options.prompt_length, backbone.feature_dim)

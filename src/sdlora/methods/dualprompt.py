@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.prompting import PromptMethod
@@ -61,6 +61,9 @@ class DualPrompts(nn.Module):
 class DualPrompt(PromptMethod):
     """DualPrompt: G-prompt (shared) + per-task E-prompts with keys, prefix-tuning, task-key matching."""
 
+    #: the task start adds E^t and the task's features use it (the task is known), not the key-matched prompt
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         g_layers: list[int] = field(default_factory=lambda: [0, 1])
@@ -78,8 +81,9 @@ class DualPrompt(PromptMethod):
             if self.pull_weight < 0:
                 raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         depth = self.injector.depth
         if max(*options.g_layers, *options.e_layers) >= depth:
             raise ValueError(f"dualprompt: prompt layers {options.g_layers + options.e_layers} exceed the "

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.class_stats import ClassGaussians, StatsKind, align_classifier
@@ -113,6 +113,9 @@ class TaskPrompts(nn.Module):
 class HiDePrompt(PromptMethod):
     """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics."""
 
+    #: the task start adds E^t and the task's features use P^t (the task is known), not the inferred prompt
+    task_start_keeps_features = False
+
     @dataclass
     class Options:
         # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
@@ -152,8 +155,9 @@ class HiDePrompt(PromptMethod):
             if any(k < 1 for k in self.tii_hidden) or min(self.tii_epochs, self.ca_epochs) < 0:
                 raise ValueError("tii_hidden widths must be >= 1; tii_epochs and ca_epochs >= 0")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         if max(options.e_layers) >= self.injector.depth:
             raise ValueError(f"hide_prompt: e_layers {options.e_layers} exceed the backbone's {self.injector.depth}")
         dim = backbone.feature_dim

@@ -33,7 +33,7 @@ from sdlora.adapters.subspace import (
 )
 from sdlora.adapters.targets import parse_target
 from sdlora.backbones.base import Backbone, move_to
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
@@ -90,8 +90,9 @@ class InfLoRA(Method):
                 raise ValueError(f"threshold and threshold_end must lie in (0, 1], got {self.threshold}, "
                                  f"{self.threshold_end}")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         targets = options.targets or key_value_targets(backbone.default_targets)
         self.lora = PlainLoRA(backbone.model, targets, options.rank, init="zeros")
         for p in self.lora.factor_parameters("down"):

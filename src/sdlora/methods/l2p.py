@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.prompting import PromptMethod
@@ -54,8 +54,9 @@ class L2P(PromptMethod):
             if self.pull_weight < 0:
                 raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         dim = backbone.feature_dim
         self.prompts = KeyedPool(options.pool_size, (options.prompt_length, dim), dim)
 

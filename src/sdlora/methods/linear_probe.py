@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sdlora.method_config import ClassifierSupport
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
 
@@ -11,6 +12,10 @@ from sdlora.registry import METHODS
 @METHODS.register("linear_probe")
 class LinearProbe(Method):
     """Frozen backbone + growing linear head."""
+
+    classifier_support = ClassifierSupport(drifts=("none",), reasons={
+        "drift": "linear_probe trains the head only, so the backbone's features never drift (SDC would move "
+                 "every mean by 0)"})
 
     @dataclass
     class Options:

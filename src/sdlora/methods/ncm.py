@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
+from sdlora.method_config import ClassifierSupport
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
 
@@ -18,14 +16,14 @@ class NCM(Method):
     """Frozen backbone + cosine nearest-class-mean over class prototypes (SimpleCIL); no training."""
 
     trains = False
+    classifier_support = ClassifierSupport(kinds=("prototypes",), drifts=("none",), head_inits=(), reasons={
+        "kind": "ncm has no trained head: it predicts with the class prototypes (kind 'prototypes')",
+        "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
+        "head_init": "ncm has no head to initialise"})
 
     @dataclass
     class Options:
         pass
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        prototypes = dataclasses.replace(train.classifier, kind="prototypes", drift="none")
-        super().__init__(backbone, options, dataclasses.replace(train, classifier=prototypes))
 
     def begin_task(self, task: TaskInfo) -> None:
         """No head to grow: the prototypes are the classifier."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.methods.base import Method
 
 
@@ -24,8 +24,9 @@ class PromptMethod(Method):
     prompts: nn.Module
     exportable = False  # `export_state_dict` (the frozen backbone + head) serves `sdlora predict` on the run only
 
-    def __init__(self, backbone: Backbone, options: Any, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Any, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         self.injector = backbone.prompted()
 
     @torch.no_grad()

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, StepOutput
 from sdlora.registry import METHODS
@@ -70,8 +70,9 @@ class SDLoRA(Method):
                 raise ValueError("magnitude_anchor has no effect with ablation 'fixed_old' (old magnitudes are "
                                  "frozen): remove one of them")
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         config = options.adapter_fields(targets=options.targets or backbone.default_targets)
         self.adapter = SDLoRAAdapter(backbone.model, config)
         self._old_magnitudes_hook: torch.utils.hooks.RemovableHandle | None = None

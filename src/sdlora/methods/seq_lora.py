@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from sdlora.adapters.plain_lora import PlainLoRA
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
@@ -40,8 +40,9 @@ class SeqLoRA(Method):
         magnitude_init: float = 0.0  # decoupled only
         lora_lr: float | None = None  # learning rate of the LoRA parameters (None: train.lr)
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig) -> None:
-        super().__init__(backbone, options, train)
+    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
         self.lora = PlainLoRA(backbone.model, options.targets or backbone.default_targets, options.rank,
                               init="random" if options.decoupled else "lora", decoupled=options.decoupled,
                               magnitude_init=options.magnitude_init)

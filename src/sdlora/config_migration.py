@@ -1,0 +1,165 @@
+"""Old spellings of config keys: read, moved to their new place, with a `ConfigDeprecationWarning`.
+
+    train.classifier.kind       -> method.classifier.kind        (and .drift, .sdc_sigma)
+    train.head_init             -> method.classifier.head_init
+    train.head_init_scale       -> method.classifier.head_init_scale
+
+Config files, `--set` and the config.yaml of run folders written before the move (read back by `sdlora.load`,
+`--resume`, `sdlora eval` / `learn` / `export`) all go through `migrate`. Rules:
+
+* a file's old key overrides its bases' new key and vice versa (`shadow`, `--set` alike); old keys in a base
+  stay inherited as before, also by a child that changes the method (the `train` section was never reset);
+* the old and the new key given together (in one file, or after merging) with different values: an error;
+* an old key whose value the method never honoured (NCM rewrote `kind` and `drift` and had no head, a linear
+  probe's features never drift, SDC without prototypes moved nothing) is dropped, as it was ignored before;
+  the warning says so. The new key refuses such values (`ClassifierSupport`).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+from sdlora.method_config import ClassifierConfig, ClassifierSupport
+from sdlora.typed import ConfigError, from_dict
+
+
+class ConfigDeprecationWarning(DeprecationWarning):
+    """A config key under its old name (shown by default, unlike other DeprecationWarnings)."""
+
+
+if not sys.warnoptions:  # the user's -W / PYTHONWARNINGS choices win
+    warnings.filterwarnings("default", category=ConfigDeprecationWarning)
+
+#: old path -> the `method.classifier` setting it became
+LEGACY: dict[tuple[str, ...], str] = {
+    ("train", "classifier", "kind"): "kind",
+    ("train", "classifier", "drift"): "drift",
+    ("train", "classifier", "sdc_sigma"): "sdc_sigma",
+    ("train", "head_init"): "head_init",
+    ("train", "head_init_scale"): "head_init_scale",
+}
+NEW = ("method", "classifier")
+
+
+def _gives(data: Any, path: tuple[str, ...]) -> bool:
+    """Whether merging `data` on top sets `path`: the key itself, or a non-mapping above it (which replaces)."""
+    node = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return True
+
+
+def _pop(data: Any, path: tuple[str, ...]) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def shadow(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` less what `top` gives under the other spelling (in place): a key overrides its other name."""
+    for old, name in LEGACY.items():
+        new = (*NEW, name)
+        if _gives(top, old):
+            _pop(base, new)
+        if _gives(top, new):
+            _pop(base, old)
+    return base
+
+
+def shadow_override(data: dict[str, Any], parts: list[str]) -> None:
+    """`--set a.b=value` replaces `a.b` whole: drop the other spelling of every setting under it (from the
+    sub-section down: `--set train=...` or `--set method=...` leaves the other section's keys alone)."""
+    key = tuple(parts)
+    if len(key) < 2:
+        return
+    for old, name in LEGACY.items():
+        new = (*NEW, name)
+        if old[: len(key)] == key:
+            _pop(data, new)
+        if new[: len(key)] == key:
+            _pop(data, old)
+
+
+def _support(method: Any) -> ClassifierSupport | None:
+    from sdlora.registry import METHODS  # only for configs with old keys: it imports every method
+
+    if not isinstance(method, str) or method not in METHODS:
+        return None  # the method section's own check reports it
+    return getattr(METHODS.get(method), "classifier_support", None)
+
+
+def _never_honoured(method: Any, given: dict[str, Any], legacy: set[str]) -> dict[str, str]:
+    """The old-spelled settings (`legacy`) that `method` refuses, removed from `given`: name -> why."""
+    support = _support(method)
+    try:
+        cfg = from_dict(ClassifierConfig, given, "method.classifier")
+    except ConfigError:
+        return {}  # reported with its key when the config is validated
+    dropped: dict[str, str] = {}
+    while support is not None:
+        refused = {n: why for n, why in support.problems(cfg).items() if n in legacy and n not in dropped}
+        if not refused:
+            break
+        for name, why in refused.items():
+            dropped[name] = why
+            given.pop(name, None)
+            cfg = from_dict(ClassifierConfig, given, "method.classifier")
+    return dropped
+
+
+def _old_settings(train: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Pop the old keys from `train`: setting -> (old key, value)."""
+    found: dict[str, tuple[str, Any]] = {}
+    old = train.pop("classifier", None)
+    if old is not None and not isinstance(old, dict):
+        raise ConfigError(f"train.classifier: expected a mapping, got {old!r} (it is now method.classifier)")
+    for key, value in (old or {}).items():
+        if key not in ("kind", "drift", "sdc_sigma"):
+            raise ConfigError(f"train.classifier: unknown key {key!r}; allowed: drift, kind, sdc_sigma "
+                              "(train.classifier is now method.classifier)")
+        found[key] = (f"train.classifier.{key}", value)
+    for key in ("head_init", "head_init_scale"):
+        if key in train:
+            found[key] = (f"train.{key}", train.pop(key))
+    return found
+
+
+def migrate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Move the old keys of `data` (in place) to `method.classifier`; returns `data`."""
+    train = data.get("train")
+    found = _old_settings(train) if isinstance(train, dict) else {}
+    if not found:
+        return data
+    olds = ", ".join(old for old, _ in found.values())
+    method = data.get("method")
+    if not isinstance(method, dict):
+        raise ConfigError(f"{olds}: moved to method.classifier, but the config has no method mapping")
+    if method.get("classifier") is None:
+        method["classifier"] = {}
+    given = method["classifier"]
+    if not isinstance(given, dict):
+        raise ConfigError(f"method.classifier: expected a mapping, got {given!r}")
+    legacy = set()
+    for name, (old, value) in found.items():
+        if name in given and given[name] != value:
+            raise ConfigError(f"{old} ({value!r}) and method.classifier.{name} ({given[name]!r}) disagree: {old} is "
+                              f"the old name of method.classifier.{name}; keep only method.classifier.{name}")
+        if name not in given:
+            given[name] = value
+            legacy.add(name)
+    moves = "; ".join(f"{old} -> method.classifier.{name}" for name, (old, _) in found.items())
+    message = f"{source}: deprecated keys, read as their new names ({moves})"
+    dropped = _never_honoured(method.get("name"), given, legacy)
+    if dropped:
+        message += "; dropped, as the method never used them (method.classifier refuses them): " + "; ".join(
+            f"{found[name][0]} = {found[name][1]!r} ({why})" for name, why in dropped.items())
+    warnings.warn(message, ConfigDeprecationWarning, stacklevel=3)
+    return data
