@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the ones a method never used, which are now refused: all of NCM's, the linear probe's drift and sdc_sigma.
 #: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
 #: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/);
-#: `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones afterwards (their releases clip at 1.0)
+#: afterwards `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones (their releases clip at 1.0) and
+#: HiDe-Prompt's statistics became the release's multi-centroid ones
 BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").read_text())
 
 

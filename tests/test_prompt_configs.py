@@ -70,8 +70,8 @@ def test_prompt_config_pins_the_release_settings(method, setting):
     assert cfg.train.weight_decay == 0.0 and cfg.train.first_task.lr is None
     if method == "hide_prompt":  # the same statistics, TII head and alignment batch on every dataset
         o = cfg.method.options
-        assert (o["statistics"], o["tii_hidden"], o["init_from_previous"], o["contrast_temperature"]) == (
-            "covariance", [2], True, 0.8)
+        assert (o["statistics"], o["centroids"], o["tii_hidden"], o["init_from_previous"],
+                o["contrast_temperature"]) == ("multi_centroid", 10, [2], True, 0.8)
         assert (o["tii_batch_size"], o["ca_batch_size"], o["tii_ca_batch_size"]) == (192, 960, 192)
         assert cfg.train.min_lr == 1e-5
     if cfg.train.scheduler == "multistep":  # timm StepLR(30, 0.1) stepped after each epoch: from epoch 31 on

@@ -1,4 +1,5 @@
-"""Per-class Gaussian statistics of features, pseudo-features drawn from them, and classifier alignment.
+"""Per-class statistics of features (Gaussian or multi-centroid), pseudo-features drawn from them, and
+classifier alignment.
 
 Only the statistics are kept (no samples): for class c with training features f_1..f_n,
 
@@ -6,12 +7,18 @@ Only the statistics are kept (no samples): for class c with training features f_
     kind 'variance' keeps only the diagonal of Sigma_c (D numbers per class instead of D^2)
     pseudo-feature of class c:  h = mu_c + L_c z,  z ~ N(0, I),  L_c L_c^T = Sigma_c   (Cholesky)
 
+Kind 'multi_centroid' (`ClassMultiCentroids`, HiDe-Prompt's 'multi-centroid') splits each class into K
+clusters by k-means (`sdlora.methods.kmeans`) and keeps per cluster k its mean and per-dimension variance
+(ddof 0); a cluster whose variance is 0 (its points coincide) is skipped, every other one gives pseudo-features
+h = mu_ck + sqrt(var_ck + eps) z.
+
 `align_classifier` is classifier alignment (HiDe-Prompt's task-adaptive prediction, SLCA's CA): a classifier
 retrained by SGD on pseudo-features of every seen class, with no data of earlier tasks.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -19,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-StatsKind = Literal["covariance", "variance"]
+from sdlora.methods.kmeans import kmeans
+
+StatsKind = Literal["covariance", "variance", "multi_centroid"]
 
 
 class ClassGaussians(nn.Module):
@@ -27,6 +36,8 @@ class ClassGaussians(nn.Module):
 
     def __init__(self, dim: int, kind: StatsKind = "covariance", eps: float = 1e-4) -> None:
         super().__init__()
+        if kind not in ("covariance", "variance"):
+            raise ValueError(f"ClassGaussians holds 'covariance' or 'variance', not {kind!r} (see class_statistics)")
         self.dim, self.kind, self.eps = dim, kind, eps
         self.register_buffer("means", torch.zeros(0, dim))
         self.register_buffer("spread", torch.zeros(0, *self._spread_shape()))
@@ -45,8 +56,10 @@ class ClassGaussians(nn.Module):
         self.spread = torch.zeros(num_classes, *self._spread_shape(), device=device)
 
     @torch.no_grad()
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
-        """Set the statistics of classes [low, high) from their features (computed in float64)."""
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int,
+            generator: torch.Generator | None = None) -> None:
+        """Set the statistics of classes [low, high) from their features (computed in float64; no randomness,
+        `generator` is unused)."""
         if self.num_classes < high:
             grown = ClassGaussians(self.dim, self.kind, self.eps).to(self.means.device)
             grown.resize_to(high)
@@ -70,6 +83,16 @@ class ClassGaussians(nn.Module):
             return self.spread[:upto].sqrt()
         return torch.linalg.cholesky(self.spread[:upto].double()).to(self.means.dtype)
 
+    def anchors(self, upto: int) -> torch.Tensor:
+        """The class means of classes [0, upto) [upto, D] (HiDe-Prompt's contrastive term pushes features away)."""
+        return self.means[:upto]
+
+    def pool(self, upto: int, per_component: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels, components) of an alignment epoch's pool: `per_component` entries per class of [0, upto)
+        (the component of a Gaussian is its class)."""
+        labels = torch.arange(upto, device=self.means.device).repeat_interleave(per_component)
+        return labels, labels
+
     def sample(self, labels: torch.Tensor, factors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One pseudo-feature per entry of `labels` (`factors` from `factors()`)."""
         z = torch.randn(labels.shape[0], self.dim, generator=generator, device=labels.device)
@@ -81,32 +104,143 @@ class ClassGaussians(nn.Module):
         return out
 
 
+class ClassMultiCentroids(nn.Module):
+    """HiDe-Prompt's 'multi-centroid' statistics: K = `centroids` k-means clusters per class, each with its mean
+    and per-dimension variance (np.var, ddof 0), in fixed-shape buffers `means` [C, K, D], `variances` [C, K, D]
+    and `present` [C, K] (the cluster holds at least one training feature; absent clusters are zero).
+
+    Release: engines/hide_promtp_wtp_and_tap_engine.py:398-415 and engines/hide_tii_engine.py:185-202 fit
+    `KMeans(n_clusters=n_centroids)` on the class's gathered features; :459-470 and :324-335 skip a cluster
+    whose variance mean is 0 and draw from N(mean, diag(var) + 1e-4 I) for each other one.
+
+    A class with fewer features than K gets one cluster per feature (the release's scikit-learn refuses it), and
+    duplicate features can leave clusters absent; a cluster of one feature, or of equal ones, has variance 0
+    (set exactly, not left to rounding) and gives no pseudo-features, as in the release, so a class made only of
+    such clusters (e.g. with no more features than clusters) is left out of alignment: `fit` warns then."""
+
+    kind = "multi_centroid"
+
+    def __init__(self, dim: int, centroids: int = 10, eps: float = 1e-4) -> None:
+        super().__init__()
+        if centroids < 1:
+            raise ValueError(f"multi_centroid statistics need centroids >= 1, got {centroids}")
+        self.dim, self.centroids, self.eps = dim, centroids, eps
+        self.register_buffer("means", torch.zeros(0, centroids, dim))
+        self.register_buffer("variances", torch.zeros(0, centroids, dim))
+        self.register_buffer("present", torch.zeros(0, centroids, dtype=torch.bool))
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    def resize_to(self, num_classes: int) -> None:
+        """Zeroed buffers for `num_classes` classes (before loading a checkpoint)."""
+        device = self.means.device
+        self.means = torch.zeros(num_classes, self.centroids, self.dim, device=device)
+        self.variances = torch.zeros(num_classes, self.centroids, self.dim, device=device)
+        self.present = torch.zeros(num_classes, self.centroids, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int,
+            generator: torch.Generator | None = None) -> None:
+        """Cluster each class of [low, high) with k-means (float64 on the CPU, seeded from the CPU `generator`,
+        consumed class by class) and set its clusters' means and variances."""
+        if generator is None:
+            raise ValueError("multi_centroid statistics need a CPU generator for k-means")
+        if self.num_classes < high:
+            old = (self.means, self.variances, self.present)
+            self.resize_to(high)
+            for new, kept in zip((self.means, self.variances, self.present), old, strict=True):
+                new[: kept.shape[0]] = kept
+        for c in range(low, high):
+            rows = features[labels == c].detach().to("cpu", torch.float64)
+            if rows.shape[0] == 0:
+                raise ValueError(f"no training samples for class {c}")
+            assignment, _ = kmeans(rows, self.centroids, generator)
+            means = torch.zeros(self.centroids, self.dim, dtype=torch.float64)
+            variances = torch.zeros_like(means)
+            present = torch.zeros(self.centroids, dtype=torch.bool)
+            for k in assignment.unique().tolist():
+                members = rows[assignment == k]
+                present[k] = True
+                means[k] = members.mean(0)
+                if not (members == members[0]).all():  # equal points: exactly 0, as var.mean() == 0 expects
+                    variances[k] = members.var(0, unbiased=False)
+            self.means[c] = means.to(self.means)
+            self.variances[c] = variances.to(self.variances)
+            self.present[c] = present.to(self.present.device)
+            if not self.sampled(c + 1)[c].any():
+                warnings.warn(f"multi_centroid statistics: every cluster of class {c} has zero variance (its "
+                              f"{rows.shape[0]} features are too few or equal for {self.centroids} clusters); "
+                              "it gets no pseudo-features in alignment", RuntimeWarning, stacklevel=3)
+
+    def sampled(self, upto: int) -> torch.Tensor:
+        """[upto, K]: the clusters that give pseudo-features (present, variance mean > 0)."""
+        return self.present[:upto] & (self.variances[:upto].mean(-1) > 0)
+
+    def factors(self, upto: int) -> torch.Tensor:
+        """Standard deviations sqrt(var + eps) [upto, K, D] (the release's diag(var) + 1e-4 I)."""
+        return (self.variances[:upto] + self.eps).sqrt()
+
+    def anchors(self, upto: int) -> torch.Tensor:
+        """The present cluster means of classes [0, upto) [m, D] (the release's `orth_loss` stacks every
+        cluster mean of the earlier classes)."""
+        return self.means[:upto][self.present[:upto]]
+
+    def pool(self, upto: int, per_component: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels, components) of an alignment epoch's pool: `per_component` entries per sampled cluster of the
+        classes [0, upto), the component being c * K + k."""
+        components = self.sampled(upto).flatten().nonzero().flatten().repeat_interleave(per_component)
+        return components // self.centroids, components
+
+    def sample(self, components: torch.Tensor, factors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One pseudo-feature per entry of `components` (c * K + k; `factors` from `factors()`)."""
+        z = torch.randn(components.shape[0], self.dim, generator=generator, device=components.device)
+        return self.means.reshape(-1, self.dim)[components] + z * factors.reshape(-1, self.dim)[components]
+
+
+ClassStatistics = ClassGaussians | ClassMultiCentroids
+
+
+def class_statistics(dim: int, kind: StatsKind, eps: float = 1e-4, centroids: int = 10) -> ClassStatistics:
+    """The statistics of `kind`: `ClassMultiCentroids` for 'multi_centroid', else `ClassGaussians`."""
+    if kind == "multi_centroid":
+        return ClassMultiCentroids(dim, centroids, eps)
+    return ClassGaussians(dim, kind, eps)
+
+
 def align_classifier(classifier: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter],
-                     stats: ClassGaussians, seen: int, steps: int, *, epochs: int, batch_size: int, lr: float,
+                     stats: ClassStatistics, seen: int, steps: int, *, epochs: int, batch_size: int, lr: float,
                      momentum: float, weight_decay: float, generator: torch.Generator) -> float:
     """Retrain `params` of `classifier` on pseudo-features of classes [0, seen); returns the last epoch's mean loss.
 
     As HiDe-Prompt's `train_task_adaptive_prediction`: SGD with cosine annealing over `epochs`; every epoch
-    draws a class-balanced pool of `batch_size` pseudo-features per seen class, shuffles it and takes `steps`
-    batches of `batch_size` (the release takes as many batches as there are classes in the earlier tasks);
-    cross-entropy over the seen classes' logits."""
+    draws a pool of `batch_size` pseudo-features per component (per seen class for the Gaussians; per sampled
+    cluster of each seen class for multi-centroid statistics, so a class with m such clusters has m blocks),
+    shuffles it and takes `steps` batches of `batch_size` (the release takes as many batches as there are classes
+    in the earlier tasks; the last batch may be short, and fewer batches are taken when the pool runs out, which
+    only multi-centroid statistics with many zero-variance clusters can cause); cross-entropy over the seen
+    classes' logits. Only the pseudo-features of the batches taken are drawn."""
     if steps < 1 or epochs < 1:
+        return 0.0
+    device = stats.means.device
+    pool_labels, pool_components = stats.pool(seen, batch_size)
+    if pool_labels.shape[0] == 0:
         return 0.0
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     factors = stats.factors(seen)
-    device = stats.means.device
-    pool = torch.arange(seen, device=device).repeat_interleave(batch_size)
-    loss_sum = 0.0
+    loss_sum, batches = 0.0, 0
     for _ in range(epochs):
-        labels = pool[torch.randperm(pool.shape[0], generator=generator, device=device)][: steps * batch_size]
-        features = stats.sample(labels, factors, generator)
-        loss_sum = 0.0
+        order = torch.randperm(pool_labels.shape[0], generator=generator, device=device)[: steps * batch_size]
+        labels = pool_labels[order]
+        features = stats.sample(pool_components[order], factors, generator)
+        loss_sum, batches = 0.0, 0
         for i in range(0, labels.shape[0], batch_size):
             loss = F.cross_entropy(classifier(features[i:i + batch_size])[:, :seen], labels[i:i + batch_size])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach())
+            loss_sum, batches = loss_sum + float(loss.detach()), batches + 1
         schedule.step()
-    return loss_sum / steps
+    return loss_sum / batches

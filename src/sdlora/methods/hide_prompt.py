@@ -9,24 +9,30 @@ task-identity inference (TII) and task-adaptive prediction (TAP), with statistic
     TII   g(x) = the frozen backbone's feature (no prompt); a residual MLP + linear head over all classes,
             c_hat = argmax h_tii(g(x)),   t_hat(x) = the task that owns c_hat
           trained after each task on the task's frozen features (CE over its classes), then aligned on
-          pseudo-features drawn from N(mu_c^g, Sigma_c^g) for every seen class (`class_stats.align_classifier`)
+          pseudo-features of every seen class drawn from the statistics of the frozen features
+          (`class_stats.align_classifier`)
     TAP   prediction = head(f(x; E^{t_hat(x)})); after each task the head is aligned on pseudo-features drawn
-          from N(mu_c^f, Sigma_c^f) of the prompted features of every seen class
+          from the statistics of the prompted features of every seen class
 
-Only class statistics are kept (means and covariances of both feature kinds; no samples). The task's frozen
-features live only inside `end_task`, as in the release's separate TII run that trains on the task's data.
+The statistics (`statistics`; one kind for TII and TAP, as the release's single --ca_storage_efficient_method):
+'multi_centroid' (the release's default, kept by all its training scripts): k-means with K = `centroids` = 10
+per class, each cluster's mean and per-dimension variance, pseudo-features from N(mu_ck, diag(var_ck) + eps I)
+for every cluster of non-zero variance, and the contrastive term against every cluster mean of the earlier
+classes; 'covariance' (the paper's Gaussian N(mu_c, Sigma_c)); 'variance' (its diagonal). Only these statistics
+are kept, no samples. The task's frozen features live only inside `end_task`, as in the release's separate TII
+run that trains on the task's data.
 
 Defaults are the release's ImageNet-R run (thu-ml/HiDe-Prompt, training_scripts/train_imr_vit.sh with
 configs/imr_hideprompt_5e.py). Differences from the release: its TII stage trains for 20 epochs on augmented
 images; here on the task's features from the end-of-task pass (one view, the trainer's `end_task` loader). Its
-'multi-centroid' statistics (k-means, the config default) are not offered; 'covariance' is the paper's Gaussian.
-The contrastive term is over each process's micro-batch (the release: each GPU's batch). The release reshapes
-its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, L, ...] without a permute (peft/prompt/hide_prompt.py,
-lines 115-118): sample b gets the prefix halves of flat positions 2b, 2b+1 of the (key/value, sample) grid, so with
-one prompt for the batch (training) its first half attends with the key half as keys and values, its second half
-with the value half, and with per-sample prompts (test) samples take other samples' halves; here every sample
-gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head and both alignments train with
-the method's own optimisers inside `end_task`.
+k-means is scikit-learn's, unseeded; here a torch k-means seeded from the run's seed (`sdlora.methods.kmeans`
+lists what differs). The contrastive term is over each process's micro-batch (the release: each GPU's batch).
+The release reshapes its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, L, ...] without a permute
+(peft/prompt/hide_prompt.py, lines 115-118): sample b gets the prefix halves of flat positions 2b, 2b+1 of the
+(key/value, sample) grid, so with one prompt for the batch (training) its first half attends with the key half as
+keys and values, its second half with the value half, and with per-sample prompts (test) samples take other
+samples' halves; here every sample gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head
+and both alignments train with the method's own optimisers inside `end_task`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.class_stats import ClassGaussians, StatsKind, align_classifier
+from sdlora.methods.class_stats import StatsKind, align_classifier, class_statistics
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prompting import PromptMethod
 from sdlora.methods.prototypes import collect_features
@@ -128,9 +134,12 @@ class HiDePrompt(PromptMethod):
         contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
         contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
         prompt_lr: float | None = None  # lr of the prompts (None: train.lr); the release's head gets lr / 10
-        statistics: StatsKind = "covariance"  # C:151 choices covariance | variance (its default, multi-centroid
-        #                                       k-means, is not offered); the paper's Gaussian
-        covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I)
+        # C:151 --ca_storage_efficient_method (default multi-centroid, which no script overrides; the engines
+        # E:398-415/459-470 and T:185-202/324-335 fit and sample both feature kinds with it); covariance is the
+        # paper's Gaussian, variance its diagonal
+        statistics: StatsKind = "multi_centroid"
+        centroids: PositiveInt = 10  # C:152 --n_centroids: k-means clusters per class (multi_centroid only)
+        covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I; multi_centroid: diag(var) + 1e-4 I, E:467)
         tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
         tii_epochs: int = 20  # S, TII run: --epochs 20
         tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
@@ -142,8 +151,11 @@ class HiDePrompt(PromptMethod):
         # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
         # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
         ca_weight_decay: float = 0.0
-        ca_batch_size: PositiveInt = 960  # 8 processes x 24 x 5 pseudo-features per step (E:440; DDP averages)
-        tii_ca_batch_size: PositiveInt = 192  # 8 processes x 24 (T:305)
+        # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: 8 processes x 24 x 5
+        # (E:440; DDP averages) and 8 x 24 (T:305). main.py:104 seeds every process with the same --seed, so the
+        # processes' pools and shuffles are probably the same draws, an effective 120 and 24 (not verified)
+        ca_batch_size: PositiveInt = 960
+        tii_ca_batch_size: PositiveInt = 192
 
         def __post_init__(self) -> None:
             if not self.e_layers or any(i < 0 for i in self.e_layers):
@@ -154,6 +166,8 @@ class HiDePrompt(PromptMethod):
                 raise ValueError("contrast_weight must be >= 0 and contrast_temperature > 0")
             if any(k < 1 for k in self.tii_hidden) or min(self.tii_epochs, self.ca_epochs) < 0:
                 raise ValueError("tii_hidden widths must be >= 1; tii_epochs and ca_epochs >= 0")
+            if self.centroids < 1:
+                raise ValueError(f"centroids (k-means clusters per class) must be >= 1, got {self.centroids}")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
@@ -163,8 +177,10 @@ class HiDePrompt(PromptMethod):
         dim = backbone.feature_dim
         self.prompts = TaskPrompts(len(options.e_layers), options.e_length, dim)
         self.tii = TaskIdentity(dim, options.tii_hidden)
-        self.tii_stats = ClassGaussians(dim, options.statistics, options.covariance_eps)  # frozen features
-        self.tap_stats = ClassGaussians(dim, options.statistics, options.covariance_eps)  # prompted features
+        stats = (options.statistics, options.covariance_eps, options.centroids)
+        self.tii_stats = class_statistics(dim, *stats)  # frozen features
+        self.tap_stats = class_statistics(dim, *stats)  # prompted features
+        self.contrast_rows: tuple[int, torch.Tensor] | None = None  # (classes, the contrastive term's rows), cached
         self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`
         self.seed = torch.initial_seed()  # the run's seed: end-of-task sampling is the same on every rank
 
@@ -212,9 +228,17 @@ class HiDePrompt(PromptMethod):
             ce = self.loss(logits.float(), labels, task)
             if self.options.contrast_weight == 0:
                 return StepOutput(ce, {"ce": ce.detach()})
-            reg = contrastive(features.float(), self.tap_stats.means[: task.known], self.options.contrast_temperature)
+            reg = contrastive(features.float(), self.contrast_anchors(task.known), self.options.contrast_temperature)
         scalars = {"ce": ce.detach(), "contrast": reg.detach()}
         return StepOutput(ce + self.options.contrast_weight * reg, scalars)
+
+    def contrast_anchors(self, known: int) -> torch.Tensor:
+        """The rows the contrastive term pushes features from: the TAP statistics' class means (multi_centroid:
+        every cluster mean) of classes [0, known); kept until the statistics change (`end_task`, a checkpoint
+        load), as selecting the clusters reads their mask on the host."""
+        if self.contrast_rows is None or self.contrast_rows[0] != known:
+            self.contrast_rows = (known, self.tap_stats.anchors(known))
+        return self.contrast_rows[1]
 
     # -- end of task: statistics, TII, alignment ---------------------------------------------------
     @torch.no_grad()
@@ -229,8 +253,12 @@ class HiDePrompt(PromptMethod):
         both, labels = collect_features(lambda x: torch.cat([self.query(x), self.prompted_features(x, prompt)], 1),
                                         train_loader, device)
         frozen, prompted = both.split(self.backbone.feature_dim, dim=1)
-        self.tii_stats.fit(frozen, labels, task.known, task.total)
-        self.tap_stats.fit(prompted, labels, task.known, task.total)
+        # k-means (multi_centroid) runs on the CPU: its own CPU generator, the same on every rank, which holds the
+        # same gathered features (`collect_features`), so every rank fits the same clusters
+        clustering = torch.Generator().manual_seed((self.seed + 7919 * (t + 1) + 1) % 2**63)
+        self.tii_stats.fit(frozen, labels, task.known, task.total, clustering)
+        self.tap_stats.fit(prompted, labels, task.known, task.total, clustering)
+        self.contrast_rows = None
         generator = torch.Generator(device=device).manual_seed((self.seed + 7919 * (t + 1)) % 2**63)
         info: dict[str, Any] = {"tii_loss": self._fit_tii(frozen, labels, task, generator)}
         if t > 0:
@@ -271,8 +299,9 @@ class HiDePrompt(PromptMethod):
 
     @torch.enable_grad()
     def align(self, task: TaskInfo, generator: torch.Generator) -> dict[str, float]:
-        """Classifier alignment of the TII head (on N(mu^g, Sigma^g)) and of the head (on N(mu^f, Sigma^f)) over
-        every seen class; uses the stored statistics only. Steps per epoch = classes of the earlier tasks."""
+        """Classifier alignment of the TII head (on pseudo-features of the frozen features' statistics) and of the
+        head (of the prompted features' statistics) over every seen class; uses the stored statistics only. Steps
+        per epoch = classes of the earlier tasks."""
         o = self.options
         tii_params = list(self.tii.parameters())
         head_params = list(self.head.parameters())
@@ -320,6 +349,7 @@ class HiDePrompt(PromptMethod):
         self.tii.head.resize_to(structure["tii_blocks"])
         for stats in (self.tii_stats, self.tap_stats):
             stats.resize_to(structure["statistics_classes"])
+        self.contrast_rows = None
         for name in ("tii", "tii_stats", "tap_stats"):
             module = getattr(self, name)
             module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
