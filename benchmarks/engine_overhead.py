@@ -191,6 +191,16 @@ def collate_all(dataset: Any, indices: list[int], size: int, collate: Callable[[
     return batches
 
 
+class UnseededPasses(list):
+    """Batches of a pass the engine reads through a DataLoader without a generator (feature passes,
+    evaluation): iterating draws one int64 from the global RNG first, as that DataLoader's iterator does for
+    its base seed. The draws move the global RNG that dropout reads in training, so the bare loop makes them too."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        torch.empty((), dtype=torch.int64).random_()
+        return super().__iter__()
+
+
 def pin_all(inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor):
         return inputs.pin_memory()
@@ -208,8 +218,9 @@ class TaskBatches:
         eval_set = scenario.eval_set(t, cfg.eval_split)
         micro = micro_batch_size(cfg.train, 1)
         whole = list(range(len(train_set)))
-        self.passes = collate_all(train_set, whole, cfg.train.eval_batch_size, collate, pin)
-        self.eval = collate_all(eval_set, list(range(len(eval_set))), cfg.train.eval_batch_size, collate, pin)
+        self.passes = UnseededPasses(collate_all(train_set, whole, cfg.train.eval_batch_size, collate, pin))
+        self.eval = UnseededPasses(collate_all(eval_set, list(range(len(eval_set))), cfg.train.eval_batch_size,
+                                               collate, pin))
         self.epochs = []
         for epoch in range(task_schedule(cfg.train, t).epochs):
             # the engine's order: one draw for the loader's base seed, then randperm (EpochShareSampler)

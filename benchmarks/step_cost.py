@@ -17,7 +17,10 @@ the median over rounds of (time / the baseline's time in the same round), which 
 shared machine's load better than a ratio of medians; in parentheses the ratio of the minima over rounds
 (interference only adds time, so minima resist it best).
 
-Run:  python benchmarks/step_cost.py  [--preset tiny|base|both] [--reps N] [--threads N]
+With `--profile`, instead of the ratios: torch.profiler over 2 training steps at the first and the last task
+count, the operators with the most self CPU time grouped by input shapes (where a step's growth goes).
+
+Run:  python benchmarks/step_cost.py  [--preset tiny|base|base12|both] [--reps N] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -58,6 +61,19 @@ def adapted(base: torch.nn.Module, tasks: int, kernel: str) -> tuple[torch.nn.Mo
         if t < tasks - 1:
             adapter.end_task()
     return model, adapter
+
+
+def sdlora_step(model: torch.nn.Module, adapter: SDLoRAAdapter, x: torch.Tensor,
+                weight: torch.Tensor) -> Callable[[], None]:
+    """One SD-LoRA step: forward + backward to every magnitude and the current factors (no optimiser step)."""
+    params = adapter.trainable_parameters()
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        (model(x) @ weight).sum().backward()
+
+    return step
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -120,18 +136,8 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
         (base(x) @ weight).sum().backward()
         floor_grad["on"] = False
 
-    def sdlora_step(model: torch.nn.Module, adapter: SDLoRAAdapter) -> Callable[[], None]:
-        params = adapter.trainable_parameters()
-
-        def step() -> None:
-            for p in params:
-                p.grad = None
-            (model(x) @ weight).sum().backward()
-
-        return step
-
     steps = {"qkv0": frozen_qkv0, "pixels": frozen_pixels}
-    train = Rounds({**steps, **{t: sdlora_step(*models[t]) for t in task_counts}}, reps)
+    train = Rounds({**steps, **{t: sdlora_step(*models[t], x, weight) for t in task_counts}}, reps)
     kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
 
     def infer(model: torch.nn.Module) -> Callable[[], None]:
@@ -168,6 +174,33 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
     return lines
 
 
+def profile_steps(preset: str, task_counts: list[int], batch: int, kernel: str, rows: int = 14) -> list[str]:
+    """Self CPU time per operator and input shapes over 2 SD-LoRA steps, fewest and most tasks."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    base = build(preset)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    img = PRESETS[preset][2]
+    x = torch.randn(batch, 3, img, img)
+    weight = torch.randn(base.num_features)
+    lines = []
+    for tasks in (task_counts[0], task_counts[-1]):
+        step = sdlora_step(*adapted(base, tasks, kernel), x, weight)
+        step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            step()
+            step()
+        events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / 2e3
+        lines += ["", f"{preset}, {tasks} task(s): {total:.1f} ms of self CPU time per step; top operators "
+                  "(ms per step)"]
+        for e in events[:rows]:
+            lines.append(f"  {e.self_cpu_time_total / 2e3:8.1f}  {e.key:<28s} x{e.count // 2:<3d} {e.input_shapes}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +211,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kernel", default="auto", help="auto | factored | fused_proj | fused_wgrad")
+    parser.add_argument("--profile", action="store_true", help="operator profile of the fewest / most tasks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cpu = platform.processor() or platform.machine()
@@ -187,7 +221,9 @@ def main() -> None:
     start = time.perf_counter()
     for preset in presets:
         print()
-        print("\n".join(run(preset, args.tasks, args.reps, args.batch, args.kernel)), flush=True)
+        work = profile_steps if args.profile else run
+        extra = () if args.profile else (args.reps,)
+        print("\n".join(work(preset, args.tasks, *extra, args.batch, args.kernel)), flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
