@@ -110,13 +110,18 @@ class Rounds:
         return f"{self.ratio(name, baseline):.3f} ({self.ratio_of_minima(name, baseline):.3f})"
 
 
-def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str) -> list[str]:
+def frozen_base(preset: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The preset's backbone, every parameter frozen, and a random input batch (seed 0)."""
     torch.manual_seed(0)
     base = build(preset)
     for p in base.parameters():
         p.requires_grad_(False)
     img = PRESETS[preset][2]
-    x = torch.randn(batch, 3, img, img)
+    return base, torch.randn(batch, 3, img, img)
+
+
+def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str) -> list[str]:
+    base, x = frozen_base(preset, batch)
     x_grad = x.clone().requires_grad_(True)
     models = {t: adapted(base, t, kernel) for t in task_counts}
     weight = torch.randn(base.num_features)
@@ -178,12 +183,7 @@ def profile_steps(preset: str, task_counts: list[int], batch: int, kernel: str, 
     """Self CPU time per operator and input shapes over 2 SD-LoRA steps, fewest and most tasks."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.manual_seed(0)
-    base = build(preset)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    img = PRESETS[preset][2]
-    x = torch.randn(batch, 3, img, img)
+    base, x = frozen_base(preset, batch)
     weight = torch.randn(base.num_features)
     lines = []
     for tasks in (task_counts[0], task_counts[-1]):
