@@ -300,17 +300,23 @@ def test_a_tasks_prompt_is_untouched_after_its_task_and_momentum_mixes_the_earli
     assert not any(p.requires_grad for p in method.tii.parameters())  # trained inside end_task only
 
 
+def contrast_step(method, t: int, earlier: torch.Tensor):  # noqa: ANN001, ANN201
+    """Begin task t, take one training step on its two classes; (the step's output, the task's prompted
+    features, the contrastive term by hand: CE of the rows [earlier; features] against themselves at tau 0.8)."""
+    method.begin_task(TASKS[t])
+    method.train()
+    x, y = separable(2, range(2 * t, 2 * t + 2), seed=3)
+    out = method.training_step((x, y), TASKS[t])
+    with torch.no_grad():
+        feats = method.prompted_features(x, method.training_prompt(t)[None])
+    rows = torch.cat([earlier, feats])
+    return out, feats, torch.nn.functional.cross_entropy(rows @ rows.T / 0.8, torch.arange(rows.shape[0]))
+
+
 def test_the_loss_is_ce_plus_the_contrastive_term_against_earlier_class_means():
     method = built()
     run_tasks(method, TASKS[:1], steps=1)
-    method.begin_task(TASKS[1])
-    method.train()
-    x, y = separable(2, range(2, 4), seed=3)
-    out = method.training_step((x, y), TASKS[1])
-    with torch.no_grad():
-        feats = method.prompted_features(x, method.training_prompt(1)[None])
-    rows = torch.cat([method.tap_stats.means[:2], feats])
-    manual = torch.nn.functional.cross_entropy(rows @ rows.T / 0.8, torch.arange(rows.shape[0]))
+    out, feats, manual = contrast_step(method, 1, method.tap_stats.means[:2])
     assert float(out.scalars["contrast"]) == pytest.approx(float(manual), rel=1e-5)
     assert float(contrastive(feats, method.tap_stats.means[:2], 0.8)) == pytest.approx(float(manual), rel=1e-5)
     assert out.loss.item() == pytest.approx(float(out.scalars["ce"] + 0.5 * out.scalars["contrast"]), rel=1e-5)
@@ -360,16 +366,9 @@ def test_multi_centroid_checkpoint_holds_the_clusters_and_the_contrast_uses_ever
         model.align(TASKS[1], torch.Generator().manual_seed(7))
     torch.testing.assert_close(restored.head.weight(), method.head.weight(), rtol=0, atol=0)
     torch.testing.assert_close(restored.tii.head.weight(), method.tii.head.weight(), rtol=0, atol=0)
-    method.begin_task(TASKS[2])
-    method.train()
-    x, y = separable(2, range(4, 6), seed=3)
-    out = method.training_step((x, y), TASKS[2])
-    with torch.no_grad():
-        feats = method.prompted_features(x, method.training_prompt(2)[None])
     stats = method.tap_stats
     assert int(stats.present[:4].sum()) > 4  # more than one row per earlier class
-    rows = torch.cat([stats.means[:4][stats.present[:4]], feats])
-    manual = torch.nn.functional.cross_entropy(rows @ rows.T / 0.8, torch.arange(rows.shape[0]))
+    out, _, manual = contrast_step(method, 2, stats.means[:4][stats.present[:4]])
     assert float(out.scalars["contrast"]) == pytest.approx(float(manual), rel=1e-5)
 
 
