@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--eval-batches", type=int, default=20, help="timed inference batches")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16", help="used on a GPU only")
-    p.add_argument("--mode", choices=["official", "paper", "continuous"], default="official")
+    p.add_argument("--mode", choices=["official", "paper", "continuous"], default="official",
+                   help="SD-LoRA current_mode, with that mode's own norm")
+    p.add_argument("--profile", action="store_true",
+                   help="also print torch.profiler's top GPU kernels of 3 frozen-backbone and 3 SD-LoRA steps")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
@@ -59,6 +62,20 @@ def images_per_second(fn: Callable[[], None], steps: int, warmup: int, batch: in
         fn()
     sync(device)
     return steps * batch / (time.perf_counter() - start)
+
+
+def profile_table(fn: Callable[[], None], device: torch.device, steps: int = 3, rows: int = 15) -> str:
+    """torch.profiler over `steps` calls of `fn`: operators by self device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     results["backbone_peak_gib"] = peak_memory_gib(device)
 
     train_cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=args.batch_size)
-    method = SDLoRA(backbone, SDLoRA.Options(current_mode=args.mode, norm="factors"), train_cfg).to(device)
+    method = SDLoRA(backbone, SDLoRA.Options(current_mode=args.mode), train_cfg).to(device)
     reset_peak(device)
     for t in range(args.tasks):
         task = TaskInfo(t, t * args.classes_per_task, (t + 1) * args.classes_per_task, args.tasks)
@@ -135,6 +152,10 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
             optimizer.step()
 
         speed = images_per_second(train_step, args.steps, args.warmup, args.batch_size, device)
+        if args.profile and t == args.tasks - 1:
+            for label, fn in (("frozen backbone", backbone_step), (f"SD-LoRA task {t + 1}", train_step)):
+                print(f"profile: {label}, 3 steps")
+                print(profile_table(fn, device))
         results[f"sdlora_train_img_s_task{t + 1}"] = speed
         method.end_task(task, None)  # type: ignore[arg-type]  # no loader needed by SD-LoRA
         print(f"task {t + 1}/{args.tasks}: SD-LoRA training {speed:,.1f} img/s "

@@ -5,17 +5,34 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
 
 
-def test_gpu_smoke_script_on_cpu_tiny(capsys):
+def load_script():
     spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    results = module.main(["--device", "cpu", "--tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-                           "--eval-batches", "2"])
+    return module
+
+
+TINY_ARGS = ["--device", "cpu", "--tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "2"]
+
+
+@pytest.mark.parametrize("mode", ["official", "paper", "continuous"])
+def test_gpu_smoke_script_on_cpu_tiny(capsys, mode):
+    results = load_script().main([*TINY_ARGS, "--mode", mode])
     out = capsys.readouterr().out
+    assert f"SD-LoRA mode {mode}" in out
     assert "task 2/2: SD-LoRA training" in out and "merged SD-LoRA inference" in out
     assert results["merge_max_abs_diff"] < 1e-4  # merging changes nothing but the cost
     assert results["sdlora_train_img_s_task2"] > 0 and results["merged_infer_img_s"] > 0
     assert results["sdlora_train_peak_gib"] is None  # no GPU memory on the CPU
+
+
+def test_gpu_smoke_profile_prints_operator_tables(capsys):
+    load_script().main([*TINY_ARGS, "--profile"])
+    out = capsys.readouterr().out
+    assert "profile: frozen backbone, 3 steps" in out and "profile: SD-LoRA task 2, 3 steps" in out
+    assert out.count("Self CPU time total") == 2  # one profiler table per profiled step function
