@@ -174,8 +174,8 @@ def test_accumulated_micro_batches_equal_the_whole_batch(tmp_path):
 def test_two_processes_equal_one_seq_lora_with_accumulation(tmp_path):
     """seq_lora, linear head initialised from class means: `sdlora train --nproc 2` with 2 accumulated
     micro-batches per rank."""
-    base = tiny(benchmark=BENCH, method={"name": "seq_lora", "options": {"rank": 2}},
-                train={**TRAIN, "head_init": "class_mean"})
+    base = tiny(benchmark=BENCH, method={"name": "seq_lora", "options": {"rank": 2},
+                                         "classifier": {"head_init": "class_mean"}}, train=TRAIN)
     one_process(write_config(tmp_path / "one.yaml", base), tmp_path / "one")
     config = write_config(tmp_path / "two.yaml", {**base, "train": {**base["train"], "accumulate_steps": 2}})
     done = subprocess.run([sys.executable, "-m", "sdlora", "train", str(config), "--out", str(tmp_path / "two"),
@@ -202,8 +202,8 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_run(tmp_path):
     """SD-LoRA with class-mean head init, prototypes and SDC (every data statistic is reduced over ranks).
     Rank 1 is SIGKILLed as soon as task 2's mid-task checkpoint is on disk: torchrun stops rank 0 too and
     exits non-zero; the resumed 2-process run ends with the 1-process results."""
-    data = tiny(benchmark=BENCH, method={"name": "sdlora", "options": {"rank": 2}},
-                train={**TRAIN, "head_init": "class_mean", "classifier": {"kind": "prototypes", "drift": "sdc"}})
+    data = tiny(benchmark=BENCH, method={"name": "sdlora", "options": {"rank": 2}, "classifier": {
+        "kind": "prototypes", "drift": "sdc", "head_init": "class_mean"}}, train=TRAIN)
     config = write_config(tmp_path / "run.yaml", data)
     one_process(config, tmp_path / "one")
     out = tmp_path / "two"

@@ -144,7 +144,7 @@ def test_export_refuses_a_format_the_run_cannot_take(tiny_text_run, tiny_vit_run
 
 def test_cosine_classifier_exports_unit_means_with_the_same_predictions(tmp_path):
     data = vit_run_config()
-    data["train"] = {**data["train"], "classifier": {"kind": "prototypes"}}
+    data["method"]["classifier"] = {"kind": "prototypes"}
     seed = train(data, tmp_path / "run")
     assert main(["export", str(seed), "--out", str(tmp_path / "t"), "--format", "timm"]) == 0
     model = timm.create_model(f"local-dir:{tmp_path / 't'}", pretrained=True).eval()
@@ -197,7 +197,7 @@ def text_runs(tmp_path_factory, tiny_text_run):
             data = text_run_config(folder)
             data["backbone"]["options"]["pooling"] = pooling
             if classifier == "prototypes":
-                data["train"] = {**data["train"], "classifier": {"kind": "prototypes"}}
+                data["method"]["classifier"] = {"kind": "prototypes"}
             runs[pooling, classifier] = train(data, folder / "run")
         return runs[pooling, classifier]
 

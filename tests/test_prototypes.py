@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_helpers import tiny
+from engine_helpers import TINY, tiny
 from sdlora.config import load_config
 from sdlora.engine.runner import run_config
 from sdlora.methods.prototypes import ClassPrototypes
@@ -52,9 +52,9 @@ def test_sdc_weights_follow_proximity():
 
 
 def test_prototype_classifier_and_class_mean_head_end_to_end(tmp_path):
-    data = tiny(method={"name": "sdlora", "options": {"rank": 2}},
-                train={"classifier": {"kind": "prototypes", "drift": "sdc"}, "head_init": "class_mean",
-                       "epochs": 1})
+    data = tiny(method={"name": "sdlora", "options": {"rank": 2},
+                        "classifier": {"kind": "prototypes", "drift": "sdc", "head_init": "class_mean"}},
+                train={"epochs": 1})
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
     result = json.loads((tmp_path / "run" / "seed-3" / "results.json").read_text())
     assert "prototype_shift" not in result["task_info"][0] and result["task_info"][1]["prototype_shift"] > 0
@@ -70,7 +70,8 @@ def test_class_mean_head_rows_are_scaled_cosines():
     from sdlora.data.scenario import TaskInfo
     from sdlora.engine.build import build_backbone, build_method
 
-    cfg = load_config(data=tiny(train={"head_init": "class_mean", "head_init_scale": 5.0}))
+    cfg = load_config(data=tiny(method={**TINY["method"],
+                                        "classifier": {"head_init": "class_mean", "head_init_scale": 5.0}}))
     method = build_method(cfg, build_backbone(cfg))
     task = TaskInfo(0, 0, 2, 3)
     method.begin_task(task)
