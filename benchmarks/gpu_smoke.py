@@ -3,7 +3,8 @@
 Prints, measured in this one run: training images/s of the frozen backbone alone (forward + backward to
 the activations, the floor of any adapter method) and of SD-LoRA per task, inference images/s of the plain
 backbone and of the merged SD-LoRA model (they should match: merging costs nothing at inference), the
-largest output difference between merged and unmerged models, and peak GPU memory.
+largest output difference between merged and unmerged models, and peak GPU memory. `--profile` adds
+torch.profiler's operator tables of a few frozen-backbone and SD-LoRA steps (where a throughput gap goes).
 
 Drives the model directly (no trainer, no data loader): `TimmViT` -> `SDLoRA` method -> SGD loop with
 bf16 autocast on a GPU. `--device cpu --tiny` runs a 2-block 32x32 ViT in seconds (used as a check here).
@@ -42,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", choices=["official", "paper", "continuous"], default="official",
                    help="SD-LoRA current_mode, with that mode's own norm")
     p.add_argument("--profile", action="store_true",
-                   help="also print torch.profiler's top GPU kernels of 3 frozen-backbone and 3 SD-LoRA steps")
+                   help="also print torch.profiler's operators (by self GPU time; CPU time on a CPU) of 3 "
+                        "frozen-backbone and 3 SD-LoRA steps of the last task")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return p.parse_args(argv)
 
