@@ -89,7 +89,7 @@ class PromptedBert(PromptInjection):
         if self.tokens is None:
             return None
         prompts = self.tokens.to(output.dtype).expand(output.shape[0], -1, -1)
-        return torch.cat([output[:, :1], prompts, output[:, 1:]], dim=1)
+        return self.insert(output, prompts)
 
     def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Last hidden states [B, N (+ L prompt tokens after [CLS]), hidden]."""
@@ -97,7 +97,7 @@ class PromptedBert(PromptInjection):
         if self.tokens is not None and "attention_mask" in inputs:
             mask = inputs["attention_mask"]
             ones = mask.new_ones(mask.shape[0], self.tokens.shape[-2])
-            inputs["attention_mask"] = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
+            inputs["attention_mask"] = self.insert(mask, ones)
         return self.model(**inputs).last_hidden_state
 
     def unwrapped_state_dict(self) -> dict[str, torch.Tensor]:

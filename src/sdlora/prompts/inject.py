@@ -17,12 +17,17 @@ class PromptInjection:
     tokens: torch.Tensor | None
     prompt_start: int
 
+    def insert(self, sequence: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
+        """`sequence` [B, N, ...] with `inserted` [B, L, ...] placed at position `prompt_start`."""
+        start = self.prompt_start
+        return torch.cat([sequence[:, :start], inserted, sequence[:, start:]], dim=1)
+
     def prompt_outputs(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
         """The states at the `length` inserted prompt positions [B, length, dim]."""
         return hidden[:, self.prompt_start:self.prompt_start + length]
 
     def input_outputs(self, hidden: torch.Tensor, length: int) -> torch.Tensor:
-        """The states of the input's own tokens, the `length` inserted prompt positions removed."""
+        """The states of the input's own tokens, the `length` inserted prompt positions removed (undoes `insert`)."""
         start = self.prompt_start
         return torch.cat([hidden[:, :start], hidden[:, start + length:]], dim=1)
 

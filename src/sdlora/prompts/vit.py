@@ -80,7 +80,7 @@ class PromptedViT(PromptInjection):
             if not isinstance(block.attn, PrefixAttention):
                 block.attn = PrefixAttention(block.attn)
             self.attentions.append(block.attn)
-        self.num_prefix_tokens = self.prompt_start = int(getattr(model, "num_prefix_tokens", 1))
+        self.prompt_start = int(getattr(model, "num_prefix_tokens", 1))  # after [CLS] (and any register tokens)
         self.tokens: torch.Tensor | None = None
         model.blocks.register_forward_pre_hook(self._insert_tokens)
 
@@ -93,8 +93,7 @@ class PromptedViT(PromptInjection):
             return None
         x = args[0]
         prompts = self.tokens.to(x.dtype).expand(x.shape[0], -1, -1)
-        n = self.num_prefix_tokens
-        return (torch.cat([x[:, :n], prompts, x[:, n:]], dim=1), *args[1:])
+        return (self.insert(x, prompts), *args[1:])
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
         """Final-norm token states [B, N (+ L prompt tokens after [CLS]), dim] (timm `forward_features`)."""
