@@ -221,9 +221,11 @@ def main() -> None:
     start = time.perf_counter()
     for preset in presets:
         print()
-        work = profile_steps if args.profile else run
-        extra = () if args.profile else (args.reps,)
-        print("\n".join(work(preset, args.tasks, *extra, args.batch, args.kernel)), flush=True)
+        if args.profile:
+            lines = profile_steps(preset, args.tasks, args.batch, args.kernel)
+        else:
+            lines = run(preset, args.tasks, args.reps, args.batch, args.kernel)
+        print("\n".join(lines), flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
