@@ -13,7 +13,7 @@ from PIL import Image
 import sdlora
 from export_helpers import text_run_config, train, write_text_files
 from sdlora.cli import main
-from sdlora.engine.learn import learn
+from sdlora.serving.learn import learn
 
 NEW = ["cancel my order", "track my package"]
 

@@ -260,7 +260,7 @@ def F_cos(a, b):  # noqa: ANN001, ANN201, N802
 
 def test_prompt_run_predicts_from_its_folder_but_refuses_a_plain_export(tmp_path, capsys):
     from sdlora.cli import main
-    from sdlora.predict import load_run
+    from sdlora.serving.predict import load_run
 
     data = tiny(method=L2P, train={"epochs": 1})
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())

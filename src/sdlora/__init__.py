@@ -9,7 +9,7 @@ def __getattr__(name: str):  # lazy: `import sdlora` stays light
 
         return getattr(model_api, name)
     if name == "load":
-        from sdlora.predict import load
+        from sdlora.serving.predict import load
 
         return load
     if name == "SDLoRAConfig":

@@ -37,12 +37,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sdlora.engine.learn import run_scenario
     from sdlora.engine.loop import evaluate
     from sdlora.engine.restore import restore_run
+    from sdlora.serving.learn_data import run_scenario
 
     run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
-    scenario = run_scenario(run.folder, run.cfg, run.seed)  # grown by `sdlora learn`, if it ran
+    scenario = run_scenario(run.run)  # grown by `sdlora learn`, if it ran
     task = scenario.task(run.tasks_done - 1)
     from torch.utils.data import DataLoader
 
@@ -76,8 +76,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from sdlora.predict import load
-    from sdlora.predict_io import read_inputs, rows, write_predictions
+    from sdlora.serving.predict import load
+    from sdlora.serving.predict_io import read_inputs, rows, write_predictions
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
@@ -85,22 +85,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classifier = load(args.model, args.seed, args.device or "cpu")
     if kind != classifier.takes:
         raise ValueError(f"{args.input} holds {kind} but {args.model} takes {classifier.takes}")
-    records = list(rows(inputs, classifier.predict(inputs, top_k=args.top_k)))
+    predictions = classifier.predict(inputs, top_k=args.top_k, on_corrupt=args.on_corrupt)
+    records = list(rows(inputs, predictions))
     write_predictions(records, Path(args.out) if args.out else None)
+    skipped = sum(not p for p in predictions)
     if args.out:
-        print(f"{len(records)} predictions written to {args.out}")
+        print(f"{len(records)} predictions written to {args.out}" + (f" ({skipped} unreadable inputs skipped: "
+                                                                       "label empty)" if skipped else ""))
     return 0
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    from sdlora.engine.learn import learn
     from sdlora.engine.runner import print_table
+    from sdlora.serving.learn import abandon, learn
 
+    if args.abandon:
+        if args.data or args.test or args.resume or args.set:
+            raise ValueError("--abandon takes no --data, --test, --resume or --set: it only puts the run back")
+        abandon(Path(args.run_dir), args.seed)
+        print(f"the interrupted learn is abandoned: {args.run_dir} is as it was before it")
+        return 0
     if (args.data is None or args.test is None) and not args.resume:
         raise ValueError("give the new task's files with --data and --test (or --resume an interrupted learn)")
-    result = learn(Path(args.run_dir), None if args.resume and args.data is None else Path(args.data),
-                   Path(args.test) if args.test else None, seed=args.seed, device=args.device or "cpu",
-                   text_column=args.text_column, label_column=args.label_column, quiet=args.quiet)
+    result = learn(Path(args.run_dir), Path(args.data) if args.data else None, Path(args.test) if args.test else None,
+                   seed=args.seed, device=args.device or "cpu", text_column=args.text_column,
+                   label_column=args.label_column, overrides=args.set, quiet=args.quiet)
     print_table(result, sys.stdout)
     return 0
 
@@ -175,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text-column", default="text", help="column of a table input (default text)")
     q.add_argument("--seed", type=int)
     q.add_argument("--device")
+    q.add_argument("--on-corrupt", default="stop", choices=["stop", "skip"],
+                   help="an unreadable image: stop with its path (default), or skip it (its row's label is empty)")
     q.set_defaults(func=cmd_predict)
 
     n = sub.add_parser("learn", help="continue a finished run with one more task of new classes from new files")
@@ -184,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--test", help="test data of the new classes, same kind (every task is evaluated; needed unless "
                                   "--resume)")
     n.add_argument("--resume", action="store_true", help="continue an interrupted learn")
+    n.add_argument("--abandon", action="store_true",
+                   help="drop an interrupted or failed learn: the run is put back exactly as it was before it")
+    n.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
+                   help="a training setting of the new task (e.g. train.epochs=3, train.loss=seen)")
     n.add_argument("--text-column", default="text")
     n.add_argument("--label-column", default="label")
     n.add_argument("--seed", type=int)
@@ -214,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     from sdlora.backbones.base import BackboneUnavailable
+    from sdlora.data.image_folder import CorruptImageError
     from sdlora.engine.checkpoint import CheckpointError
     from sdlora.engine.distributed import RankFailed
     from sdlora.engine.lock import OutputLocked
@@ -221,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from sdlora.engine.runner import OutputExists
 
     user_errors = (ConfigError, KeyError, FileNotFoundError, OutputExists, OutputLocked, TrainingDiverged, ValueError,
-                   BackboneUnavailable, CheckpointError, RankFailed)
+                   BackboneUnavailable, CheckpointError, RankFailed, CorruptImageError)
     try:
         return args.func(args)
     except user_errors as err:  # one line; the traceback only with -v

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,6 +31,8 @@ class Backbone(nn.Module):
     feature_dim: int
     default_targets: list[str]
     model: nn.Module
+    #: what the backbone takes: "text" (strings, tokenised by `tokenize`) or "images" (pixel tensors)
+    modality: ClassVar[str] = "images"
 
     @classmethod
     def data_config(cls, options: Any) -> dict[str, Any]:

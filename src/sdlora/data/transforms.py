@@ -230,8 +230,30 @@ def describe(options: TransformOptions, transforms: dict[str, T.Compose] | None 
             "train": repr(built["train"]), "test": repr(built["test"])}
 
 
+TRANSFORM_KEYS = ("image_size", "normalize", "augment", "timm")
+
+
+def transform_spec(options: TransformOptions) -> dict[str, Any]:
+    """What rebuilds these transforms anywhere (a run folder, an export): the transform options and the
+    backbone data config their `model` values were bound to."""
+    plain = to_dict(options)
+    return {"options": {k: plain[k] for k in TRANSFORM_KEYS}, "model_data": dict(options.model_data)}
+
+
+def transforms_from_spec(spec: dict[str, Any], model_data: dict[str, Any] | None = None) -> dict[str, T.Compose]:
+    """The train / test transforms of a `transform_spec`; `model_data` fills in a spec recorded without one
+    (exports written before specs were: `{"image_size": ..., "normalize": ...}`)."""
+    from sdlora.typed import from_dict
+
+    raw = spec.get("options", {k: v for k, v in spec.items() if k in TRANSFORM_KEYS})
+    options = from_dict(TransformOptions, raw, "preprocess")
+    options.bind_model(spec.get("model_data") or model_data or {})
+    return build_transforms(options)
+
+
 __all__ = [
-    "AUGMENTS", "Augment", "MeanStd", "NORMALIZATIONS", "Normalize", "Resolved", "TimmAugment", "TransformOptions",
+    "AUGMENTS", "TRANSFORM_KEYS", "Augment", "MeanStd", "NORMALIZATIONS", "Normalize", "Resolved", "TimmAugment",
+    "TransformOptions",
     "build_transforms", "describe", "eval_resize", "eval_transform", "official_eval", "official_train",
-    "train_transform",
+    "train_transform", "transform_spec", "transforms_from_spec",
 ]

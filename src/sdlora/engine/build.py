@@ -6,12 +6,15 @@ import dataclasses
 import inspect
 from typing import Any
 
+import torch
+
 from sdlora.backbones.base import Backbone
 from sdlora.config import RunConfig, resolve_options
 from sdlora.data.base import BenchmarkData, resolve_data_root
 from sdlora.data.scenario import Scenario
-from sdlora.data.transforms import TransformOptions
+from sdlora.data.transforms import TransformOptions, transform_spec
 from sdlora.engine.loggers import check_loggers
+from sdlora.engine.seeding import seed_everything
 from sdlora.methods.base import Method
 from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 from sdlora.typed import ConfigError, to_dict
@@ -23,13 +26,32 @@ def backbone_data_config(cfg: RunConfig) -> dict[str, Any]:
     return entry.data_config(resolve_options(entry.Options, cfg.backbone.options, "backbone.options"))
 
 
-def make_benchmark(cfg: RunConfig) -> Any:
-    """The benchmark object; image benchmarks get the backbone's data config for their `model` options."""
+def benchmark_options(cfg: RunConfig) -> Any:
+    """The benchmark's options; image benchmarks' `model` values bound to the backbone's data config."""
     entry = BENCHMARKS.get(cfg.benchmark.name)
     options = resolve_options(entry.Options, cfg.benchmark.options, "benchmark.options")
     if isinstance(options, TransformOptions) and options.needs_model():  # a paper config needs no backbone
         options.bind_model(backbone_data_config(cfg))
-    return entry(options, resolve_data_root(cfg.benchmark.data_root))
+    return options
+
+
+def make_benchmark(cfg: RunConfig) -> Any:
+    """The benchmark object, built from `benchmark_options`."""
+    entry = BENCHMARKS.get(cfg.benchmark.name)
+    return entry(benchmark_options(cfg), resolve_data_root(cfg.benchmark.data_root))
+
+
+def run_preprocess(cfg: RunConfig) -> dict[str, Any] | None:
+    """How a run turns images into tensors (`transform_spec`: options and the bound backbone data config), the one
+    answer for train, learn, predict and exports; None for text backbones. A benchmark without transform options
+    (synthetic tensors) gets no augmentation at the backbone's input size and [0, 1] pixels."""
+    if BACKBONES.get(cfg.backbone.name).modality != "images":
+        return None
+    options = benchmark_options(cfg)
+    if not isinstance(options, TransformOptions):
+        options = TransformOptions(image_size="model", augment="none")
+        options.bind_model(backbone_data_config(cfg))
+    return transform_spec(options)
 
 
 def build_benchmark(cfg: RunConfig) -> BenchmarkData:
@@ -44,6 +66,14 @@ def build_scenario(cfg: RunConfig, data: BenchmarkData, seed: int) -> Scenario:
 def build_backbone(cfg: RunConfig) -> Backbone:
     entry = BACKBONES.get(cfg.backbone.name)
     return entry(resolve_options(entry.Options, cfg.backbone.options, "backbone.options"))
+
+
+def build_model(cfg: RunConfig, seed: int, device: torch.device | str) -> Method:
+    """Seed, then backbone, then method, on `device`: the one way a run's model is built (train, resume, eval,
+    learn, predict, load), so random-init backbones and heads come out the same every time."""
+    seed_everything(seed, cfg.deterministic)
+    backbone = build_backbone(cfg).to(device)
+    return build_method(cfg, backbone).to(device)
 
 
 def build_method(cfg: RunConfig, backbone: Backbone) -> Method:

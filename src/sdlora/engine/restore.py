@@ -1,4 +1,4 @@
-"""Rebuild a finished run's model from its folder (for `sdlora eval` and `sdlora export`)."""
+"""Rebuild a finished run's model from its folder (for `sdlora eval`, `export`, `predict` and `sdlora.load`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from sdlora.config import RunConfig, load_config
+from sdlora.config import RunConfig
 from sdlora.engine import build
-from sdlora.engine.checkpoint import load_checkpoint
-from sdlora.engine.seeding import seed_everything
+from sdlora.engine.run_folder import RunFolder, find_seed_folder
 from sdlora.methods.base import Method
+
+__all__ = ["RestoredRun", "export_run", "find_seed_folder", "restore_run"]
 
 
 @dataclass
@@ -23,56 +23,31 @@ class RestoredRun:
     folder: Path
     method: Method
     tasks_done: int
+    run: RunFolder
 
 
-def find_seed_folder(run_dir: Path, seed: int | None = None) -> Path:
-    """A seed folder itself, or the one seed folder of a run (or the one `seed` names)."""
-    run_dir = Path(run_dir)
-    if (run_dir / "checkpoints").is_dir():
-        return run_dir
-    folders = sorted(run_dir.glob("seed-*"))
-    if seed is not None:
-        folders = [f for f in folders if f.name == f"seed-{seed}"]
-    if not folders:
-        raise FileNotFoundError(f"{run_dir} holds no run (no checkpoints/ and no seed-*/ folders)")
-    if len(folders) > 1:
-        raise ValueError(f"{run_dir} holds {len(folders)} seeds ({', '.join(f.name for f in folders)}); "
-                         "choose one with --seed or pass the seed folder")
-    return folders[0]
-
-
-def check_weights(info: dict, results_file: Path) -> None:
+def check_weights(info: dict, record: dict, results_file: Path) -> None:
     """The rebuilt backbone must carry the weights the run was trained on (same sha256)."""
-    if not results_file.is_file():
-        return
-    recorded = json.loads(results_file.read_text()).get("backbone", {}).get("weights_sha256")
+    recorded = record.get("backbone", {}).get("weights_sha256")
     if recorded and info.get("weights_sha256") and recorded != info["weights_sha256"]:
         raise ValueError(f"the backbone weights differ from the run's (sha256 {info['weights_sha256'][:12]}... "
                          f"vs {recorded[:12]}... in {results_file}); the pretrained weights changed")
 
 
 def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> RestoredRun:
-    folder = find_seed_folder(run_dir, seed)
-    config_file = next((p / "config.yaml" for p in (folder, folder.parent) if (p / "config.yaml").is_file()), None)
-    if config_file is None:
-        raise FileNotFoundError(f"no config.yaml next to {folder}")
-    cfg = load_config(data=yaml.safe_load(config_file.read_text()), source=str(config_file))
-    loaded = load_checkpoint(folder / "checkpoints")
-    if loaded is None:
-        raise FileNotFoundError(f"{folder / 'checkpoints'} has no checkpoint")
-    meta, tensors = loaded
+    """The finished model of a run folder: `build.build_model` (seed, backbone, method) + its last checkpoint."""
+    run = RunFolder.open(run_dir, seed)
+    meta, tensors = run.checkpoint()
     if not meta["position"]["finished"]:
-        raise ValueError(f"{folder}: the last checkpoint is in the middle of task {meta['position']['task'] + 1}; "
-                         "finish the run with `sdlora train ... --resume` first")
-    seed_value = int(folder.name.split("-", 1)[1]) if folder.name.startswith("seed-") else cfg.seeds[0]
-    seed_everything(seed_value)  # as the trainer did: random-init backbones come out the same
-    backbone = build.build_backbone(cfg).to(device)
-    check_weights(backbone.info(), folder / "results.json")
-    method = build.build_method(cfg, backbone).to(device)
+        raise ValueError(f"{run.folder}: the last checkpoint is in the middle of task {meta['position']['task'] + 1}; "
+                         + ("finish it with `sdlora learn ... --resume` (or --abandon) first" if run.pending else
+                            "finish the run with `sdlora train ... --resume` first"))
+    method = build.build_model(run.cfg, run.seed, device)
+    check_weights(method.backbone.info(), run.record, run.folder / "results.json")
     method.load_checkpoint_state(meta["method"], {k[7:]: v.to(device) for k, v in tensors.items()
                                                   if k.startswith("method.")})
     method.to(device)
-    return RestoredRun(cfg, seed_value, folder, method, meta["position"]["task"] + 1)
+    return RestoredRun(run.cfg, run.seed, run.folder, method, meta["position"]["task"] + 1, run)
 
 
 def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:

@@ -27,6 +27,10 @@ SEED_REPORTS = ("metrics.csv", "accuracy_curve.png", "accuracy_matrix.png")
 RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
 
 
+#: config keys a resumed run (and `sdlora learn --set`) may change: they change nothing already computed
+MAY_CHANGE_ON_RESUME = ("benchmark.options.on_corrupt",)
+
+
 class OutputExists(FileExistsError):
     """The output folder holds another run."""
 
@@ -73,8 +77,9 @@ def check_resumed_config(saved: Path, cfg: RunConfig) -> None:
         previous = config_to_dict(build.validate_plugins(load_config(data=data, source=str(saved))))
     except ConfigError as err:
         raise ConfigError(f"--resume: the config saved in {saved} is not valid any more ({err})") from None
-    if previous != config_to_dict(cfg):
-        diff = ", ".join(differing_keys(previous, config_to_dict(cfg))) or "?"
+    differing = [k for k in differing_keys(previous, config_to_dict(cfg)) if k not in MAY_CHANGE_ON_RESUME]
+    if differing:
+        diff = ", ".join(differing)
         raise ValueError(f"--resume: the config differs from the one saved in {saved} ({diff}); "
                          "resume with the same config")
 
@@ -109,7 +114,7 @@ def interactive() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-def _file_logger(path: Path) -> logging.Handler:
+def file_logger(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, mode="a")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
@@ -169,8 +174,7 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
             if previous.get("status") == "complete":
                 log.info("seed %d already complete", seed)
                 if main and not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
-                    write_metrics_csv(previous, folder / "metrics.csv")
-                    write_plots(previous, folder)
+                    write_seed_reports(previous, folder)
                 results.append(previous)
                 continue
             log.info("seed %d: %s on %s with %s, device %s%s", seed, cfg.method.name, cfg.benchmark.name,
@@ -179,8 +183,7 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
             trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint)
             result = trainer.run(resume=resume)
             if main:
-                write_metrics_csv(result, folder / "metrics.csv")
-                write_plots(result, folder)
+                write_seed_reports(result, folder)
                 print_table(result, stream or sys.stdout)
             results.append(result)
         finally:
@@ -208,7 +211,24 @@ def _prepare_locked(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) ->
 def _seed_log(folder: Path) -> logging.Handler:
     """Rank 0: the seed's folder and its train.log (other ranks get None from `from_main`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return _file_logger(folder / "train.log")
+    return file_logger(folder / "train.log")
+
+
+def write_seed_reports(result: dict[str, Any], folder: Path) -> None:
+    """metrics.csv and both plots of one seed, from its results.json."""
+    write_metrics_csv(result, folder / "metrics.csv")
+    write_plots(result, folder)
+
+
+def write_summary(out: Path) -> dict[str, Any]:
+    """OUT/summary.json again from the results.json of every seed folder in `out` (after `sdlora learn`)."""
+    results = [json.loads(f.read_text()) for f in sorted(out.glob("seed-*/results.json"))]
+    summary_file = out / "summary.json"
+    if not results or not summary_file.is_file():
+        return {}
+    summary = {**summarize_runs(results), "out": json.loads(summary_file.read_text()).get("out", str(out))}
+    write_json_atomic(summary_file, summary)
+    return summary
 
 
 def write_plots(result: dict[str, Any], folder: Path) -> None:

@@ -34,7 +34,7 @@ from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
 from sdlora.engine.results import RunRecord
-from sdlora.engine.seeding import data_generator, rng_state, seed_everything, set_rng_state
+from sdlora.engine.seeding import data_generator, rng_state, set_rng_state
 from sdlora.methods.base import Method
 from sdlora.typed import ConfigError
 
@@ -56,15 +56,17 @@ class Trainer:
     """Runs one seed of a config into `out_dir`."""
 
     def __init__(self, cfg: RunConfig, seed: int, out_dir: Path, device: torch.device, data: BenchmarkData,
-                 quiet: bool = False, on_checkpoint: CheckpointHook | None = None) -> None:
+                 quiet: bool = False, on_checkpoint: CheckpointHook | None = None, scenario: Scenario | None = None,
+                 record: type[RunRecord] = RunRecord) -> None:
+        """`scenario`: the tasks to run (default: the config's over `data`); `sdlora learn` continues a run with
+        its grown scenario and a record that keeps old tasks' last accuracy when their test data is gone."""
         self.cfg, self.seed, self.out_dir, self.device = cfg, seed, Path(out_dir), device
         self.quiet = quiet or not distributed.is_main()
         self.on_checkpoint = on_checkpoint
-        seed_everything(seed, cfg.deterministic)
-        self.scenario: Scenario = build.build_scenario(cfg, data, seed)
-        self.backbone = build.build_backbone(cfg).to(device)
-        self.method: Method = build.build_method(cfg, self.backbone).to(device)
-        self.record = RunRecord.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
+        self.scenario: Scenario = scenario if scenario is not None else build.build_scenario(cfg, data, seed)
+        self.method: Method = build.build_model(cfg, seed, device)
+        self.backbone = self.method.backbone
+        self.record = record.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.counter = 0
         self.step = 0  # optimiser steps so far (the x axis of the scalar logs)

@@ -33,11 +33,13 @@ class ExportSource:
     class_names: list[str]
     record: dict[str, Any] = field(default_factory=dict)  # results.json of the run (may be empty)
     backbone_config: dict[str, Any] = field(default_factory=dict)  # {"name", "options"} of the config
-    preprocess: dict[str, Any] = field(default_factory=dict)  # image_size / normalize of an image benchmark
+    preprocess: dict[str, Any] = field(default_factory=dict)  # `transform_spec` of an image run ({} for text)
 
     @classmethod
     def from_run(cls, run: Any) -> ExportSource:
         """From `sdlora.engine.restore.RestoredRun`."""
+        from sdlora.engine.build import run_preprocess
+
         method = run.method
         state = {k: v.detach().cpu() for k, v in method.export_state_dict().items()}
         merged = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -50,8 +52,7 @@ class ExportSource:
                    classifier="cosine" if method.prototypes is not None else "linear", class_names=names,
                    record=record, backbone_config={"name": run.cfg.backbone.name,
                                                    "options": dict(run.cfg.backbone.options)},
-                   preprocess={k: v for k, v in run.cfg.benchmark.options.items()
-                               if k in ("image_size", "normalize")})
+                   preprocess=run_preprocess(run.cfg) or {})
 
     @property
     def num_classes(self) -> int:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sdlora.predict import TopK
+from sdlora.serving.predict import TopK
 
 
 def read_lines(path: Path, column: str) -> list[str]:
@@ -64,7 +64,11 @@ def read_inputs(path: Path, column: str = "text") -> tuple[list[str], str]:
 
 
 def rows(inputs: list[str], predictions: list[TopK]) -> Iterator[dict[str, Any]]:
+    """One record per input, in input order; an input skipped as unreadable gets label and score None."""
     for item, top in zip(inputs, predictions, strict=True):
+        if not top:
+            yield {"input": item, "label": None, "score": None, "top_k": [], "error": "unreadable"}
+            continue
         yield {"input": item, "label": top[0][0], "score": round(top[0][1], 6),
                "top_k": [{"label": label, "score": round(score, 6)} for label, score in top]}
 
@@ -75,7 +79,7 @@ def write_jsonl(records: list[dict[str, Any]], stream: TextIO) -> None:
 
 
 def write_csv(records: list[dict[str, Any]], stream: TextIO) -> None:
-    k = max(len(r["top_k"]) for r in records)
+    k = max((len(r["top_k"]) for r in records), default=1)
     writer = csv.writer(stream)
     writer.writerow(["input", "label", "score", *[f"{w}_{i}" for i in range(2, k + 1) for w in ("label", "score")]])
     for r in records:

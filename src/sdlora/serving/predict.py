@@ -10,6 +10,7 @@ Sources are found through `SOURCES` (a registry: run folder, timm export, hf exp
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,23 +25,29 @@ from sdlora.export.common import MANIFEST
 
 TopK = list[tuple[str, float]]
 
+log = logging.getLogger("sdlora")
+
+
+class UnreadableInput(ValueError):
+    """An input that cannot be read (a corrupt or missing image); the message names it."""
+
 
 @dataclass
 class Classifier:
     """features(collated batch) -> [N, D]; a linear or cosine head over `class_names`."""
 
-    backbone: Any  # an sdlora Backbone (tokenize / collate, forward)
+    backbone: Any  # an sdlora Backbone (tokenize / collate, forward; `modality` says what it takes)
     features_fn: Callable[[Any], Tensor]
     weight: Tensor
     bias: Tensor
     kind: str  # "linear" | "cosine"
     class_names: list[str]
-    preprocess: Callable[[Any], Tensor] | None = None  # image -> tensor (image models)
+    preprocess: Callable[[Any], Tensor] | None = None  # RGB PIL image -> tensor (image models)
 
     @property
     def takes(self) -> str:
-        """"text" or "images"."""
-        return "text" if hasattr(self.backbone, "tokenize") else "images"
+        """"text" or "images" (the backbone's `modality`)."""
+        return self.backbone.modality
 
     def _batch(self, items: Sequence[Any]) -> Any:
         if self.takes == "text":
@@ -53,13 +60,13 @@ class Classifier:
         return torch.stack([self._image(x) for x in items])
 
     def _image(self, item: Any) -> Tensor:
+        """A tensor as it is (already preprocessed); a path, PIL image of any mode or numpy array (HxW or HxWxC,
+        uint8, or floats in [0, 1]) through the run's evaluation transform as RGB."""
         if isinstance(item, Tensor):
             return item
-        from sdlora.data.image_folder import open_rgb
-
-        image = open_rgb(item) if isinstance(item, str | Path) else item
-        assert self.preprocess is not None
-        return self.preprocess(image)
+        if self.preprocess is None:
+            raise ValueError("this model was trained on tensors (no image transform recorded): pass tensors")
+        return self.preprocess(as_rgb(item))
 
     @torch.no_grad()
     def logits(self, items: Sequence[Any], batch_size: int = 64) -> Tensor:
@@ -79,33 +86,83 @@ class Classifier:
     def scores(self, logits: Tensor) -> Tensor:
         return logits if self.kind == "cosine" else logits.softmax(-1)
 
-    def predict(self, items: Sequence[Any], top_k: int = 1, batch_size: int = 64) -> list[TopK]:
-        """Per input, the `top_k` (class name, score) pairs, best first."""
+    def predict(self, items: Sequence[Any], top_k: int = 1, batch_size: int = 64,
+                on_corrupt: str = "stop") -> list[TopK]:
+        """Per input, the `top_k` (class name, score) pairs, best first. An unreadable image input raises
+        `UnreadableInput` naming it (`on_corrupt="stop"`), or gets an empty list (`"skip"`)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        scores = self.scores(self.logits(items, batch_size))
+        if on_corrupt not in ("stop", "skip"):
+            raise ValueError(f"on_corrupt: {on_corrupt!r} is not allowed; allowed: 'stop' | 'skip'")
+        if isinstance(items, str | Path):
+            raise ValueError("predict takes a list of inputs, not a single string / path")
+        readable = list(range(len(items)))
+        if self.takes == "images":
+            readable = [i for i, x in enumerate(items) if readable_image(x, on_corrupt)]
+        scores = self.scores(self.logits([items[i] for i in readable], batch_size))
         values, index = scores.topk(min(top_k, len(self.class_names)), dim=-1)
-        return [[(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist(), strict=True)]
-                for vs, ix in zip(values, index, strict=True)]
+        out: list[TopK] = [[] for _ in items]
+        for i, vs, ix in zip(readable, values.tolist(), index.tolist(), strict=True):
+            out[i] = [(self.class_names[c], float(v)) for v, c in zip(vs, ix, strict=True)]
+        return out
+
+
+def as_rgb(item: Any) -> Any:
+    """A path, PIL image (any mode: L, P, RGBA, I;16...) or numpy array as an RGB PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    from sdlora.data.image_folder import READ_ERRORS, open_rgb
+
+    if isinstance(item, str | Path):
+        try:
+            return open_rgb(item)
+        except READ_ERRORS as err:
+            raise UnreadableInput(f"unreadable image {item}: {err}") from None
+    if isinstance(item, np.ndarray):
+        array = item
+        if array.dtype != np.uint8:
+            array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        item = Image.fromarray(array)
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")  # as `open_rgb` reads files, so a PIL image predicts like its file
+    raise ValueError(f"cannot read a {type(item).__name__} as an image (give paths, PIL images, numpy arrays or "
+                     "tensors)")
+
+
+def readable_image(item: Any, on_corrupt: str) -> bool:
+    """Whether an image input can be read; an unreadable path raises (`stop`) or is skipped with a warning."""
+    if not isinstance(item, str | Path):
+        return True
+    from sdlora.data.image_folder import READ_ERRORS, verify_image
+
+    try:
+        verify_image(item)
+        return True
+    except READ_ERRORS as err:
+        message = f"unreadable image {item}: {err}"
+        if on_corrupt == "stop":
+            raise UnreadableInput(message + " (--on-corrupt skip predicts the other inputs)") from None
+        log.warning("skipping %s", message)
+        return False
 
 
 # -- sources ---------------------------------------------------------------------------------------
 
 
-def _image_preprocess(options: dict[str, Any], backbone: Any) -> Callable[[Any], Tensor] | None:
-    """The benchmark's evaluation transform; image size from its options, else the model's input size."""
-    from sdlora.data.transforms import eval_transform
-
-    model = getattr(backbone, "model", None)
-    if getattr(model, "pretrained_cfg", None) is None:
+def _preprocess(spec: dict[str, Any] | None, backbone: Any) -> Callable[[Any], Tensor] | None:
+    """The evaluation transform of a recorded `transform_spec` (None for text models)."""
+    if backbone.modality != "images" or not spec:
         return None
-    patch_embed = getattr(model, "patch_embed", None)
-    model_size = getattr(patch_embed, "img_size", None) or model.pretrained_cfg.get("input_size", (224,))[-1:]
-    size = int(options.get("image_size", model_size[-1]))
-    return eval_transform(size, str(options.get("normalize", "none")))
+    from sdlora.data.transforms import transforms_from_spec
+
+    return transforms_from_spec(spec, backbone.data_config(backbone.options))["test"]
 
 
 def load_run(path: Path, seed: int | None = None, device: str = "cpu") -> Classifier:
+    from sdlora.engine.build import run_preprocess
     from sdlora.engine.restore import restore_run
     from sdlora.export.common import ExportSource
 
@@ -114,7 +171,7 @@ def load_run(path: Path, seed: int | None = None, device: str = "cpu") -> Classi
     method = run.method.eval()
     return Classifier(method.backbone, method.features, source.head_weight.to(device),
                       source.head_bias.to(device), source.classifier, source.class_names,
-                      _image_preprocess(run.cfg.benchmark.options, method.backbone))
+                      _preprocess(run_preprocess(run.cfg), method.backbone))
 
 
 def _backbone(manifest: dict[str, Any], options: dict[str, Any]) -> Any:
@@ -134,7 +191,7 @@ def load_timm_export(path: Path, manifest: dict[str, Any], device: str = "cpu") 
     state = load_file(str(path / manifest["weights"]))
     return Classifier(backbone, backbone, state["head.weight"].to(device), state["head.bias"].to(device),
                       manifest["classifier"], manifest["class_names"],
-                      _image_preprocess(manifest["preprocess"], backbone))
+                      _preprocess(manifest["preprocess"], backbone))
 
 
 def load_hf_export(path: Path, manifest: dict[str, Any], device: str = "cpu") -> Classifier:
