@@ -34,3 +34,20 @@ def tiny_text_run(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("text")
     return train(text_run_config(folder), folder / "run")
+
+
+@pytest.fixture(scope="session")
+def clinc_two_task_run(tmp_path_factory, data_root) -> Path:
+    """configs/clinc150.yaml cut down (real MiniLM, 2 tasks of 15 intents, 12 samples per intent, seed 1993): its
+    seed folder. Read only: copy it before changing it."""
+    import io
+
+    from sdlora.config import load_config
+    from sdlora.engine.runner import run_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "clinc150.yaml"
+    cfg = load_config(config, [f"benchmark.data_root={data_root}", "benchmark.options.max_per_class=12",
+                               "benchmark.num_tasks=2", "seeds=[1993]"])
+    out = tmp_path_factory.mktemp("clinc") / "run"
+    run_config(cfg, out, quiet=True, stream=io.StringIO())
+    return out / "seed-1993"

@@ -1,23 +1,19 @@
 """The README's main job, shrunk: configs/clinc150.yaml with the real MiniLM on a CLINC150 subset, 2 tasks."""
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 
 from sdlora.config import load_config
-from sdlora.engine.runner import run_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "clinc150.yaml"
 
 
 @pytest.mark.slow
-def test_main_config_runs_end_to_end_on_a_subset(tmp_path, data_root):
-    cfg = load_config(CONFIG, [f"benchmark.data_root={data_root}", "benchmark.options.max_per_class=12",
-                               "benchmark.num_tasks=2", "seeds=[1993]"])
-    run_config(cfg, tmp_path / "run", quiet=True, stream=io.StringIO())
-    result = json.loads((tmp_path / "run" / "seed-1993" / "results.json").read_text())
+def test_main_config_runs_end_to_end_on_a_subset(clinc_two_task_run):
+    cfg = load_config(CONFIG)
+    result = json.loads((clinc_two_task_run / "results.json").read_text())
     assert result["status"] == "complete" and result["num_tasks"] == 2
     assert result["task_sizes"] == [15, 15] and result["task_test_counts"] == [15 * 12, 15 * 12]
     assert result["backbone"]["source"] == "package" and result["data"]["sha256"].startswith("36923c37")

@@ -3,6 +3,7 @@
     model = get_sdlora_model(model, SDLoRAConfig(rank=8))   # default targets chosen from the model
     model.begin_task(); ...train with any optimiser over model.parameters() (Trainer, Lightning...)...
     model.end_task(); model.print_trainable_parameters()
+    model.save_pretrained("ckpt"); SDLoRAModel.from_pretrained(fresh_model, "ckpt")  # unmerged: continue later
     plain = model.merge_and_unload()                       # plain nn.Linear layers back, plain state_dict keys
 
 The returned `SDLoRAModel` registers the model as `base_model` and the shared magnitudes as the submodule
@@ -15,12 +16,19 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+
+ADAPTER_FILE = "sdlora_adapter.safetensors"
+TRAINED_FILE = "sdlora_modules_to_train.safetensors"
+MODEL_FILE = "sdlora_model.json"
 
 # -- default targets -------------------------------------------------------------------------------
 
@@ -109,6 +117,61 @@ class SDLoRAModel(nn.Module):
         trainable, total = self.trainable_parameter_counts()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    # -- save / load the unmerged state ------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike[str], **kwargs: Any) -> None:
+        """Save what SD-LoRA adds, unmerged, to continue with the next task later: every direction, the magnitudes,
+        the task count and an open task (sdlora_adapter.safetensors), and the weights of `modules_to_train`.
+        The base model's own weights are not written: rebuild it as before and call `from_pretrained(model,
+        folder)`. For a plain model that loads anywhere, save `merge_and_unload()` instead."""
+        if kwargs:
+            raise TypeError(f"SDLoRAModel.save_pretrained takes no {sorted(kwargs)}: it writes the unmerged adapter "
+                            "only; for a plain transformers checkpoint use merge_and_unload().save_pretrained(...)")
+        if self.adapter.merged:
+            raise RuntimeError("the directions are merged into the weights: unmerge first, or save the plain model "
+                               "with merge_and_unload().save_pretrained(...)")
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.adapter.save(folder / ADAPTER_FILE)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trained_module_state().items()},
+                  str(folder / TRAINED_FILE))
+        (folder / MODEL_FILE).write_text(json.dumps({"format": "sdlora-model-1", "modules_to_train":
+                                                     self.modules_to_train, "base_model": type(self.base_model)
+                                                     .__name__}, indent=2))
+
+    def trained_module_state(self) -> dict[str, Any]:
+        """The state of the modules `modules_to_train` names (e.g. a classifier), by their names in the model."""
+        names = [n for n, _ in self.base_model.named_modules() if n and any(fnmatch.fnmatchcase(n, p)
+                                                                             for p in self.modules_to_train)]
+        state = self.base_model.state_dict()
+        return {k: v for k, v in state.items() if any(k.startswith(f"{n}.") for n in names)}
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, folder: str | os.PathLike[str]) -> SDLoRAModel:
+        """`model` (the same base model, freshly built) with the state `save_pretrained` wrote into `folder`:
+        training goes on with `begin_task()` of the next task exactly as it would have in memory."""
+        from safetensors.torch import load_file
+
+        from sdlora.adapters.io import read_adapter_file
+
+        folder = Path(folder)
+        if not (folder / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{folder} holds no SDLoRAModel.save_pretrained output ({MODEL_FILE} missing)")
+        meta = json.loads((folder / MODEL_FILE).read_text())
+        structure, tensors = read_adapter_file(folder / ADAPTER_FILE)
+        wrapped = cls(model, SDLoRAConfig.from_dict(structure["config"]), meta["modules_to_train"])
+        wrapped.adapter.load_state(structure, tensors)
+        trained = load_file(str(folder / TRAINED_FILE))
+        own = wrapped.trained_module_state()
+        if set(trained) != set(own):
+            only_saved, only_here = sorted(set(trained) - set(own))[:5], sorted(set(own) - set(trained))[:5]
+            raise ValueError(f"{folder}: the saved modules_to_train weights do not fit this model (only saved: "
+                             f"{only_saved}, only here: {only_here})")
+        for key, value in trained.items():
+            own[key].copy_(value)
+        return wrapped
 
     # -- merge -------------------------------------------------------------------------------------
     def merge_and_unload(self) -> nn.Module:

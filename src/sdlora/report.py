@@ -61,15 +61,18 @@ def _default_option(method: str, key: str) -> Any:
 
 
 def run_label(run: dict) -> str:
-    """config.name, else `method` or `method-variant` when the variant option is not the default."""
+    """config.name, else `method` or `method-variant` when the variant option is not the default; `+N learned`
+    when `sdlora learn` added N tasks to the run (its metrics then cover them)."""
+    learned = len(((run.get("data") or {}).get("learn") or {}).get("learned", []))
+    suffix = f" +{learned} learned" if learned else ""
     config = run.get("config") or {}
     if config.get("name"):
-        return str(config["name"])
+        return str(config["name"]) + suffix
     method = str(run.get("method", "?"))
     variant = ((config.get("method") or {}).get("options") or {}).get("variant")
     if variant is None or variant == _default_option(method, "variant"):
-        return method
-    return f"{method}-{variant}"
+        return method + suffix
+    return f"{method}-{variant}{suffix}"
 
 
 def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
