@@ -110,3 +110,61 @@ def test_hf_trainer_trains_the_magnitudes_and_save_pretrained_writes_plain_keys(
     batch = {"input_ids": torch.randint(1, 100, (2, 6))}
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, plain.eval()(**batch).logits)
+
+
+def _tiny_bert_classifier(seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3)
+    return BertForSequenceClassification(config)
+
+
+def _train_task(model, steps: int = 3, seed: int = 0) -> None:
+    """begin_task, a few SGD steps on fixed random batches, end_task."""
+    model.begin_task()
+    torch.manual_seed(100 + seed)
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        ids = torch.randint(1, 100, (4, 6))
+        loss = model(input_ids=ids, labels=torch.randint(0, 3, (4,))).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.end_task()
+
+
+def test_unmerged_save_pretrained_then_from_pretrained_continues_like_memory(tmp_path):
+    """(issue 21, e) save after 2 tasks, load into a fresh base model, train task 3: the same as in memory."""
+    from sdlora.model_api import SDLoRAModel
+
+    memory = sdlora.get_sdlora_model(_tiny_bert_classifier(), SDLoRAConfig(rank=2), modules_to_train=["classifier"])
+    for task in range(2):
+        _train_task(memory, seed=task)
+    memory.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "sdlora_adapter.safetensors", "sdlora_model.json", "sdlora_modules_to_train.safetensors"]
+    loaded = SDLoRAModel.from_pretrained(_tiny_bert_classifier(), tmp_path / "ckpt")
+    assert loaded.adapter.num_tasks == 2 and loaded.adapter.ranks == memory.adapter.ranks
+    torch.testing.assert_close(loaded.sdlora_magnitudes.alpha, memory.sdlora_magnitudes.alpha, atol=0, rtol=0)
+    old_magnitudes = memory.sdlora_magnitudes.alpha.detach().clone()
+    _train_task(memory, seed=2)
+    _train_task(loaded, seed=2)
+    assert not torch.equal(memory.sdlora_magnitudes.alpha[:2], old_magnitudes)  # old magnitudes kept learning
+    batch = {"input_ids": torch.randint(1, 100, (3, 6))}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch).logits, memory.eval()(**batch).logits, atol=1e-6, rtol=0)
+
+
+def test_save_pretrained_of_the_wrapper_never_writes_a_base_checkpoint_with_missing_weights(tmp_path):
+    model = sdlora.get_sdlora_model(_tiny_bert_classifier(), SDLoRAConfig(rank=2))
+    _train_task(model)
+    with pytest.raises(TypeError, match="merge_and_unload"):
+        model.save_pretrained(tmp_path / "x", safe_serialization=True)  # what a transformers caller passes
+    model.save_pretrained(tmp_path / "ok")
+    assert not (tmp_path / "ok" / "config.json").exists()  # no half-model that AutoModel would load
+    from sdlora.model_api import SDLoRAModel
+
+    with pytest.raises(FileNotFoundError, match="sdlora_model.json"):
+        SDLoRAModel.from_pretrained(_tiny_bert_classifier(), tmp_path / "nothing")
