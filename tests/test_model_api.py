@@ -121,11 +121,11 @@ def _tiny_bert_classifier(seed: int = 0):
     return BertForSequenceClassification(config)
 
 
-def _train_task(model, steps: int = 3, seed: int = 0) -> None:
+def _train_task(model, steps: int = 6, seed: int = 0) -> None:
     """begin_task, a few SGD steps on fixed random batches, end_task."""
+    torch.manual_seed(100 + seed)  # the new direction's random init too
     model.begin_task()
-    torch.manual_seed(100 + seed)
-    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     for _ in range(steps):
         ids = torch.randint(1, 100, (4, 6))
         loss = model(input_ids=ids, labels=torch.randint(0, 3, (4,))).loss
