@@ -18,6 +18,7 @@ def test_every_example_of_docs_api_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "['blocks.0.attn.qkv', 'blocks.1.attn.qkv']" in printed and "trainable params: 2 ||" in printed
     assert (tmp_path / "bert-sdlora" / "model.safetensors").is_file()
+    assert "\n1 [2]\n" in printed and (tmp_path / "bert-sdlora-task1" / "sdlora_adapter.safetensors").is_file()
     assert "['alarm', 'bill', 'music']" in printed
     run_line, export_line = [line for line in printed.splitlines() if line.startswith("[[(")]
     assert run_line.count("'") == export_line.count("'") and run_line[:20] == export_line[:20]
