@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -246,3 +247,31 @@ def test_data_check_without_data_fails_cleanly(tmp_path):
     out = io.StringIO()
     assert run_check(run_config("cub200", tmp_path), out=out) == 1
     assert "train folder not found" in out.getvalue()
+
+
+def test_a_run_stopped_by_a_corrupt_image_continues_with_the_fix_its_message_gives(tmp_path, capsys):
+    import shlex
+
+    import yaml
+
+    from engine_helpers import TINY_VIT, tiny
+    from sdlora.cli import main
+
+    root = make_tree(tmp_path / "tree", CLASSES[:4], train=3, test=2)
+    (root / "train" / CLASSES[2] / "1.png").write_bytes(b"not an image")  # a class of task 2
+    data = tiny(benchmark={"name": "image_folder", "class_order": "sorted", "init_classes": 2, "increment": 2,
+                           "options": {"root": str(root), "image_size": 32}},
+                backbone={"name": "timm_vit", "options": TINY_VIT},
+                method={"name": "sdlora", "options": {"rank": 2}}, train={"epochs": 1})
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(data))
+    command = ["train", str(config), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert str(root / "train" / CLASSES[2] / "1.png") in err
+    fix = err.split("continue with `", 1)[1].split("`", 1)[0]
+    assert fix == "--set benchmark.options.on_corrupt=skip --resume"
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert main(command + shlex.split(fix)) == 0
+    result = json.loads((tmp_path / "run" / "seed-3" / "results.json").read_text())
+    assert result["status"] == "complete" and result["task_sizes"] == [2, 2]
