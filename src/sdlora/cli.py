@@ -59,6 +59,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sdlora.engine.restore import export_run, restore_run
 
+    if args.format is not None:
+        from sdlora.export import EXPORT_FORMATS
+
+        EXPORT_FORMATS.get(args.format)  # an unknown format: the registry's message, before the model loads
     run = restore_run(Path(args.run_dir), args.seed)
     if args.format is not None:
         from sdlora.export import export_run_as
@@ -169,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="merged backbone + head: a timm / transformers / PEFT folder, or one file")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True, help="a folder with --format, else a .safetensors file")
-    x.add_argument("--format", choices=["timm", "hf", "peft"],
-                   help="timm folder, transformers save_pretrained folder, or PEFT LoRA adapter (default: one "
-                        "safetensors file with backbone.* and head.* keys)")
+    x.add_argument("--format", help="an export format of `sdlora list` (timm folder, transformers save_pretrained "
+                                    "folder, PEFT LoRA adapter); default: one safetensors file with backbone.* "
+                                    "and head.* keys")
     x.add_argument("--seed", type=int)
     x.set_defaults(func=cmd_export)
 

@@ -61,11 +61,22 @@ class ExportSource:
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """One registered format: `write(source, folder) -> facts` (merged into the manifest), a loading recipe."""
+    """One registered format: `write(source, folder) -> facts` (merged into the manifest), a loading recipe, and
+    `load(folder, manifest, device)`: the folder back as an `sdlora.load` classifier (`serving.predict.Classifier`)."""
 
     write: Callable[[ExportSource, Path], dict[str, Any]]
     library: str
     how_to_load: Callable[[ExportSource, dict[str, Any]], str]
+    load: Callable[[Path, dict[str, Any], str], Any]
+
+
+def export_backbone(manifest: dict[str, Any], options: dict[str, Any]) -> Any:
+    """The registered backbone of an export's manifest, built with `options`, in eval mode."""
+    from sdlora.config import resolve_options
+    from sdlora.registry import BACKBONES
+
+    entry = BACKBONES.get(manifest["backbone_config"]["name"])
+    return entry(resolve_options(entry.Options, options, "backbone.options")).eval()
 
 
 EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModel
 
-from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource
+from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource, export_backbone
 from sdlora.export.hf_remote.modeling_sdlora import CLASSIFIER_FILE, SDLoRAForSequenceClassification
 
 SEQUENCE_FOLDER = "sequence-classification"
@@ -143,6 +143,21 @@ def sequence_note(source: ExportSource, manifest: dict[str, Any]) -> str:
             f"W / {EPS}), so its `pooler_output` is not meaningful on its own.")
 
 
+def load_hf(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:
+    """The folder as an `sdlora.load` classifier: the registered encoder backbone over the saved model (the run's
+    pooling, length and normalisation), the head from `classifier.safetensors`."""
+    from safetensors.torch import load_file
+
+    from sdlora.serving.predict import Classifier
+
+    keep = ("pooling", "max_length", "normalize")
+    options = {k: v for k, v in manifest["backbone_config"]["options"].items() if k in keep}
+    backbone = export_backbone(manifest, {**options, "model": str(folder)}).to(device)
+    head = load_file(str(folder / manifest["classifier_file"]))
+    return Classifier(backbone, backbone, head["weight"].to(device), head["bias"].to(device),
+                      manifest["classifier"], manifest["class_names"])
+
+
 EXPORT_FORMATS.register("hf", "transformers save_pretrained folder: AutoModel, and "
                         "AutoModelForSequenceClassification with trust_remote_code")(
-    ExportFormat(write=write_hf, library="transformers", how_to_load=hf_recipe))
+    ExportFormat(write=write_hf, library="transformers", how_to_load=hf_recipe, load=load_hf))

@@ -104,5 +104,11 @@ The adapter is the exact merged SD-LoRA update (SVD of sum_k alpha_k U_k D_k / n
 backbone must be the run's original weights (sha256 above)."""
 
 
+def load_peft(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:
+    """A PEFT adapter needs its base model: `sdlora.load` refuses it with the calls that work."""
+    raise ValueError(f"{folder} is a PEFT adapter (it needs its base model): load it with "
+                     "peft.PeftModel.from_pretrained, or sdlora.load the run or a --format timm / hf export")
+
+
 EXPORT_FORMATS.register("peft", "PEFT LoRA adapter holding the merged SD-LoRA update (extra: peft)")(
-    ExportFormat(write=write_peft, library="peft", how_to_load=peft_recipe))
+    ExportFormat(write=write_peft, library="peft", how_to_load=peft_recipe, load=load_peft))

@@ -14,7 +14,7 @@ from typing import Any
 import timm
 from timm.models import save_for_hf
 
-from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource
+from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource, export_backbone
 
 WEIGHTS = "model.safetensors"
 
@@ -58,5 +58,21 @@ Feed the same pixel preprocessing as the run (the image benchmark option `normal
 change it."""
 
 
+def load_timm(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:
+    """The folder as an `sdlora.load` classifier: the registered backbone over the exported weights, the head, the
+    run's evaluation transform (the manifest's `preprocess`)."""
+    from safetensors.torch import load_file
+
+    from sdlora.serving.predict import Classifier, image_preprocess
+
+    options = {**manifest["backbone_config"]["options"], "model": manifest["timm_tag"], "pretrained": False,
+               "pretrained_file": str(folder / manifest["weights"])}
+    backbone = export_backbone(manifest, options).to(device)
+    state = load_file(str(folder / manifest["weights"]))
+    return Classifier(backbone, backbone, state["head.weight"].to(device), state["head.bias"].to(device),
+                      manifest["classifier"], manifest["class_names"],
+                      image_preprocess(manifest["preprocess"], backbone))
+
+
 EXPORT_FORMATS.register("timm", "timm folder (save_for_hf): plain timm keys + head")(
-    ExportFormat(write=write_timm, library="timm", how_to_load=timm_recipe))
+    ExportFormat(write=write_timm, library="timm", how_to_load=timm_recipe, load=load_timm))

@@ -4,7 +4,7 @@
     clf.predict(["book a table for two"], top_k=3)        # [[("restaurant_reservation", 0.91), ...]]
 
 Scores: softmax over the logits for a linear head; the cosine similarity for a prototype (cosine) head.
-Sources are found through `SOURCES` (a registry: run folder, timm export, hf export).
+An export folder is loaded by its format's own `load` (`sdlora.export.EXPORT_FORMATS`).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def readable_image(item: Any, on_corrupt: str) -> bool:
 # -- sources ---------------------------------------------------------------------------------------
 
 
-def _preprocess(spec: dict[str, Any] | None, backbone: Any) -> Callable[[Any], Tensor] | None:
+def image_preprocess(spec: dict[str, Any] | None, backbone: Any) -> Callable[[Any], Tensor] | None:
     """The evaluation transform of a recorded `transform_spec` (None for text models)."""
     if backbone.modality != "images" or not spec:
         return None
@@ -171,51 +171,7 @@ def load_run(path: Path, seed: int | None = None, device: str = "cpu") -> Classi
     method = run.method.eval()
     return Classifier(method.backbone, method.features, source.head_weight.to(device),
                       source.head_bias.to(device), source.classifier, source.class_names,
-                      _preprocess(run_preprocess(run.cfg), method.backbone))
-
-
-def _backbone(manifest: dict[str, Any], options: dict[str, Any]) -> Any:
-    from sdlora.config import resolve_options
-    from sdlora.registry import BACKBONES
-
-    entry = BACKBONES.get(manifest["backbone_config"]["name"])
-    return entry(resolve_options(entry.Options, options, "backbone.options")).eval()
-
-
-def load_timm_export(path: Path, manifest: dict[str, Any], device: str = "cpu") -> Classifier:
-    from safetensors.torch import load_file
-
-    options = {**manifest["backbone_config"]["options"], "model": manifest["timm_tag"], "pretrained": False,
-               "pretrained_file": str(path / manifest["weights"])}
-    backbone = _backbone(manifest, options).to(device)
-    state = load_file(str(path / manifest["weights"]))
-    return Classifier(backbone, backbone, state["head.weight"].to(device), state["head.bias"].to(device),
-                      manifest["classifier"], manifest["class_names"],
-                      _preprocess(manifest["preprocess"], backbone))
-
-
-def load_hf_export(path: Path, manifest: dict[str, Any], device: str = "cpu") -> Classifier:
-    from safetensors.torch import load_file
-
-    keep = ("pooling", "max_length", "normalize")
-    options = {k: v for k, v in manifest["backbone_config"]["options"].items() if k in keep}
-    backbone = _backbone(manifest, {**options, "model": str(path)}).to(device)
-    head = load_file(str(path / manifest["classifier_file"]))
-    return Classifier(backbone, backbone, head["weight"].to(device), head["bias"].to(device),
-                      manifest["classifier"], manifest["class_names"])
-
-
-def load_peft_export(path: Path, manifest: dict[str, Any], device: str = "cpu") -> Classifier:
-    raise ValueError(f"{path} is a PEFT adapter (it needs its base model): load it with "
-                     "peft.PeftModel.from_pretrained, or sdlora.load the run or a --format timm / hf export")
-
-
-#: manifest format -> loader of that export folder
-SOURCES: dict[str, Callable[[Path, dict[str, Any], str], Classifier]] = {
-    "timm": load_timm_export,
-    "hf": load_hf_export,
-    "peft": load_peft_export,
-}
+                      image_preprocess(run_preprocess(run.cfg), method.backbone))
 
 
 def load(path: str | Path, seed: int | None = None, device: str = "cpu") -> Classifier:
@@ -223,8 +179,10 @@ def load(path: str | Path, seed: int | None = None, device: str = "cpu") -> Clas
     path = Path(path)
     manifest_file = path / MANIFEST
     if manifest_file.is_file():
+        from sdlora.export import EXPORT_FORMATS
+
         manifest = json.loads(manifest_file.read_text())
-        return SOURCES[manifest["format"]](path, manifest, device)
+        return EXPORT_FORMATS.get(manifest["format"]).load(path, manifest, device)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     return load_run(path, seed, device)
