@@ -76,7 +76,7 @@ def write_peft(source: ExportSource, folder: Path) -> dict[str, Any]:
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
     peft_model.save_pretrained(str(folder), save_embedding_layers=False)
-    if source.backbone_config.get("name") == "hf_encoder":
+    if source.backbone.modality == "text":  # a text encoder: its tokenizer and the run's head beside the adapter
         source.backbone.tokenizer.save_pretrained(folder)
         from safetensors.torch import save_file
 
