@@ -240,6 +240,15 @@ def test_c_an_image_folder_run_predicts_any_image_learns_and_exports(digits_run,
     with no_library_warnings():
         plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert plain.pretrained_cfg["label_names"] == after["class_names"]
+    # timm's own preprocessing from the folder's pretrained_cfg is the run's evaluation transform
+    from timm.data import create_transform, resolve_model_data_config
+
+    timm_transform = create_transform(**resolve_model_data_config(plain))
+    image = Image.open(probe[0]).convert("RGB")
+    torch.testing.assert_close(timm_transform(image), rebuilt["test"](image), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        timm_logits = plain(torch.stack([timm_transform(Image.open(p).convert("RGB")) for p in probe]))
+    assert timm_logits.argmax(-1).tolist() == sdlora.load(run).logits([str(p) for p in probe]).argmax(-1).tolist()
 
 
 def test_predict_names_a_corrupt_image_in_one_line_or_skips_it(digits_run, tmp_path, capsys):

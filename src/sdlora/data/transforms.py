@@ -240,20 +240,39 @@ def transform_spec(options: TransformOptions) -> dict[str, Any]:
     return {"options": {k: plain[k] for k in TRANSFORM_KEYS}, "model_data": dict(options.model_data)}
 
 
-def transforms_from_spec(spec: dict[str, Any], model_data: dict[str, Any] | None = None) -> dict[str, T.Compose]:
-    """The train / test transforms of a `transform_spec`; `model_data` fills in a spec recorded without one
-    (exports written before specs were: `{"image_size": ..., "normalize": ...}`)."""
+def options_from_spec(spec: dict[str, Any], model_data: dict[str, Any] | None = None) -> TransformOptions:
+    """The bound options of a `transform_spec`; `model_data` fills in a spec recorded without one (exports
+    written before specs were: `{"image_size": ..., "normalize": ...}`)."""
     from sdlora.typed import from_dict
 
     raw = spec.get("options", {k: v for k, v in spec.items() if k in TRANSFORM_KEYS})
     options = from_dict(TransformOptions, raw, "preprocess")
     options.bind_model(spec.get("model_data") or model_data or {})
-    return build_transforms(options)
+    return options
+
+
+def transforms_from_spec(spec: dict[str, Any], model_data: dict[str, Any] | None = None) -> dict[str, T.Compose]:
+    """The train / test transforms of a `transform_spec` (see `options_from_spec`)."""
+    return build_transforms(options_from_spec(spec, model_data))
+
+
+def timm_eval_config(options: TransformOptions) -> dict[str, Any]:
+    """The timm data config whose `create_transform(**config)` is this evaluation transform: timm resizes to
+    floor(size / crop_pct), so the official Resize(int(size * 256 / 224)) takes crop_pct = size / (resize + 0.5)
+    (size / resize itself can floor one pixel short)."""
+    r = options.resolve()
+    if r.augment == "timm":
+        crop_pct, interpolation = r.crop_pct, r.interpolation
+    else:
+        crop_pct, interpolation = r.image_size / (eval_resize(r.image_size) + 0.5), "bicubic"
+    mean, std = r.stats if r.stats is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return {"input_size": (3, r.image_size, r.image_size), "crop_pct": crop_pct, "interpolation": interpolation,
+            "mean": tuple(mean), "std": tuple(std), "crop_mode": "center"}
 
 
 __all__ = [
     "AUGMENTS", "TRANSFORM_KEYS", "Augment", "MeanStd", "NORMALIZATIONS", "Normalize", "Resolved", "TimmAugment",
     "TransformOptions",
     "build_transforms", "describe", "eval_resize", "eval_transform", "official_eval", "official_train",
-    "train_transform", "transform_spec", "transforms_from_spec",
+    "options_from_spec", "timm_eval_config", "train_transform", "transform_spec", "transforms_from_spec",
 ]

@@ -35,10 +35,15 @@ def timm_classifier(source: ExportSource) -> Any:
 
 
 def write_timm(source: ExportSource, folder: Path) -> dict[str, Any]:
+    """timm's folder; its pretrained_cfg describes the run's evaluation transform, so timm's own
+    `resolve_model_data_config` + `create_transform` preprocess as the run did."""
+    from sdlora.data.transforms import options_from_spec, timm_eval_config
+
     model = timm_classifier(source)
     kwargs = dict(source.backbone.options.model_kwargs)
+    data_config = timm_eval_config(options_from_spec(source.preprocess)) if source.preprocess else None
     save_for_hf(model, str(folder), model_config={"label_names": source.class_names}, model_args=kwargs or None,
-                safe_serialization=True)
+                safe_serialization=True, data_config=data_config)
     return {"weights": WEIGHTS, "timm_tag": source.backbone.tag, "model_kwargs": kwargs}
 
 
@@ -54,8 +59,8 @@ model = timm.create_model("{manifest["timm_tag"]}", pretrained=True, num_classes
 labels = model.pretrained_cfg["label_names"]  # with local-dir:; else the classes below
 ```
 
-Feed the same pixel preprocessing as the run (the image benchmark option `normalize`); the exported weights do not
-change it."""
+The folder's pretrained_cfg holds the run's evaluation transform (size, resize, crop, interpolation, mean and std):
+`timm.data.create_transform(**timm.data.resolve_model_data_config(model))` preprocesses as the run did."""
 
 
 def load_timm(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:
