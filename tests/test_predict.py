@@ -49,8 +49,9 @@ def test_predict_cli_reads_text_csv_and_jsonl_and_writes_csv_or_jsonl(tiny_text_
     assert main(["predict", str(tiny_text_run), str(tmp_path / "in.csv"), "--text-column", "utterance",
                  "--out", str(out), "--top-k", "2"]) == 0
     table = list(csv.DictReader(open(out)))
-    assert [r["label"] for r in table] == expected and set(table[0]) == {"input", "label", "score", "label_2",
-                                                                          "score_2"}
+    assert [r["label"] for r in table] == expected and list(table[0]) == ["id", "input", "label", "score", "label_2",
+                                                                           "score_2"]
+    assert [r["id"] for r in table] == [str(i) for i in range(len(TEXTS))]  # the input's other columns stay
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     assert main(["predict", str(tiny_text_run), str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "p.jsonl")]) == 0
     assert [json.loads(x)["label"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == expected
@@ -95,3 +96,20 @@ def test_predict_refuses_the_wrong_kind_of_input(tiny_text_run, tiny_vit_run, tm
         assert message in capsys.readouterr().err
     with pytest.raises(ValueError, match="takes text"):
         sdlora.load(tiny_text_run).predict([torch.zeros(3)])
+
+
+def test_predict_writes_one_row_per_input_row_and_says_what_it_cannot(tiny_text_run, tmp_path, capsys):
+    (tmp_path / "gap.txt").write_text("first question\n\nthird question\n")
+    assert main(["predict", str(tiny_text_run), str(tmp_path / "gap.txt")]) == 1
+    assert "gap.txt line 2 is empty" in capsys.readouterr().err  # never a silent shift of the rows
+    with open(tmp_path / "gap.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text", "label"], [7, "alarm please", "alarm clock"], [8, "", "x"]])
+    assert main(["predict", str(tiny_text_run), str(tmp_path / "gap.csv")]) == 1
+    assert "gap.csv line 3 is empty" in capsys.readouterr().err
+    with open(tmp_path / "ok.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text", "label"], [7, "alarm please", "alarm clock"]])
+    assert main(["predict", str(tiny_text_run), str(tmp_path / "ok.csv"), "--top-k", "9"]) == 0
+    out = capsys.readouterr()
+    record = json.loads(out.out)
+    assert record["id"] == "7" and record["input_label"] == "alarm clock" and len(record["top_k"]) == 4
+    assert "--top-k 9: the model knows 4 classes" in out.err

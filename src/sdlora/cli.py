@@ -85,12 +85,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
-    inputs, kind = read_inputs(Path(args.input), args.text_column)
+    inputs, kind, columns = read_inputs(Path(args.input), args.text_column)
     classifier = load(args.model, args.seed, args.device or "cpu")
     if kind != classifier.takes:
         raise ValueError(f"{args.input} holds {kind} but {args.model} takes {classifier.takes}")
     predictions = classifier.predict(inputs, top_k=args.top_k, on_corrupt=args.on_corrupt)
-    records = list(rows(inputs, predictions))
+    records = list(rows(inputs, predictions, columns))
+    if args.top_k > len(classifier.class_names):
+        print(f"note: --top-k {args.top_k}: the model knows {len(classifier.class_names)} classes, so each row "
+              "lists all of them", file=sys.stderr)
     write_predictions(records, Path(args.out) if args.out else None)
     skipped = sum(not p for p in predictions)
     if args.out:

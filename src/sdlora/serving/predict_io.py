@@ -11,34 +11,51 @@ from typing import Any, TextIO
 
 from sdlora.serving.predict import TopK
 
-
-def read_lines(path: Path, column: str) -> list[str]:
-    """A text file: one input per non-empty line."""
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+#: an input with the other columns of its row (ids...), kept in the output
+Columns = dict[str, Any]
 
 
-def read_table(path: Path, column: str) -> list[str]:
-    """CSV / TSV / JSON lines: the `column` of every row."""
+def _empty(path: Path, line: int) -> ValueError:
+    return ValueError(f"{path} line {line} is empty: every line (row) is one input, and its prediction is the output "
+                      "row of the same number; remove the empty line or give it a text")
+
+
+def read_lines(path: Path, column: str) -> list[tuple[str, Columns]]:
+    """A text file: one input per line (trailing empty lines ignored; an empty line in between is an error)."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            raise _empty(path, number)
+    return [(line, {}) for line in lines]
+
+
+def read_table(path: Path, column: str) -> list[tuple[str, Columns]]:
+    """CSV / TSV / JSON lines: the `column` of every row, with the row's other columns."""
     from sdlora.data.benchmarks.text_files import READERS, SUFFIX_FORMATS
 
-    texts = []
+    out = []
     for line, row in READERS[SUFFIX_FORMATS[path.suffix.lower()]](path):
         if column not in row:
             raise ValueError(f"{path} line {line}: no column {column!r} (columns: {', '.join(map(str, row))}); "
                              "choose one with --text-column")
-        texts.append(str(row[column]))
-    return texts
+        text = "" if row[column] is None else str(row[column]).strip()
+        if not text:
+            raise _empty(path, line)
+        out.append((text, {k: v for k, v in row.items() if k != column}))
+    return out
 
 
-def read_image_folder(path: Path, column: str) -> list[str]:
+def read_image_folder(path: Path, column: str) -> list[tuple[str, Columns]]:
     """A folder: every image file below it (sorted paths)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    return sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    return [(str(p), {}) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
 
 
 #: input kind -> (reader, what it holds)
-READERS: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
+READERS: dict[str, tuple[Callable[[Path, str], list[tuple[str, Columns]]], str]] = {
     ".txt": (read_lines, "text"),
     ".csv": (read_table, "text"),
     ".tsv": (read_table, "text"),
@@ -48,8 +65,9 @@ READERS: dict[str, tuple[Callable[[Path, str], list[str]], str]] = {
 }
 
 
-def read_inputs(path: Path, column: str = "text") -> tuple[list[str], str]:
-    """(inputs, "text" | "images") from a text / table file or an image folder."""
+def read_inputs(path: Path, column: str = "text") -> tuple[list[str], str, list[Columns]]:
+    """(inputs, "text" | "images", the other columns of each input's row) from a text / table file or an image
+    folder."""
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     key = "folder" if path.is_dir() else path.suffix.lower()
@@ -57,19 +75,25 @@ def read_inputs(path: Path, column: str = "text") -> tuple[list[str], str]:
         raise ValueError(f"input {path}: cannot read {key!r} files; give a text file (.txt, one input per line), "
                          "a table (.csv, .tsv, .jsonl with a text column) or a folder of images")
     reader, kind = READERS[key]
-    items = reader(path, column)
-    if not items:
+    read = reader(path, column)
+    if not read:
         raise ValueError(f"input {path} holds no {kind}")
-    return items, kind
+    return [item for item, _ in read], kind, [columns for _, columns in read]
 
 
-def rows(inputs: list[str], predictions: list[TopK]) -> Iterator[dict[str, Any]]:
-    """One record per input, in input order; an input skipped as unreadable gets label and score None."""
-    for item, top in zip(inputs, predictions, strict=True):
+#: the prediction's own fields; an input column of the same name is written as `input_<name>`
+OUTPUT_FIELDS = ("input", "label", "score", "top_k", "error")
+
+
+def rows(inputs: list[str], predictions: list[TopK], columns: list[Columns] | None = None) -> Iterator[dict[str, Any]]:
+    """One record per input, in input order: the input row's other columns first, then the prediction; an input
+    skipped as unreadable gets label and score None."""
+    for i, (item, top) in enumerate(zip(inputs, predictions, strict=True)):
+        kept = {(f"input_{k}" if k in OUTPUT_FIELDS else k): v for k, v in (columns[i] if columns else {}).items()}
         if not top:
-            yield {"input": item, "label": None, "score": None, "top_k": [], "error": "unreadable"}
+            yield {**kept, "input": item, "label": None, "score": None, "top_k": [], "error": "unreadable"}
             continue
-        yield {"input": item, "label": top[0][0], "score": round(top[0][1], 6),
+        yield {**kept, "input": item, "label": top[0][0], "score": round(top[0][1], 6),
                "top_k": [{"label": label, "score": round(score, 6)} for label, score in top]}
 
 
@@ -79,12 +103,15 @@ def write_jsonl(records: list[dict[str, Any]], stream: TextIO) -> None:
 
 
 def write_csv(records: list[dict[str, Any]], stream: TextIO) -> None:
+    """The input row's other columns, input, label, score, then label_2, score_2, ... for the other top-k."""
     k = max((len(r["top_k"]) for r in records), default=1)
+    kept = list(dict.fromkeys(key for r in records for key in r if key not in OUTPUT_FIELDS))
     writer = csv.writer(stream)
-    writer.writerow(["input", "label", "score", *[f"{w}_{i}" for i in range(2, k + 1) for w in ("label", "score")]])
+    writer.writerow([*kept, "input", "label", "score",
+                     *[f"{w}_{i}" for i in range(2, k + 1) for w in ("label", "score")]])
     for r in records:
         extra = [v for t in r["top_k"][1:] for v in (t["label"], t["score"])]
-        writer.writerow([r["input"], r["label"], r["score"], *extra])
+        writer.writerow([*(r.get(key, "") for key in kept), r["input"], r["label"], r["score"], *extra])
 
 
 WRITERS: dict[str, Callable[[list[dict[str, Any]], TextIO], None]] = {".jsonl": write_jsonl, ".csv": write_csv}
