@@ -288,3 +288,21 @@ def test_hf_export_of_a_real_minilm_run_loads_with_remote_code(tmp_path):
     expected = sdlora.load(seed).logits(TEXTS)
     assert (logits - expected).abs().max().item() < 1e-5
     assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+
+
+def test_export_never_mixes_into_an_existing_output_and_leaves_nothing_on_refusal(tiny_text_run, tmp_path, capsys):
+    out = tmp_path / "hf"
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "hf"]) == 0
+    assert "a --format hf folder for transformers" in capsys.readouterr().out
+    (out / "stale.txt").write_text("from an older export")
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "hf"]) == 1
+    assert "already exists and is not empty" in capsys.readouterr().err and (out / "stale.txt").exists()
+    assert main(["export", str(tiny_text_run), "--out", str(out), "--format", "hf", "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists() and (out / "sdlora_export.json").is_file()
+    refused = tmp_path / "timm"
+    assert main(["export", str(tiny_text_run), "--out", str(refused), "--format", "timm"]) == 1
+    assert not refused.exists() and not list(tmp_path.glob(".*exporting"))
+    single = tmp_path / "m.safetensors"
+    assert main(["export", str(tiny_text_run), "--out", str(single)]) == 0
+    assert main(["export", str(tiny_text_run), "--out", str(single)]) == 1
+    assert main(["export", str(tiny_text_run), "--out", str(single), "--overwrite"]) == 0

@@ -58,7 +58,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from sdlora.engine.restore import export_run, restore_run
+    from sdlora.export.common import check_target
 
+    check_target(Path(args.out), args.overwrite)  # before the model loads
     if args.format is not None:
         from sdlora.export import EXPORT_FORMATS
 
@@ -68,13 +70,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         from sdlora.export import export_run_as
 
         command = " ".join(["sdlora", *(args.argv or [])])
-        manifest = export_run_as(run, Path(args.out), args.format, command=command)
-        print(f"exported a {manifest['library']} {args.format} folder ({len(manifest['class_names'])} classes, "
-              f"{run.tasks_done} tasks, merged) to {args.out}")
+        manifest = export_run_as(run, Path(args.out), args.format, command=command, overwrite=args.overwrite)
+        print(f"exported {args.out}: a --format {args.format} folder for {manifest['library']} "
+              f"({len(manifest['class_names'])} classes, {run.tasks_done} tasks, merged)")
         for note in manifest.get("notes", []):
             print(f"note: {note}")
         return 0
-    state = export_run(run, Path(args.out))
+    state = export_run(run, Path(args.out), overwrite=args.overwrite)
     print(f"exported {len(state)} tensors ({run.tasks_done} tasks, merged) to {args.out}")
     return 0
 
@@ -180,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "folder, PEFT LoRA adapter); default: one safetensors file with backbone.* "
                                     "and head.* keys")
     x.add_argument("--seed", type=int)
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out (file, or folder with all "
+                                                              "its files)")
     x.set_defaults(func=cmd_export)
 
     q = sub.add_parser("predict", help="classify texts or images with a run or an export folder")
@@ -243,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     from sdlora.engine.loop import TrainingDiverged
     from sdlora.engine.runner import OutputExists
 
-    user_errors = (ConfigError, KeyError, FileNotFoundError, OutputExists, OutputLocked, TrainingDiverged, ValueError,
-                   BackboneUnavailable, CheckpointError, RankFailed, CorruptImageError)
+    user_errors = (ConfigError, KeyError, FileNotFoundError, FileExistsError, OutputExists, OutputLocked,
+                   TrainingDiverged, ValueError, BackboneUnavailable, CheckpointError, RankFailed, CorruptImageError)
     try:
         return args.func(args)
     except user_errors as err:  # one line; the traceback only with -v

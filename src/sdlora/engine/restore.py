@@ -50,9 +50,13 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
     return RestoredRun(run.cfg, run.seed, run.folder, method, meta["position"]["task"] + 1, run)
 
 
-def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:
+def export_run(run: RestoredRun, path: Path, overwrite: bool = False) -> dict[str, torch.Tensor]:
     """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`)."""
     from safetensors.torch import save_file
+
+    from sdlora.export.common import check_target
+
+    check_target(path, overwrite)
 
     run.method.check_exportable()
     state = {k: v.contiguous().cpu() for k, v in run.method.export_state_dict().items()}

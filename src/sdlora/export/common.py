@@ -82,28 +82,53 @@ def export_backbone(manifest: dict[str, Any], options: dict[str, Any]) -> Any:
 EXPORT_FORMATS: Registry[ExportFormat] = Registry("export format")
 
 
-def export_run_as(run: Any, folder: Path, fmt: str, command: str = "") -> dict[str, Any]:
-    """Write `run` (a RestoredRun) into `folder` in format `fmt`, with the manifest and the model card."""
+def check_target(path: Path, overwrite: bool) -> None:
+    """An export never mixes into what is already there: a non-empty folder or an existing file needs --overwrite."""
+    path = Path(path)
+    taken = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if taken and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; choose another --out or pass --overwrite "
+                              "to replace it")
+
+
+def export_run_as(run: Any, folder: Path, fmt: str, command: str = "", overwrite: bool = False) -> dict[str, Any]:
+    """Write `run` (a RestoredRun) into `folder` in format `fmt`, with the manifest and the model card. The folder is
+    written beside its place and moved there at the end: a refused or failed export leaves nothing behind, and
+    `overwrite` replaces the whole folder (no stale files of an earlier export stay)."""
+    import shutil
+
     from sdlora.export.card import model_card
 
     entry = EXPORT_FORMATS.get(fmt)
+    folder = Path(folder)
+    check_target(folder, overwrite)
     run.method.check_exportable()
     source = ExportSource.from_run(run)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    facts = entry.write(source, folder)
-    manifest = {
-        "format": fmt,
-        "library": entry.library,
-        "backbone": source.backbone.info(),
-        "backbone_config": source.backbone_config,
-        "classifier": source.classifier,
-        "class_names": source.class_names,
-        "tasks": len(source.record.get("task_sizes", [])),
-        "preprocess": source.preprocess,
-        **facts,
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    (folder / "README.md").write_text(model_card(source, manifest, entry.how_to_load(source, manifest), command,
-                                                    str(folder)))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.exporting"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        facts = entry.write(source, staging)
+        manifest = {
+            "format": fmt,
+            "library": entry.library,
+            "backbone": source.backbone.info(),
+            "backbone_config": source.backbone_config,
+            "classifier": source.classifier,
+            "class_names": source.class_names,
+            "tasks": len(source.record.get("task_sizes", [])),
+            "preprocess": source.preprocess,
+            **facts,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (staging / "README.md").write_text(model_card(source, manifest, entry.how_to_load(source, manifest),
+                                                      command, str(folder)))
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        elif folder.exists():
+            folder.unlink()
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
