@@ -230,3 +230,26 @@ def test_unseen_test_labels_and_missing_files_are_errors(tmp_path):
         load_files(None, train_file="train.csv", test_file="test.csv")
     with pytest.raises(ConfigError, match="benchmark.options.train_file: required"):
         resolve_options(TextFiles.Options, {"test_file": "test.csv"}, "benchmark.options")
+
+
+def test_the_text_files_config_of_docs_text_md_learns(tmp_path):
+    """The docs' text_files block, as a user copies it (real MiniLM, the shipped classifier settings)."""
+    import io
+    import re
+
+    import yaml
+
+    from export_helpers import write_text_files
+    from sdlora.config import load_config
+    from sdlora.engine.runner import run_config
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "text.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", doc, flags=re.S) if "name: text_files" in b)
+    data = yaml.safe_load(block)
+    assert data["method"]["classifier"]["kind"] == "prototypes"
+    write_text_files(tmp_path / "data")
+    data["benchmark"].update({"data_root": str(tmp_path / "data"), "init_classes": 2, "increment": 2})
+    data["seeds"] = [0]
+    run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
+    result = json.loads((tmp_path / "run" / "seed-0" / "results.json").read_text())
+    assert result["task_sizes"] == [2, 2] and result["metrics"]["final_accuracy"] >= 90.0
