@@ -58,7 +58,8 @@ def test_prototype_classifier_and_class_mean_head_end_to_end(tmp_path):
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
     result = json.loads((tmp_path / "run" / "seed-3" / "results.json").read_text())
     assert "prototype_shift" not in result["task_info"][0] and result["task_info"][1]["prototype_shift"] > 0
-    from sdlora.engine.restore import export_run, restore_run
+    from sdlora.engine.restore import restore_run
+    from sdlora.export.single_file import export_run
 
     run = restore_run(tmp_path / "run")
     state = export_run(run, tmp_path / "m.safetensors")

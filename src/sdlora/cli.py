@@ -57,8 +57,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sdlora.engine.restore import export_run, restore_run
+    from sdlora.engine.restore import restore_run
     from sdlora.export.common import check_target
+    from sdlora.export.single_file import export_run
 
     check_target(Path(args.out), args.overwrite)  # before the model loads
     if args.format is not None:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from sdlora.config import RunConfig
 from sdlora.engine import build
 from sdlora.engine.run_folder import RunFolder, find_seed_folder
 from sdlora.methods.base import Method
 
-__all__ = ["RestoredRun", "export_run", "find_seed_folder", "restore_run"]
+__all__ = ["RestoredRun", "find_seed_folder", "restore_run"]
 
 
 @dataclass
@@ -48,24 +45,3 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
                                                   if k.startswith("method.")})
     method.to(device)
     return RestoredRun(run.cfg, run.seed, run.folder, method, meta["position"]["task"] + 1, run)
-
-
-def export_run(run: RestoredRun, path: Path, overwrite: bool = False) -> dict[str, torch.Tensor]:
-    """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`)."""
-    from safetensors.torch import save_file
-
-    from sdlora.export.common import check_target
-
-    check_target(path, overwrite)
-
-    run.method.check_exportable()
-    state = {k: v.contiguous().cpu() for k, v in run.method.export_state_dict().items()}
-    meta = {
-        "format": "sdlora-export-1",
-        "backbone": json.dumps(run.method.backbone.info()),
-        "config": json.dumps({"backbone": run.cfg.backbone.name, "options": run.cfg.backbone.options}),
-        "num_classes": str(state["head.weight"].shape[0]),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
-    return state

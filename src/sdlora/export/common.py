@@ -62,7 +62,8 @@ class ExportSource:
 @dataclass(frozen=True)
 class ExportFormat:
     """One registered format: `write(source, folder) -> facts` (merged into the manifest), a loading recipe, and
-    `load(folder, manifest, device)`: the folder back as an `sdlora.load` classifier (`serving.predict.Classifier`)."""
+    `load(folder, manifest, device)`: the folder back as an `sdlora.load` classifier
+    (`export.classifier.Classifier`)."""
 
     write: Callable[[ExportSource, Path], dict[str, Any]]
     library: str

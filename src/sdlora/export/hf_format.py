@@ -148,7 +148,7 @@ def load_hf(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:
     pooling, length and normalisation), the head from `classifier.safetensors`."""
     from safetensors.torch import load_file
 
-    from sdlora.serving.predict import Classifier
+    from sdlora.export.classifier import Classifier
 
     keep = ("pooling", "max_length", "normalize")
     options = {k: v for k, v in manifest["backbone_config"]["options"].items() if k in keep}

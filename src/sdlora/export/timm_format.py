@@ -68,7 +68,7 @@ def load_timm(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> An
     run's evaluation transform (the manifest's `preprocess`)."""
     from safetensors.torch import load_file
 
-    from sdlora.serving.predict import Classifier, image_preprocess
+    from sdlora.export.classifier import Classifier, image_preprocess
 
     options = {**manifest["backbone_config"]["options"], "model": manifest["timm_tag"], "pretrained": False,
                "pretrained_file": str(folder / manifest["weights"])}

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from sdlora.serving.predict import TopK
+from sdlora.export.classifier import TopK
 
 #: an input with the other columns of its row (ids...), kept in the output
 Columns = dict[str, Any]

@@ -1,0 +1,30 @@
+"""`sdlora export RUN --out FILE.safetensors`: the merged model in one file, no folder, no loader of its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdlora.export.common import check_target
+
+
+def export_run(run: Any, path: Path, overwrite: bool = False) -> dict[str, torch.Tensor]:
+    """One safetensors file (a `RestoredRun`'s): merged backbone (`backbone.*`, a plain timm / transformers state
+    dict) + head (`head.*`), the backbone and its config in the metadata."""
+    from safetensors.torch import save_file
+
+    check_target(path, overwrite)
+    run.method.check_exportable()
+    state = {k: v.contiguous().cpu() for k, v in run.method.export_state_dict().items()}
+    meta = {
+        "format": "sdlora-export-1",
+        "backbone": json.dumps(run.method.backbone.info()),
+        "config": json.dumps({"backbone": run.cfg.backbone.name, "options": run.cfg.backbone.options}),
+        "num_classes": str(state["head.weight"].shape[0]),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+    return state
