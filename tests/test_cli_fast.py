@@ -76,6 +76,7 @@ def bad_config(tmp_path) -> Path:
         (["train", "{tmp}/bad.yaml", "--out", "{tmp}/run"], 2, "train: unknown key(s) 'lrr'"),
         (["train", "{tmp}/missing.yaml"], 2, "config file not found"),
         (["data", "check", "{tmp}/bad.yaml"], 2, "train: unknown key(s) 'lrr'"),
+        (["report", "{tmp}/no-run"], 1, "no such run directory or file: {tmp}/no-run"),
     ],
 )
 def test_light_commands_and_wrong_arguments_import_no_torch(tmp_path, bad_config, args, code, message):
@@ -84,6 +85,22 @@ def test_light_commands_and_wrong_arguments_import_no_torch(tmp_path, bad_config
     assert (rc, heavy) == (code, [])
     assert message.format(tmp=tmp_path) in err
     assert not (tmp_path / "run").exists()
+
+
+def test_import_sdlora_is_light_and_the_api_resolves_lazily(tmp_path):
+    code = f"import sys, sdlora\nprint(*sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == []
+    from sdlora.adapters import SDLoRAConfig
+    from sdlora.model_api import SDLoRAModel, get_sdlora_model
+    from sdlora.predict import load
+
+    assert (sdlora.load, sdlora.get_sdlora_model, sdlora.SDLoRAModel, sdlora.SDLoRAConfig) == \
+        (load, get_sdlora_model, SDLoRAModel, SDLoRAConfig)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        sdlora.nope  # noqa: B018
 
 
 def test_unknown_plugins_fail_before_torch_with_the_registry_message(tmp_path):
