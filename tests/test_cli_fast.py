@@ -120,6 +120,19 @@ def test_unknown_plugins_fail_before_torch_with_the_registry_message(tmp_path):
     assert "train.loggers: unknown logger 'tensorbord' (did you mean 'tensorboard'?)" in err
 
 
+def test_learn_without_files_says_so_before_looking_at_the_run(tmp_path, capsys):
+    assert main(["learn", str(tmp_path / "no-run")]) == 1  # the command's own first check, as before
+    assert "give the new task's files with --data and --test" in capsys.readouterr().err
+
+
+def test_data_check_still_reports_an_unknown_benchmark_itself(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(benchmark={"name": "nope"}, method={"name": "nope"})))
+    assert main(["data", "check", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "benchmark 'nope'" in out and "unknown benchmark 'nope'" in out and "result: 1 problem(s)" in out
+
+
 def test_the_light_listing_equals_the_registries(capsys):
     from sdlora.engine.loggers import LOGGERS
     from sdlora.export import EXPORT_FORMATS

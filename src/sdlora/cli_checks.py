@@ -23,13 +23,21 @@ EXPORT_MANIFEST = "sdlora_export.json"
 PLUGIN_SECTIONS = (("benchmark", "BENCHMARKS"), ("backbone", "BACKBONES"), ("method", "METHODS"))
 
 
-def check_config(args: argparse.Namespace) -> None:
-    """The whole config file (with bases and --set) as `load_config` validates it, plus the plugin and logger
-    names against the built-in catalog; the loaded config is kept on `args` for the command."""
-    from sdlora.catalog import builtin_catalog
+def load_config_file(args: argparse.Namespace) -> None:
+    """The whole config file (with bases and --set) as `load_config` validates it; the loaded config is kept on
+    `args` for the command (`sdlora data check` reports plugin problems itself, in its own report)."""
     from sdlora.config import load_config
 
-    cfg = load_config(args.config, args.set)
+    args.loaded_config = load_config(args.config, args.set)
+
+
+def check_config(args: argparse.Namespace) -> None:
+    """`load_config_file`, then the plugin and logger names against the built-in catalog (what `sdlora train`
+    would refuse after importing them)."""
+    from sdlora.catalog import builtin_catalog
+
+    load_config_file(args)
+    cfg = args.loaded_config
     catalog = builtin_catalog()
     for section, registry in PLUGIN_SECTIONS:
         catalog.check(registry, getattr(cfg, section).name)
@@ -38,7 +46,6 @@ def check_config(args: argparse.Namespace) -> None:
             catalog.check("LOGGERS", name)
         except KeyError as err:  # as `sdlora.engine.loggers.check_loggers` words it
             raise ConfigError(f"train.loggers: {err.args[0]}") from None
-    args.loaded_config = cfg
 
 
 def check_run_folder(run_dir: Path, seed: int | None) -> None:
@@ -52,6 +59,12 @@ def check_run_folder(run_dir: Path, seed: int | None) -> None:
 
 def check_run(args: argparse.Namespace) -> None:
     check_run_folder(Path(args.run_dir), args.seed)
+
+
+def check_learn(args: argparse.Namespace) -> None:
+    """The run folder, once the new task's files are given (`sdlora learn` refuses their absence first)."""
+    if (args.data is not None and args.test is not None) or args.resume:
+        check_run(args)
 
 
 def check_predict(args: argparse.Namespace) -> None:
@@ -76,10 +89,10 @@ def check_predict(args: argparse.Namespace) -> None:
 
 CHECKS: dict[str, Callable[[argparse.Namespace], None]] = {
     "train": check_config,
-    "data": check_config,
+    "data": load_config_file,
     "eval": check_run,
     "export": check_run,
-    "learn": check_run,
+    "learn": check_learn,
     "predict": check_predict,
 }
 
