@@ -183,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(parent: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
-        return parent.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-
-    t = command(sub, "train", "train a config (every seed) into an output folder")
+    t = sub.add_parser("train", help="train a config (every seed) into an output folder")
     t.add_argument("config", help="YAML config file (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.lr=0.01 (repeatable)")
@@ -200,14 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "each, or CPU processes); the global batch stays train.batch_size")
     t.set_defaults(func=cmd_train)
 
-    e = command(sub, "eval", "re-evaluate a finished run on every seen class")
+    e = sub.add_parser("eval", help="re-evaluate a finished run on every seen class")
     e.add_argument("run_dir", help="a run folder (or one seed-N folder of it)")
     e.add_argument("--seed", type=int, help="the seed to evaluate when the run has several (default: the only one)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="the evaluation split")
     e.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
     e.set_defaults(func=cmd_eval)
 
-    x = command(sub, "export", "merged backbone + head: a timm / transformers / PEFT folder, or one file")
+    x = sub.add_parser("export", help="merged backbone + head: a timm / transformers / PEFT folder, or one file")
     x.add_argument("run_dir", help="a run folder (or one seed-N folder of it)")
     x.add_argument("--out", required=True, help="a folder with --format, else a .safetensors file")
     x.add_argument("--format", choices=["timm", "hf", "peft"],
@@ -216,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, help="the seed to export when the run has several (default: the only one)")
     x.set_defaults(func=cmd_export)
 
-    q = command(sub, "predict", "classify texts or images with a run or an export folder")
+    q = sub.add_parser("predict", help="classify texts or images with a run or an export folder")
     q.add_argument("model", help="a run folder (or one seed of it) or a --format timm / hf export")
     q.add_argument("input", help="text file (one per line), .csv / .tsv / .jsonl with a text column, or an "
                                  "image folder")
@@ -227,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
     q.set_defaults(func=cmd_predict)
 
-    n = command(sub, "learn", "continue a finished run with one more task of new classes from new files")
+    n = sub.add_parser("learn", help="continue a finished run with one more task of new classes from new files")
     n.add_argument("run_dir", help="a finished run folder (or one seed-N folder of it)")
     n.add_argument("--data", help="training data of the new classes: .csv / .tsv / .jsonl (text, label) for a text "
                                   "encoder, an image folder (one sub-folder per class) for a ViT")
@@ -241,24 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--quiet", action="store_true", help="no progress bars")
     n.set_defaults(func=cmd_learn)
 
-    r = command(sub, "report", "a table across methods and seeds")
+    r = sub.add_parser("report", help="a table across methods and seeds")
     r.add_argument("run_dirs", nargs="+", help="run folders (each holding seed-N folders)")
     r.add_argument("--format", default="md", choices=["md", "csv"], help="markdown table or CSV")
     r.add_argument("--plot", help="also write the accuracy curves of every method to this PNG")
     r.set_defaults(func=cmd_report)
 
-    command(sub, "list", "methods, benchmarks, backbones, loggers and export formats").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="methods, benchmarks, backbones, loggers, export formats").set_defaults(func=cmd_list)
 
-    d = command(sub, "data", "data utilities")
+    d = sub.add_parser("data", help="data utilities")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    c = command(dsub, "check", "verify a benchmark's files and counts")
+    c = dsub.add_parser("check", help="verify a benchmark's files and counts")
     c.add_argument("config", help="YAML config file naming the benchmark")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     c.set_defaults(func=cmd_data_check)
-    for parser in (t, e, x, q, n, r, sub.choices["list"], d, c):
-        add_common_flags(parser)
+    finish_subcommands(p)
     return p
+
+
+def finish_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (nested ones too): the help formatter with defaults, its help line as its --help
+    description, and the common flags."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                child.formatter_class = HelpFormatter
+                child.description = child.description or lines.get(name)
+                add_common_flags(child)
+                finish_subcommands(child)
 
 
 #: errors that are the user's to fix (one line, exit 1; 2 for a config error), by module and name: a module that was
