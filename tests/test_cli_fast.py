@@ -17,7 +17,7 @@ import yaml
 
 import sdlora
 from engine_helpers import tiny
-from sdlora.catalog import builtin_catalog
+from sdlora.catalog import builtin_catalog, imported_catalog, source_catalog
 from sdlora.cli import HelpFormatter, build_parser, main
 from sdlora.cli_checks import EXPORT_MANIFEST, PREDICT_INPUTS, PREDICT_OUTPUTS
 from sdlora.provenance import git_commit
@@ -133,18 +133,20 @@ def test_data_check_still_reports_an_unknown_benchmark_itself(tmp_path, capsys):
     assert "benchmark 'nope'" in out and "unknown benchmark 'nope'" in out and "result: 1 problem(s)" in out
 
 
-def test_the_light_listing_equals_the_registries(capsys):
+def test_the_light_listing_equals_the_registries(capsys, tmp_path):
     from sdlora.engine.loggers import LOGGERS
     from sdlora.export import EXPORT_FORMATS
     from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 
-    catalog = builtin_catalog()
+    catalog = source_catalog()
+    assert catalog == builtin_catalog()  # what `sdlora list` and the early checks use
     registries = {"METHODS": METHODS, "BENCHMARKS": BENCHMARKS, "BACKBONES": BACKBONES, "LOGGERS": LOGGERS,
                   "EXPORT_FORMATS": EXPORT_FORMATS}
-    assert set(catalog.kinds) == set(registries)
+    imported = imported_catalog()
+    assert set(catalog.kinds) == set(registries) == set(imported.kinds)
     for variable, registry in registries.items():
-        assert catalog.kinds[variable] == registry.kind
-        assert catalog.describe(variable) == registry.describe()
+        assert catalog.kinds[variable] == imported.kinds[variable] == registry.kind
+        assert catalog.describe(variable) == imported.describe(variable) == registry.describe()
         for name, entry in catalog.entries[variable].items():
             obj = registry.get(name)
             if isinstance(obj, type):
@@ -154,6 +156,7 @@ def test_the_light_listing_equals_the_registries(capsys):
             with pytest.raises(KeyError) as light:
                 catalog.check(variable, name + "x")
             assert str(light.value) == str(real.value) and type(light.value) is type(real.value)
+    assert builtin_catalog.__wrapped__(tmp_path).kinds == imported.kinds  # no source shipped: the registries
     assert main(["list"]) == 0
     printed = capsys.readouterr().out
     for registry in registries.values():

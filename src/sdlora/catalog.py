@@ -6,7 +6,8 @@ descriptions, so this module reads the same registrations from the source text i
 `Registry("kind")` assignment, every `REGISTRY.register("name", "doc")` call, and for a decorator without a doc
 the first docstring line of the class or function it decorates, which is exactly what `Registry.register`
 stores. The source stays the one source of truth (nothing here lists a plugin), and a test checks that this
-reading equals the imported registries (tests/test_cli_fast.py).
+reading equals the imported registries (tests/test_cli_fast.py). A package installed without its `.py` files
+falls back to importing the registries (`imported_catalog`).
 """
 
 from __future__ import annotations
@@ -112,7 +113,14 @@ def scan_module(tree: ast.Module, module: str, catalog: Catalog) -> None:
 
 @lru_cache(maxsize=1)
 def builtin_catalog(root: Path = PACKAGE) -> Catalog:
-    """Every registry and registration in the sdlora package's source (read once per process)."""
+    """Every registry and registration in the sdlora package's source (read once per process); from the imported
+    registries when the package ships without its source (no registry found in it)."""
+    catalog = source_catalog(root)
+    return catalog if catalog.kinds else imported_catalog()
+
+
+def source_catalog(root: Path = PACKAGE) -> Catalog:
+    """Every registry and registration in the `.py` files below `root`, none of them imported."""
     catalog = Catalog()
     for path in sorted(root.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
@@ -122,4 +130,23 @@ def builtin_catalog(root: Path = PACKAGE) -> Catalog:
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         scan_module(ast.parse(text, str(path)), module, catalog)
     catalog.entries = {k: v for k, v in catalog.entries.items() if k in catalog.kinds}
+    return catalog
+
+
+def imported_catalog() -> Catalog:
+    """The same from the registries themselves: every built-in plugin imported (torch, timm, transformers)."""
+    from sdlora import registry
+    from sdlora.engine import loggers
+    from sdlora.export import common
+
+    registry.load_builtins()
+    import sdlora.export  # noqa: F401 (the export formats register on import)
+
+    catalog = Catalog()
+    for module in (registry, loggers, common):
+        for variable, value in vars(module).items():
+            if isinstance(value, registry.Registry):
+                catalog.kinds[variable] = value.kind
+                catalog.entries[variable] = {name: Entry(name, doc, getattr(value._entries[name], "__module__", ""))
+                                             for name, doc in value.describe().items()}
     return catalog
