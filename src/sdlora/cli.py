@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -15,6 +16,8 @@ log = logging.getLogger("sdlora")
 
 
 def _config(args: argparse.Namespace):
+    if getattr(args, "loaded_config", None) is not None:  # read and checked by `sdlora.cli_checks` already
+        return args.loaded_config
     from sdlora.config import load_config
 
     return load_config(args.config, args.set)
@@ -132,15 +135,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from sdlora.engine.loggers import LOGGERS
-    from sdlora.export import EXPORT_FORMATS
-    from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
+    from sdlora.catalog import builtin_catalog  # the registries read from the source: no torch
 
-    registries = (("methods", METHODS), ("benchmarks", BENCHMARKS), ("backbones", BACKBONES),
-                  ("loggers", LOGGERS), ("export formats", EXPORT_FORMATS))
+    catalog = builtin_catalog()
+    registries = (("methods", "METHODS"), ("benchmarks", "BENCHMARKS"), ("backbones", "BACKBONES"),
+                  ("loggers", "LOGGERS"), ("export formats", "EXPORT_FORMATS"))
     for title, registry in registries:
         print(f"{title}:")
-        for name, doc in registry.describe().items():
+        for name, doc in catalog.describe(registry).items():
             print(f"  {name:<14} {doc}")
     return 0
 
@@ -151,14 +153,59 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return run_check(_config(args))
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == [] or \
+            action.default is argparse.SUPPRESS
+        if "default" in text or empty or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from sdlora.provenance import package_version
+
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
+#: flags every subcommand takes, before or after its name: (flags, help)
+COMMON_FLAGS = ((("-v", "--verbose"), "debug logging, and the traceback of an error"),
+                (("--quiet",), "no progress bars (never drawn when stderr is not a terminal)"))
+
+
+def add_common_flags(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """-v / --quiet on `parser`: the top parser holds the defaults; a subcommand's copies only set them (SUPPRESS),
+    so the flag counts wherever it stands. A subcommand's own --quiet is kept, with its default moved up."""
+    default = False if top else argparse.SUPPRESS
+    for flags, text in COMMON_FLAGS:
+        own = parser._option_string_actions.get(flags[-1])
+        if own is not None:
+            own.default = default
+        else:
+            parser.add_argument(*flags, action="store_true", default=default, help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdlora", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="sdlora", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--version", action=VersionAction, help="print the version and exit")
+    add_common_flags(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a config (every seed) into an output folder")
-    t.add_argument("config")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("config", help="YAML config file (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. train.lr=0.01 (repeatable)")
     t.add_argument("--out", help="output folder (default runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -170,19 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="re-evaluate a finished run on every seen class")
-    e.add_argument("run_dir")
-    e.add_argument("--seed", type=int)
-    e.add_argument("--split", default="test", choices=["test", "val"])
-    e.add_argument("--device")
+    e.add_argument("run_dir", help="a run folder (or one seed-N folder of it)")
+    e.add_argument("--seed", type=int, help="the seed to evaluate when the run has several (default: the only one)")
+    e.add_argument("--split", default="test", choices=["test", "val"], help="the evaluation split")
+    e.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="merged backbone + head: a timm / transformers / PEFT folder, or one file")
-    x.add_argument("run_dir")
+    x.add_argument("run_dir", help="a run folder (or one seed-N folder of it)")
     x.add_argument("--out", required=True, help="a folder with --format, else a .safetensors file")
     x.add_argument("--format", help="an export format of `sdlora list` (timm folder, transformers save_pretrained "
                                     "folder, PEFT LoRA adapter); default: one safetensors file with backbone.* "
                                     "and head.* keys")
-    x.add_argument("--seed", type=int)
+    x.add_argument("--seed", type=int, help="the seed to export when the run has several (default: the only one)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing --out (file, or folder with all "
                                                               "its files)")
     x.set_defaults(func=cmd_export)
@@ -191,17 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="a run folder (or one seed of it) or a --format timm / hf export")
     q.add_argument("input", help="text file (one per line), .csv / .tsv / .jsonl with a text column, or an "
                                  "image folder")
-    q.add_argument("--top-k", type=int, default=1)
+    q.add_argument("--top-k", type=int, default=1, help="how many labels (with scores) to give per input")
     q.add_argument("--out", help="write .csv or .jsonl (default: JSON lines on stdout)")
     q.add_argument("--text-column", default="text", help="column of a table input (default text)")
-    q.add_argument("--seed", type=int)
-    q.add_argument("--device")
+    q.add_argument("--seed", type=int, help="the seed of a run with several (default: the only one)")
+    q.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
     q.add_argument("--on-corrupt", default="stop", choices=["stop", "skip"],
-                   help="an unreadable image: stop with its path (default), or skip it (its row's label is empty)")
+                   help="an unreadable image: stop with its path, or skip it (its row's label is empty)")
     q.set_defaults(func=cmd_predict)
 
     n = sub.add_parser("learn", help="continue a finished run with one more task of new classes from new files")
-    n.add_argument("run_dir")
+    n.add_argument("run_dir", help="a finished run folder (or one seed-N folder of it)")
     n.add_argument("--data", help="training data of the new classes: .csv / .tsv / .jsonl (text, label) for a text "
                                   "encoder, an image folder (one sub-folder per class) for a ViT")
     n.add_argument("--test", help="test data of the new classes, same kind (every task is evaluated; needed unless "
@@ -211,28 +258,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop an interrupted or failed learn: the run is put back exactly as it was before it")
     n.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
                    help="a training setting of the new task (e.g. train.epochs=3, train.loss=seen)")
-    n.add_argument("--text-column", default="text")
-    n.add_argument("--label-column", default="label")
-    n.add_argument("--seed", type=int)
-    n.add_argument("--device")
+    n.add_argument("--text-column", default="text", help="text column of table files")
+    n.add_argument("--label-column", default="label", help="label column of table files")
+    n.add_argument("--seed", type=int, help="the seed of a run with several (default: the only one)")
+    n.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
     n.add_argument("--quiet", action="store_true", help="no progress bars")
     n.set_defaults(func=cmd_learn)
 
     r = sub.add_parser("report", help="a table across methods and seeds")
-    r.add_argument("run_dirs", nargs="+")
-    r.add_argument("--format", default="md", choices=["md", "csv"])
+    r.add_argument("run_dirs", nargs="+", help="run folders (each holding seed-N folders)")
+    r.add_argument("--format", default="md", choices=["md", "csv"], help="markdown table or CSV")
     r.add_argument("--plot", help="also write the accuracy curves of every method to this PNG")
     r.set_defaults(func=cmd_report)
 
-    sub.add_parser("list", help="methods, benchmarks, backbones and export formats").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="methods, benchmarks, backbones, loggers, export formats").set_defaults(func=cmd_list)
 
     d = sub.add_parser("data", help="data utilities")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     c = dsub.add_parser("check", help="verify a benchmark's files and counts")
-    c.add_argument("config")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("config", help="YAML config file naming the benchmark")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
     c.set_defaults(func=cmd_data_check)
+    finish_subcommands(p)
     return p
+
+
+def finish_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (nested ones too): the help formatter with defaults, its help line as its --help
+    description, and the common flags."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                child.formatter_class = HelpFormatter
+                child.description = child.description or lines.get(name)
+                add_common_flags(child)
+                finish_subcommands(child)
+
+
+#: errors that are the user's to fix (one line, exit 1; 2 for a config error), by module and name: a module that was
+#: never imported raised none of its errors, so `user_errors` imports nothing
+USER_ERRORS = (("sdlora.backbones.base", "BackboneUnavailable"), ("sdlora.engine.checkpoint", "CheckpointError"),
+               ("sdlora.engine.distributed", "RankFailed"), ("sdlora.engine.lock", "OutputLocked"),
+               ("sdlora.engine.loop", "TrainingDiverged"), ("sdlora.engine.runner", "OutputExists"),
+               ("sdlora.data.image_folder", "CorruptImageError"))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The error classes reported in one line: the builtin ones and those of the modules imported so far."""
+    loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules]
+    return (ConfigError, KeyError, FileNotFoundError, FileExistsError, ValueError, *loaded)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,20 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
-    from sdlora.backbones.base import BackboneUnavailable
-    from sdlora.data.image_folder import CorruptImageError
-    from sdlora.engine.checkpoint import CheckpointError
-    from sdlora.engine.distributed import RankFailed
-    from sdlora.engine.lock import OutputLocked
-    from sdlora.engine.loop import TrainingDiverged
-    from sdlora.engine.runner import OutputExists
+    from sdlora.cli_checks import check_args
+    from sdlora.terminal import interactive, quiet_libraries
 
-    user_errors = (ConfigError, KeyError, FileNotFoundError, FileExistsError, OutputExists, OutputLocked,
-                   TrainingDiverged, ValueError, BackboneUnavailable, CheckpointError, RankFailed, CorruptImageError)
+    if args.quiet or not interactive():  # no library progress bars or warnings in a log file
+        quiet_libraries()
     try:
+        check_args(args)  # arguments, paths and config, before anything heavy is imported
         return args.func(args)
-    except user_errors as err:  # one line; the traceback only with -v
-        if args.verbose:
+    except BrokenPipeError:  # `sdlora list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise
+        if args.verbose:  # one line; the traceback only with -v
             traceback.print_exc()
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"sdlora: error: {message}", file=sys.stderr)

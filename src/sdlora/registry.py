@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -32,11 +32,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            from sdlora.typed import UnknownName, did_you_mean
-
-            known = ", ".join(sorted(self._entries)) or "(none)"
-            hint = did_you_mean(name, set(self._entries)) if isinstance(name, str) else ""
-            raise UnknownName(f"unknown {self.kind} {name!r}{hint}; known {self.kind}s: {known}") from None
+            raise unknown_name(self.kind, name, self._entries) from None
 
     def names(self) -> list[str]:
         load_builtins()
@@ -49,6 +45,16 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         load_builtins()
         return name in self._entries
+
+
+def unknown_name(kind: str, name: object, known: Iterable[str]) -> Exception:
+    """The error for a name that a registry of `kind` does not hold: the known names, "did you mean" for a near miss
+    (an UnknownName: a ConfigError and a KeyError). Also raised by the light checks of `sdlora.catalog`."""
+    from sdlora.typed import UnknownName, did_you_mean
+
+    names = set(known)
+    hint = did_you_mean(name, names) if isinstance(name, str) else ""
+    return UnknownName(f"unknown {kind} {name!r}{hint}; known {kind}s: {', '.join(sorted(names)) or '(none)'}")
 
 
 METHODS: Registry[Any] = Registry("method")

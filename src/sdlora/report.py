@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.engine.metrics import summarize_runs
-from sdlora.engine.plots import plot_curves
 
 TABLE_METRICS = ("final_accuracy", "final_accuracy_task_mean", "average_incremental_accuracy", "forgetting")
 PUBLISHED = {"final_accuracy": "Acc", "average_incremental_accuracy": "AAA"}  # config.published keys
@@ -233,6 +232,8 @@ def report_main(paths: list[str], fmt: str = "md", plot: str | None = None) -> s
     table = report_table(runs, fmt)
     groups, _ = group_runs(runs)
     if plot and groups:
+        from sdlora.engine.plots import plot_curves  # matplotlib: only for --plot
+
         several = len({benchmark for benchmark, _ in groups}) > 1
         named = {(f"{label} [{benchmark}]" if several else label): members
                  for (benchmark, label), members in groups.items()}

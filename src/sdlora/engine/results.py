@@ -11,16 +11,19 @@ from sdlora.data.scenario import Scenario
 from sdlora.engine.metrics import accuracy_curve, compute_metrics
 
 
-def package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str | None]:
+    """The code that ran: sdlora (and its git commit when it runs from a checkout, else None) and the libraries."""
     import numpy
     import timm
     import torch
     import transformers
 
     import sdlora
+    from sdlora.provenance import git_commit
 
     return {
         "sdlora": sdlora.__version__,
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -40,7 +43,7 @@ class RunRecord:
     task_sizes: list[int]
     data: dict[str, Any]
     config: dict[str, Any]
-    versions: dict[str, str]
+    versions: dict[str, str | None]
     accuracy_matrix: list[list[float]] = field(default_factory=list)
     task_test_counts: list[int] = field(default_factory=list)
     trainable_parameters: list[int] = field(default_factory=list)

@@ -17,27 +17,9 @@ import torch
 
 from sdlora.config import RunConfig, load_config, parse_yaml
 from sdlora.engine.checkpoint import load_checkpoint
+from sdlora.engine.seed_folder import find_seed_folder
 
 LEARNED = "learned.json"
-
-
-def find_seed_folder(run_dir: Path, seed: int | None = None) -> Path:
-    """A seed folder itself, or the one seed folder of a run (or the one `seed` names)."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise FileNotFoundError(f"{run_dir} does not exist")
-    if (run_dir / "checkpoints").is_dir():
-        return run_dir
-    every = sorted(run_dir.glob("seed-*"))
-    folders = [f for f in every if seed is None or f.name == f"seed-{seed}"]
-    if not folders:
-        if every:
-            raise FileNotFoundError(f"{run_dir} has no seed {seed}; its seeds: {', '.join(f.name for f in every)}")
-        raise FileNotFoundError(f"{run_dir} holds no run (no checkpoints/ and no seed-*/ folders)")
-    if len(folders) > 1:
-        raise ValueError(f"{run_dir} holds {len(folders)} seeds ({', '.join(f.name for f in folders)}); "
-                         "choose one with --seed or pass the seed folder")
-    return folders[0]
 
 
 @dataclass

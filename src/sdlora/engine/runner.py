@@ -19,6 +19,7 @@ from sdlora.engine.csvlog import write_metrics_csv
 from sdlora.engine.lock import LOCK_NAME, output_lock
 from sdlora.engine.metrics import summarize_runs
 from sdlora.engine.trainer import CheckpointHook, Trainer, micro_batch_size
+from sdlora.terminal import interactive as interactive  # re-exported (moved to the light sdlora.terminal)
 from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
@@ -103,15 +104,6 @@ def remove_unstarted(out: Path, created: bool) -> None:
             entry.unlink()
     if created and out.is_dir() and not any(p.name != LOCK_NAME for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
-
-
-def interactive() -> bool:
-    """A terminal, or a Jupyter kernel (tqdm.auto draws widgets there, though stderr is no tty)."""
-    if sys.stderr.isatty():
-        return True
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def file_logger(path: Path) -> logging.Handler:
