@@ -102,8 +102,9 @@ def test_a_cut_down_clinc_run_learns_new_intents_and_keeps_its_old_ones(clinc_tw
     old_after = model.predict(old_texts)
     assert all(p[0][0] in trained for p in old_after)
     agree = np.mean([a[0][0] == b[0][0] for a, b in zip(old_before, old_after, strict=True)])
-    print(f"\n(a) made-up intents: accuracy row {after['accuracy_matrix'][-1]}, new-intent test "
-          f"{accuracy(new, [y for _, y in test_rows]):.3f}, old predictions unchanged {agree:.3f}")
+    with capsys.disabled():
+        print(f"\n(a) made-up intents: accuracy row {after['accuracy_matrix'][-1]}, new-intent test "
+              f"{accuracy(new, [y for _, y in test_rows]):.3f}, old predictions unchanged {agree:.3f}")
     assert agree >= 0.8, f"old predictions changed for {1 - agree:.0%} of old inputs"
 
     # CLINC intents the run never trained are new classes: learned from the user's files only
@@ -231,8 +232,9 @@ def test_c_an_image_folder_run_predicts_any_image_learns_and_exports(digits_run,
     probe = sorted((extra / "test" / "digit_5").glob("*.png"))
     predicted = sdlora.load(run).predict([str(p) for p in probe])
     assert accuracy(predicted, ["digit_5"] * len(probe)) >= 0.6
-    print(f"\n(c) digits: before learn {record['accuracy_matrix'][-1]}, after {after['accuracy_matrix'][-1]}, "
-          f"digit_5 predicted {accuracy(predicted, ['digit_5'] * len(probe)):.3f}")
+    with capsys.disabled():
+        print(f"\n(c) digits: before learn {record['accuracy_matrix'][-1]}, after {after['accuracy_matrix'][-1]}, "
+              f"digit_5 predicted {accuracy(predicted, ['digit_5'] * len(probe)):.3f}")
     capsys.readouterr()
     out = tmp_path / "timm-export"
     assert main(["export", str(run), "--out", str(out), "--format", "timm"]) == 0
