@@ -253,3 +253,26 @@ def test_the_text_files_config_of_docs_text_md_learns(tmp_path):
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
     result = json.loads((tmp_path / "run" / "seed-0" / "results.json").read_text())
     assert result["task_sizes"] == [2, 2] and result["metrics"]["final_accuracy"] >= 90.0
+
+
+def test_text_file_errors_point_at_the_line_and_the_fix_that_works_where_the_user_stands(tmp_path, capsys):
+    from sdlora.cli import main
+    from sdlora.data.benchmarks.text_files import TextFileError, read_text_file
+
+    header = tmp_path / "h.csv"
+    header.write_text("sentence,intent\nhello,greet\n")
+    with pytest.raises(TextFileError, match=r"h.csv the header \(line 1\): no column 'text' or 'label'; columns "
+                                            r"found: \['sentence', 'intent'\] \(set benchmark.options.text_column"):
+        read_text_file(header, "auto", "text", "label")
+    latin = tmp_path / "l.csv"
+    latin.write_bytes("text,label\nhello,greet\ncaf\u00e9 au lait,order\n".encode("latin-1"))
+    with pytest.raises(TextFileError, match=r"l.csv line 3: not UTF-8 text .*save the file as UTF-8"):
+        read_text_file(latin, "auto", "text", "label")
+    # `sdlora learn` names its own options, not config keys it does not take
+    from export_helpers import text_run_config, train
+
+    run = train(text_run_config(tmp_path / "setup"), tmp_path / "setup" / "run")
+    assert main(["learn", str(run), "--data", str(header), "--test", str(header)]) == 1
+    assert "choose them with --text-column / --label-column" in capsys.readouterr().err
+    assert main(["learn", str(run), "--data", str(header), "--test", str(header), "--text-column", "sentence",
+                 "--label-column", "intent", "--set", "train.loss=seen", "--quiet"]) == 0

@@ -140,7 +140,7 @@ class Trainer:
         pos = meta["position"]
         set_rng_state(meta["rng"], tensors)
         if pos["finished"]:
-            log.info("resuming after task %d", pos["task"] + 1)
+            log.info("continuing after task %d (its checkpoint)", pos["task"] + 1)
             return pos["task"] + 1, 0, None, {}
         self.method.restore_trainable_flags(self.scenario.task(pos["task"]))
         log.info("resuming task %d after epoch %d", pos["task"] + 1, pos["epochs_done"])

@@ -36,7 +36,8 @@ def read_text_task(path: Path, text_column: str, label_column: str) -> NewTask:
     """A CSV / TSV / JSON-lines file of (text, label) rows."""
     from sdlora.data.benchmarks.text_files import read_text_file
 
-    return NewTask(*read_text_file(path, "auto", text_column, label_column), kind="text")
+    return NewTask(*read_text_file(path, "auto", text_column, label_column,
+                                   column_fix="choose them with --text-column / --label-column"), kind="text")
 
 
 def read_image_task(path: Path, text_column: str, label_column: str) -> NewTask:

@@ -79,16 +79,23 @@ def label_text(value: Any, path: Path, line: int) -> str:
                         f"got {value!r}")
 
 
-def read_text_file(path: Path, fmt: str, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """(texts, labels as strings) of one file; errors name the file, the line and the columns found."""
+#: how a user names the columns: the config keys (benchmark), or `sdlora learn`'s options
+COLUMN_FIX = "set benchmark.options.text_column / label_column"
+
+
+def read_text_file(path: Path, fmt: str, text_column: str, label_column: str,
+                   column_fix: str = COLUMN_FIX) -> tuple[list[str], list[str]]:
+    """(texts, labels as strings) of one file; errors name the file, the line and the columns found, and a missing
+    column says how to choose others (`column_fix`)."""
     if not path.is_file():
         raise FileNotFoundError(f"text_files: {path} not found")
     texts: list[str] = []
     labels: list[str] = []
     try:
-        _read_rows(READERS[file_format(path, fmt)](path), path, text_column, label_column, texts, labels)
+        _read_rows(READERS[file_format(path, fmt)](path), path, text_column, label_column, texts, labels, column_fix)
     except UnicodeDecodeError as err:
-        raise TextFileError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        line = path.read_bytes().count(b"\n", 0, err.start) + 1
+        raise TextFileError(f"{path} line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
     except csv.Error as err:
         raise TextFileError(f"{path} line {len(texts) + 2}: unreadable CSV ({err})") from None
     except RecursionError:
@@ -99,14 +106,14 @@ def read_text_file(path: Path, fmt: str, text_column: str, label_column: str) ->
 
 
 def _read_rows(rows: Iterator[Row], path: Path, text_column: str, label_column: str, texts: list[str],
-               labels: list[str]) -> None:
+               labels: list[str], column_fix: str) -> None:
     for line, row in rows:
         missing = [c for c in (text_column, label_column) if c not in row]
         if missing:
             found = [c for c in row if c is not None]
+            where = "the header (line 1)" if path.suffix.lower() in (".csv", ".tsv") else f"line {line}"
             raise TextFileError(
-                f"{path} line {line}: no column {' or '.join(map(repr, missing))}; columns found: {found} "
-                f"(set benchmark.options.text_column / label_column)"
+                f"{path} {where}: no column {' or '.join(map(repr, missing))}; columns found: {found} ({column_fix})"
             )
         text = row[text_column]
         if not isinstance(text, str) or not text.strip():
