@@ -30,6 +30,8 @@ from sdlora.engine.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from sdlora.engine.distributed import Reorder
+from sdlora.engine.length_order import bucket_order, pass_loader
 from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
@@ -79,19 +81,40 @@ class Trainer:
 
     def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
         """Training: this rank's share of the epoch's permutation in micro-batches of
-        batch_size / (processes * accumulate_steps). Otherwise: this rank's shard (all of it when alone),
-        for passes whose statistics are reduced over ranks."""
+        batch_size / (processes * accumulate_steps), length-bucketed when `train.length_buckets` is set.
+        Otherwise: this rank's shard (all of it when alone), for passes whose statistics are reduced over ranks,
+        longest samples first with `train.length_aware_passes` (`length_order.pass_loader`; per-sample
+        outputs go back to dataset order through `length_order.dataset_order`)."""
         t = self.cfg.train
+        pin = self.device.type == "cuda"
+        if not shuffle:
+            lengths_of = self.backbone.sample_lengths if t.length_aware_passes else None
+            return pass_loader(distributed.shard(dataset), self.backbone.collate, t.eval_batch_size, lengths_of,
+                               t.num_workers, pin)
         return DataLoader(
-            dataset if shuffle else distributed.shard(dataset),
-            batch_size=self.micro_batch if shuffle else t.eval_batch_size,
-            sampler=distributed.train_sampler(dataset, data_generator(self.seed, task, epoch)) if shuffle else None,
+            dataset,
+            batch_size=self.micro_batch,
+            sampler=distributed.train_sampler(dataset, data_generator(self.seed, task, epoch), self._buckets()),
             # its own generator for the loader's base seed, so a training epoch draws nothing from the global RNG
-            generator=data_generator(self.seed, task, epoch) if shuffle else None,
+            generator=data_generator(self.seed, task, epoch),
             collate_fn=self.backbone.collate,
             num_workers=t.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pin,
         )
+
+    def _buckets(self) -> Reorder | None:
+        """`train.length_buckets`: the epoch's order with each window of that many global batches sorted by
+        length (`length_order.bucket_order`); None when off or when the backbone's inputs have one shape."""
+        window = self.cfg.train.length_buckets
+        if not window:
+            return None
+        batch = self.cfg.train.batch_size
+
+        def reorder(order: list[int], dataset: Any, generator: torch.Generator) -> list[int]:
+            lengths = self.backbone.sample_lengths(dataset)
+            return order if lengths is None else bucket_order(order, lengths, batch, window, generator)
+
+        return reorder
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, task: int, epochs_done: int, finished: bool, optimizer: torch.optim.Optimizer | None) -> None:
