@@ -202,14 +202,16 @@ class Trainer:
             self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,
                              tensors)
             info = self.method.end_task(task, passes)
-            row, counts = evaluate(self.method, self._loader(self.scenario.eval_set(t, self.cfg.eval_split), False),
-                                   self.scenario, task, self.device, self.cfg.train.amp)
+            row, counts = self._evaluate(task)
             self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
+            accuracy = {} if row is None else {"eval/accuracy": self.record.accuracy_curve[-1]}
             self.loggers.log(self.step, t + 1, task_schedule(self.cfg.train, t).epochs,
-                             {"eval/accuracy": self.record.accuracy_curve[-1], **self._method_scalars()})
-            log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
-                     self.record.accuracy_curve[-1], task.total,
-                     " ".join(f"{a:.1f}" for a in row))
+                             {**accuracy, **self._method_scalars()})
+            if row is None:
+                log.info("task %d/%d: not evaluated (eval_every %d)", t + 1, task.num_tasks, self.cfg.eval_every)
+            else:
+                log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
+                         self.record.accuracy_curve[-1], task.total, " ".join(f"{a:.1f}" for a in row))
             self.record.add_time(time.perf_counter() - clock)
             clock = time.perf_counter()
             self._save(t, task_schedule(self.cfg.train, t).epochs, True, None)
@@ -218,6 +220,23 @@ class Trainer:
         self.record.complete()
         self.write_results()
         return self.record.to_dict()
+
+    def evaluates_after(self, t: int) -> bool:
+        """`eval_every` k: after tasks k, 2k, ... and always after the last (k = 0: the last only)."""
+        every = self.cfg.eval_every
+        return t == self.scenario.num_tasks - 1 or (every > 0 and (t + 1) % every == 0)
+
+    def _evaluate(self, task: TaskInfo) -> tuple[list[float] | None, list[int]]:
+        """The accuracy row after `task` and the test counts per task; (None, []) when the schedule skips it.
+
+        A skipped evaluation still draws the one number from the global RNG that iterating its DataLoader draws
+        for the loader's base seed: training after it (dropout) reads the same random stream as in a run that
+        evaluates after every task, so the final model, hence the final row, is the full schedule's."""
+        if not self.evaluates_after(task.index):
+            torch.empty((), dtype=torch.int64).random_()
+            return None, []
+        return evaluate(self.method, self._loader(self.scenario.eval_set(task.index, self.cfg.eval_split), False),
+                        self.scenario, task, self.device, self.cfg.train.amp)
 
     def _inference_cost(self) -> dict[str, Any] | None:
         """`cost.inference_cost` on the first evaluation batch of the last task (unsharded: the same batch for
