@@ -233,3 +233,18 @@ def test_text_run_with_length_aware_passes_matches_dataset_order_passes(tmp_path
     assert r1["accuracy_matrix"] == r2["accuracy_matrix"]
     for key in t1:
         assert (t1[key] - t2[key]).abs().max() <= 1e-4 * max(float(t2[key].abs().max()), 1.0), key
+
+
+def test_length_buckets_pad_training_batches_less_and_keep_every_sample(tmp_path):
+    """`train.length_buckets`: the trainer's epoch loader holds the same samples, in batches that pad less."""
+    from sdlora.config import load_config
+    from sdlora.engine import build
+    from sdlora.engine.trainer import Trainer
+
+    loaders = {}
+    for buckets in (0, 3):
+        cfg = load_config(data=text_run(tmp_path, length_buckets=buckets))
+        trainer = Trainer(cfg, 3, tmp_path / f"b{buckets}", torch.device("cpu"), build.build_benchmark(cfg), quiet=True)
+        loaders[buckets] = trainer._loader(trainer.scenario.train_set(0), shuffle=True, task=0, epoch=1)
+    assert sorted(loaders[0].sampler.indices) == sorted(loaders[3].sampler.indices)
+    assert token_counts(loaders[3])[0] < token_counts(loaders[0])[0]
