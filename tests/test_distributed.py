@@ -228,3 +228,34 @@ def test_two_processes_killed_mid_task_resume_to_the_one_process_run(tmp_path):
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(tmp_path / "one", out)
+
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 37}
+#: dropout draws other masks on 2 ranks than in 1 process (the ViT of the other tests has none)
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def test_two_processes_equal_one_with_length_aware_text_passes(tmp_path):
+    """Length-aware passes under sharding: each rank sorts its strided shard of the feature and evaluation
+    passes and restores its order before the shards are gathered; SD-LoRA with prototypes, SDC and class-mean
+    head init on a tiny BERT over texts of 1 to 9 words ends as in one process."""
+    phrases = ["alarm clock", "pay my bill", "weather in paris", "play some jazz", "book a table", "call mom"]
+    rows = ["text,label"] + [f"{' '.join([p] * (1 + (i * 7) % 4))} {i},{c}" for c, p in enumerate(phrases)
+                             for i in range(8)]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "test.csv").write_text("\n".join(rows[:1] + rows[1::3]) + "\n")
+    data = tiny(benchmark={"name": "text_files", "data_root": str(tmp_path), "init_classes": 2, "increment": 2,
+                           "options": {"train_file": "train.csv", "test_file": "test.csv"}},
+                backbone={"name": "hf_encoder", "options": {"random_init_config": TINY_BERT, "max_length": 16,
+                                                             "config_overrides": NO_DROPOUT}},
+                method={"name": "sdlora", "options": {"rank": 2}, "classifier": {
+                    "kind": "prototypes", "drift": "sdc", "head_init": "class_mean"}},
+                train={**TRAIN, "eval_batch_size": 3})
+    assert load_config(data=data).train.length_aware_passes
+    config = write_config(tmp_path / "run.yaml", data)
+    one_process(config, tmp_path / "one")
+    done = subprocess.run([sys.executable, "-m", "sdlora", "train", str(config), "--out", str(tmp_path / "two"),
+                           "--quiet", "--nproc", "2"], env=environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_run(tmp_path / "one", tmp_path / "two")

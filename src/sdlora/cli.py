@@ -47,10 +47,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
     scenario = run_scenario(run.run)  # grown by `sdlora learn`, if it ran
     task = scenario.task(run.tasks_done - 1)
-    from torch.utils.data import DataLoader
+    from sdlora.engine.length_order import pass_loader
 
-    loader = DataLoader(scenario.eval_set(task.index, args.split), batch_size=run.cfg.train.eval_batch_size,
-                        collate_fn=run.method.backbone.collate)
+    backbone = run.method.backbone
+    loader = pass_loader(scenario.eval_set(task.index, args.split), backbone.collate, run.cfg.train.eval_batch_size,
+                         backbone.sample_lengths if run.cfg.train.length_aware_passes else None)
     device = next(run.method.parameters()).device
     row, counts = evaluate(run.method, loader, scenario, task, device)
     total = sum(a * n for a, n in zip(row, counts, strict=True)) / max(sum(counts), 1)

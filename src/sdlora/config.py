@@ -171,6 +171,13 @@ class TrainConfig:
     batch_size: int = 128
     accumulate_steps: int = 1
     eval_batch_size: int = 256
+    # passes without gradient (feature passes, evaluation) read their samples longest first, so a batch pads
+    # little (sdlora.engine.length_order); per-sample outputs are put back in dataset order. Backbones with
+    # fixed input shapes (images) ignore it. false: dataset order (batches as before this option)
+    length_aware_passes: bool = True
+    # opt-in: sort each window of this many consecutive training batches of the epoch's shuffle by length and
+    # shuffle the window's batches again (0: off, the plain shuffle). Changes which texts share a batch
+    length_buckets: int = 0
     # cosine: CosineAnnealingLR(T_max=epochs, eta_min=min_lr); quarter_cosine: lr * cos(0.495 pi e / (epochs - 1))
     # for epoch e (InfLoRA's / CODA-Prompt's CosineSchedule; min_lr unused)
     scheduler: Literal["constant", "multistep", "cosine", "quarter_cosine"] = "constant"
@@ -194,6 +201,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.length_buckets < 0:
+            raise ValueError(f"length_buckets must be 0 (off) or a number of batches, got {self.length_buckets}")
         if self.batch_size % self.accumulate_steps:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of accumulate_steps "
                              f"({self.accumulate_steps}): every micro-batch has the same size")
@@ -212,6 +221,14 @@ class RunConfig:
     source: str | None = None  # where the setting comes from (paper table, official config)
     published: dict[str, float] | None = None  # published numbers to compare against (percent)
     eval_split: Literal["test", "val"] = "test"  # tune on val, report on test
+    # evaluate after tasks k, 2k, ... and always after the last one (1: every task, the full accuracy matrix;
+    # 0: the last task only). Rows not evaluated are null in results.json, and so are the metrics that need
+    # them (sdlora.engine.metrics.EXACT_UNDER_SCHEDULE)
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be 0 (last task only) or a number of tasks, got {self.eval_every}")
 
 
 def set_override(data: dict[str, Any], assignment: str) -> None:

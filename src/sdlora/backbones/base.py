@@ -51,6 +51,12 @@ class Backbone(nn.Module):
         inputs, labels = zip(*samples, strict=True)
         return torch.stack(list(inputs)), torch.as_tensor(labels, dtype=torch.long)
 
+    def sample_lengths(self, dataset: Any) -> list[int] | None:
+        """Each sample's length in the model's units (tokens), for length-aware batches
+        (`sdlora.engine.length_order`); None when every input has one shape (images): the passes then keep
+        the dataset order, and the dataset is not read."""
+        return None
+
     def info(self) -> dict[str, Any]:
         """What results.json records about the weights (name, resolved tag, sha256 of the loaded weights)."""
         return {"name": type(self).__name__}

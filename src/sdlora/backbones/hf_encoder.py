@@ -194,6 +194,17 @@ class HFEncoder(Backbone):
                                max_length=self.options.max_length, return_tensors="pt")
         return dict(batch)
 
+    def sample_lengths(self, dataset: Any) -> list[int]:
+        """Tokens of each text after truncation (special tokens included): the real tokens of a batch.
+
+        Read through the token cache, so the texts are tokenised here once and every later batch only pads."""
+        texts = [dataset[i][0] for i in range(len(dataset))]
+        lengths = self.token_cache.lengths(texts) if self.token_cache is not None else None
+        if lengths is None:
+            encoded = self.tokenizer(texts, padding=False, truncation=True, max_length=self.options.max_length)
+            lengths = [len(ids) for ids in encoded["input_ids"]]
+        return lengths
+
     def collate(self, samples: list[tuple[Any, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         texts, labels = zip(*samples, strict=True)
         return self.tokenize(list(texts)), torch.as_tensor(labels, dtype=torch.long)

@@ -50,6 +50,17 @@ class TokenCache:
             self.keys = keys
         return {text: tuple(encoded[k][i] for k in keys) for i, text in enumerate(texts)}
 
+    def lengths(self, texts: list[str]) -> list[int] | None:
+        """Tokens of each text after truncation (what a batch of it pads to); new texts are cached as `batch`
+        caches them. None when this tokenizer's outputs cannot be cached."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.entries]
+        fresh = self._encode(missing) if missing else {}
+        if fresh is None:
+            return None
+        if len(self.entries) + len(fresh) <= self.capacity:
+            self.entries.update(fresh)
+        return [len((self.entries.get(t) or fresh[t])[0]) for t in texts]
+
     def batch(self, texts: list[str]) -> dict[str, torch.Tensor]:
         missing = [t for t in dict.fromkeys(texts) if t not in self.entries]
         fresh = self._encode(missing) if missing else {}

@@ -36,7 +36,8 @@ def write_metrics_csv(results: dict, path: str | Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         for i, row in enumerate(matrix):
-            cells = [i + 1, seen[i], _fmt(curve[i], 4), _fmt(sum(row) / len(row), 4)]
+            mean = None if row is None else sum(row) / len(row)  # None: not evaluated (`eval_every`), empty cells
+            cells = [i + 1, seen[i], _fmt(curve[i], 4), _fmt(mean, 4)]
             cells += [_fmt(_at(row, j), 4) for j in range(tasks)]
             count = _at(params, i)
             cells += ["" if count is None else int(count), _fmt(_at(times, i), 2)]

@@ -164,6 +164,10 @@ def shard(dataset: Dataset) -> Dataset:
     return Subset(dataset, range(rank(), len(dataset), world_size()))  # type: ignore[arg-type]
 
 
+#: (the epoch's order, the dataset, the epoch's generator) -> another order of the same samples
+Reorder = Callable[[list[int], Dataset, torch.Generator], list[int]]
+
+
 class EpochShareSampler(Sampler[int]):
     """The epoch's shuffled order, this rank's share: positions r, r+N, r+2N... (`train.batch_size` is global).
 
@@ -171,11 +175,15 @@ class EpochShareSampler(Sampler[int]):
     int64 from `g` for its base seed, then RandomSampler draws torch.randperm from it), so a single-process
     run keeps exactly the order of earlier versions and N processes split that very permutation. With fewer
     samples than a multiple of N it wraps around by up to N-1 samples (every rank takes the same number of
-    steps); one process never repeats a sample."""
+    steps); one process never repeats a sample. `reorder` (length buckets) rearranges the whole epoch's order
+    before it is split, drawing from the same generator after the permutation, so every rank rearranges alike."""
 
-    def __init__(self, num_samples: int, generator: torch.Generator) -> None:
+    def __init__(self, num_samples: int, generator: torch.Generator, reorder: Callable[[list[int]], list[int]] |
+                 None = None) -> None:
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(num_samples, generator=generator).tolist()
+        if reorder is not None:
+            order = reorder(order)
         n = world_size()
         total = math.ceil(num_samples / n) * n
         order += order[: total - num_samples]
@@ -188,9 +196,11 @@ class EpochShareSampler(Sampler[int]):
         return len(self.indices)
 
 
-def train_sampler(dataset: Dataset, generator: torch.Generator) -> EpochShareSampler:
-    """This rank's share of the epoch's order (`generator`: `seeding.data_generator(seed, task, epoch)`)."""
-    return EpochShareSampler(len(dataset), generator)  # type: ignore[arg-type]
+def train_sampler(dataset: Dataset, generator: torch.Generator, reorder: Reorder | None = None) -> EpochShareSampler:
+    """This rank's share of the epoch's order (`generator`: `seeding.data_generator(seed, task, epoch)`),
+    rearranged by `reorder` when given."""
+    bound = None if reorder is None else (lambda order: reorder(order, dataset, generator))
+    return EpochShareSampler(len(dataset), generator, bound)  # type: ignore[arg-type]
 
 
 def wrap(module: nn.Module, device: torch.device) -> nn.Module:

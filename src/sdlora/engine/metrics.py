@@ -2,7 +2,8 @@
 
 a[i][j] is the accuracy on task j's test classes after training task i (j <= i), predicting by argmax over
 every seen class; the matrix is stored lower-triangular (row i has i + 1 entries). n_j = test samples of
-task j.
+task j. A row is None when the run did not evaluate after that task (`eval_every`): the metrics that need
+it are then None too, never computed from the rows that are there (`NEEDS_EVERY_ROW` says why).
 """
 
 from __future__ import annotations
@@ -19,40 +20,74 @@ METRIC_NAMES = (
 )
 
 
-def _check(matrix: Sequence[Sequence[float]], counts: Sequence[int]) -> None:
+#: metrics that read rows before the last one, and why a run that skipped any of them cannot give them
+NEEDS_EVERY_ROW = {
+    "average_incremental_accuracy": "the mean of the accuracy after every task: needs every row",
+    "forgetting": "the best earlier accuracy of each old task: needs every row before the last",
+    "backward_transfer": "each task's accuracy right after learning it: needs every row before the last",
+}
+
+Matrix = Sequence[Sequence[float] | None]
+
+
+def _check(matrix: Matrix, counts: Sequence[int]) -> None:
     if not matrix:
         raise ValueError("accuracy matrix is empty")
     for i, row in enumerate(matrix):
-        if len(row) != i + 1:
+        if row is not None and len(row) != i + 1:
             raise ValueError(f"accuracy matrix row {i} has {len(row)} entries, expected {i + 1}")
-    if len(counts) < len(matrix):
-        raise ValueError(f"{len(counts)} task test counts for {len(matrix)} tasks")
-    if any(c <= 0 for c in counts[: len(matrix)]):
+    evaluated = max((i + 1 for i, row in enumerate(matrix) if row is not None), default=0)
+    if len(counts) < evaluated:
+        raise ValueError(f"{len(counts)} task test counts for {evaluated} tasks")
+    if any(c <= 0 for c in counts[:evaluated]):
         raise ValueError(f"task test counts must be positive, got {list(counts)}")
 
 
-def accuracy_curve(matrix: list[list[float]], counts: list[int]) -> list[float]:
+def accuracy_curve(matrix: Matrix, counts: Sequence[int]) -> list[float | None]:
     """curve[i] = sum_{j<=i} a[i][j] n_j / sum_{j<=i} n_j: accuracy over all seen test samples after task i
-    (sample-weighted)."""
+    (sample-weighted); None after a task that was not evaluated."""
     _check(matrix, counts)
-    return [sum(a * n for a, n in zip(row, counts)) / sum(counts[: len(row)]) for row in matrix]
+    return [None if row is None else sum(a * n for a, n in zip(row, counts)) / sum(counts[: len(row)])
+            for row in matrix]
 
 
-def compute_metrics(matrix: list[list[float]], counts: list[int]) -> dict[str, float | None]:
-    """The metrics of METRIC_NAMES; forgetting and backward transfer are None with a single task.
+def null_reasons(matrix: Matrix) -> dict[str, str]:
+    """Metric -> why it is None because rows are missing (`eval_every`); {} for a full matrix."""
+    skipped = [i + 1 for i, row in enumerate(matrix) if row is None]
+    if not skipped:
+        return {}
+    reasons = {name: f"{why}; tasks {skipped} were not evaluated" for name, why in NEEDS_EVERY_ROW.items()}
+    if matrix[-1] is None:
+        reasons |= {name: f"the last row is missing: task {len(matrix)} was not evaluated"
+                    for name in ("final_accuracy", "final_accuracy_task_mean")}
+    return reasons
+
+
+def compute_metrics(matrix: Matrix, counts: Sequence[int]) -> dict[str, float | None]:
+    """The metrics of METRIC_NAMES; forgetting and backward transfer are None with a single task, and every
+    metric named by `null_reasons` is None when rows are missing.
 
     forgetting = mean_{j<T-1} (max_{j<=i<=T-2} a[i][j] - a[T-1][j])   (best earlier accuracy - final)
     backward_transfer = mean_{j<T-1} (a[T-1][j] - a[j][j])
     """
     curve = accuracy_curve(matrix, counts)
-    last = matrix[-1]
-    old = range(len(matrix) - 1)
-    forgetting = [max(matrix[i][j] for i in range(j, len(matrix) - 1)) - last[j] for j in old]
-    transfer = [last[j] - matrix[j][j] for j in old]
+    missing = null_reasons(matrix)
+    if missing:
+        last, last_acc = matrix[-1], curve[-1]
+        values: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+        if last is not None:
+            values |= {"final_accuracy": last_acc, "final_accuracy_task_mean": sum(last) / len(last)}
+        return values
+    rows: list[Sequence[float]] = [row for row in matrix if row is not None]
+    last = rows[-1]
+    old = range(len(rows) - 1)
+    forgetting = [max(rows[i][j] for i in range(j, len(rows) - 1)) - last[j] for j in old]
+    transfer = [last[j] - rows[j][j] for j in old]
+    full = [c for c in curve if c is not None]
     return {
-        "final_accuracy": curve[-1],
+        "final_accuracy": full[-1],
         "final_accuracy_task_mean": sum(last) / len(last),
-        "average_incremental_accuracy": sum(curve) / len(curve),
+        "average_incremental_accuracy": sum(full) / len(full),
         "forgetting": sum(forgetting) / len(forgetting) if forgetting else None,
         "backward_transfer": sum(transfer) / len(transfer) if transfer else None,
     }
@@ -78,7 +113,7 @@ def run_metrics(results: dict) -> dict[str, float | None]:
     return compute_metrics(results["accuracy_matrix"], results["task_test_counts"])
 
 
-def run_curve(results: dict) -> list[float]:
+def run_curve(results: dict) -> list[float | None]:
     """A run's accuracy curve: stored, or recomputed from its matrix."""
     curve = results.get("accuracy_curve")
     return list(curve) if curve else accuracy_curve(results["accuracy_matrix"], results["task_test_counts"])
@@ -101,8 +136,9 @@ def _summary(name: str, values: list[float | None], seeds: list[int | None]) -> 
 def summarize_runs(results: list[dict]) -> dict:
     """Mean and stderr over the seeds of one config: every metric, and the accuracy curve per task.
 
-    Metrics that are None (forgetting with one task) are left out of the mean; each metric also names its
-    worst seed (`worst`, `worst_seed`); the curve's task i is averaged over the runs that reached it.
+    Metrics that are None (forgetting with one task, or a row skipped by `eval_every`) are left out of the
+    mean; each metric also names its worst seed (`worst`, `worst_seed`); the curve's task i is averaged over
+    the runs that reached and evaluated it (None when none did).
     """
     if not results:
         raise ValueError("summarize_runs needs at least one run")
@@ -110,7 +146,8 @@ def summarize_runs(results: list[dict]) -> dict:
     seeds = [r.get("seed") for r in results]
     curves = [run_curve(r) for r in results]
     length = max(len(c) for c in curves)
-    points = [mean_stderr([c[i] for c in curves if len(c) > i]) for i in range(length)]
+    values = [[c[i] for c in curves if len(c) > i and c[i] is not None] for i in range(length)]
+    points = [mean_stderr(v) if v else {"mean": None, "stderr": None, "n": 0} for v in values]
     return {
         "seeds": seeds,
         "metrics": {name: _summary(name, [m[name] for m in metrics], seeds) for name in METRIC_NAMES},

@@ -38,9 +38,10 @@ def plot_accuracy_curve(results: dict, path: str | Path) -> None:
     """Sample-weighted accuracy over all seen classes after each task."""
     curve = run_curve(results)
     tasks = np.arange(1, len(curve) + 1)
+    shown = [(t, a) for t, a in zip(tasks, curve, strict=True) if a is not None]  # `eval_every` skips rows
     figure = _figure((6, 4))
     ax = figure.add_subplot()
-    ax.plot(tasks, curve, marker="o")
+    ax.plot([t for t, _ in shown], [a for _, a in shown], marker="o")
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.set_xticks(tasks)
@@ -56,7 +57,8 @@ def plot_accuracy_matrix(results: dict, path: str | Path) -> None:
     size = len(matrix)
     grid = np.full((size, size), np.nan)
     for i, row in enumerate(matrix):
-        grid[i, : len(row)] = row
+        if row is not None:  # not evaluated after task i (`eval_every`): an empty row
+            grid[i, : len(row)] = row
     figure = _figure((1.2 + 0.45 * max(size, 6), 0.8 + 0.4 * max(size, 6)))
     ax = figure.add_subplot()
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
@@ -68,7 +70,7 @@ def plot_accuracy_matrix(results: dict, path: str | Path) -> None:
     ax.set_ylabel("after training task")
     if size <= ANNOTATE_MAX_TASKS:
         for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
+            for j, value in enumerate(row or []):
                 ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7,
                         color="black" if value > 60 else "white")
     ax.set_title(_title(results))
@@ -81,7 +83,7 @@ def plot_curves(groups: dict[str, list[dict]], path: str | Path) -> None:
     ax = figure.add_subplot()
     for label, runs in groups.items():
         curve = summarize_runs(runs)["accuracy_curve"]
-        mean, stderr = np.array(curve["mean"]), np.array(curve["stderr"])
+        mean, stderr = (np.array(curve[k], dtype=float) for k in ("mean", "stderr"))  # None (not evaluated): NaN
         tasks = np.arange(1, len(mean) + 1)
         line = ax.plot(tasks, mean, marker="o", markersize=3, label=f"{label} (n={len(runs)})")[0]
         ax.fill_between(tasks, mean - stderr, mean + stderr, color=line.get_color(), alpha=0.2)

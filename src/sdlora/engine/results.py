@@ -8,7 +8,7 @@ from typing import Any
 
 from sdlora.config import RunConfig, config_to_dict
 from sdlora.data.scenario import Scenario
-from sdlora.engine.metrics import accuracy_curve, compute_metrics
+from sdlora.engine.metrics import METRIC_NAMES, accuracy_curve, compute_metrics, null_reasons
 
 
 def package_versions() -> dict[str, str | None]:
@@ -44,7 +44,8 @@ class RunRecord:
     data: dict[str, Any]
     config: dict[str, Any]
     versions: dict[str, str | None]
-    accuracy_matrix: list[list[float]] = field(default_factory=list)
+    #: row i: accuracies after task i; None when `eval_every` skipped that evaluation
+    accuracy_matrix: list[list[float] | None] = field(default_factory=list)
     task_test_counts: list[int] = field(default_factory=list)
     trainable_parameters: list[int] = field(default_factory=list)
     task_times_s: list[float] = field(default_factory=list)
@@ -64,10 +65,12 @@ class RunRecord:
             versions=package_versions(),
         )
 
-    def add_task(self, row: list[float], counts: list[int], trainable: int, seconds: float,
+    def add_task(self, row: list[float] | None, counts: list[int], trainable: int, seconds: float,
                  info: dict[str, Any]) -> None:
-        self.accuracy_matrix.append([float(a) for a in row])
-        self.task_test_counts = list(counts)
+        """`row` None: not evaluated after this task (`eval_every`); the counts stay the last evaluation's."""
+        self.accuracy_matrix.append(None if row is None else [float(a) for a in row])
+        if row is not None:
+            self.task_test_counts = list(counts)
         self.trainable_parameters.append(int(trainable))
         self.task_times_s.append(float(seconds))
         self.task_info.append(info)
@@ -79,7 +82,7 @@ class RunRecord:
         self.status = "complete"
 
     @property
-    def accuracy_curve(self) -> list[float]:
+    def accuracy_curve(self) -> list[float | None]:
         return accuracy_curve(self.accuracy_matrix, self.task_test_counts)
 
     _PROGRESS = ("accuracy_matrix", "task_test_counts", "trainable_parameters", "task_times_s", "task_info",
@@ -99,4 +102,17 @@ class RunRecord:
         out["accuracy_curve"] = self.accuracy_curve
         out["metrics"] = compute_metrics(self.accuracy_matrix, self.task_test_counts) if self.accuracy_matrix else {}
         out["published"] = self.config.get("published")
+        out["evaluation"] = self.evaluation()
         return out
+
+    def evaluation(self) -> dict[str, Any]:
+        """The evaluation schedule and what it leaves exact: `every` (config `eval_every`), the tasks after which
+        the run evaluated (1-based), the metrics computed from the rows there (`exact`) and, for each metric
+        that is null because rows are missing, the reason (`null`)."""
+        missing = null_reasons(self.accuracy_matrix) if self.accuracy_matrix else {}
+        return {
+            "every": self.config.get("eval_every", 1),
+            "tasks": [i + 1 for i, row in enumerate(self.accuracy_matrix) if row is not None],
+            "exact": [name for name in METRIC_NAMES if name not in missing] if self.accuracy_matrix else [],
+            "null": missing,
+        }

@@ -249,9 +249,11 @@ def print_table(result: dict[str, Any], stream: TextIO) -> None:
              f"{'task':>4} {'classes':>7} {'accuracy':>8}  per-task accuracy"]
     for i, (acc, row) in enumerate(zip(result["accuracy_curve"], result["accuracy_matrix"], strict=True)):
         total = sum(result["task_sizes"][: i + 1])
-        lines.append(f"{i + 1:>4} {total:>7} {acc:8.2f}  " + " ".join(f"{a:5.1f}" for a in row))
+        cells = "not evaluated (eval_every)" if row is None else " ".join(f"{a:5.1f}" for a in row)
+        lines.append(f"{i + 1:>4} {total:>7} {_fmt(acc):>8}  {cells}")
+    null = (result.get("evaluation") or {}).get("null", {})
     for key, label in METRIC_LABELS.items():
-        lines.append(f"{label:>38}: {_fmt(result['metrics'].get(key))}")
+        lines.append(f"{label:>38}: {_fmt(result['metrics'].get(key))}" + (f" ({null[key]})" if key in null else ""))
     lines.append(f"{'wall time':>38}: {result['wall_time_s']:6.1f} s")
     stream.write("\n".join(lines) + "\n")
 

@@ -30,6 +30,8 @@ from sdlora.engine.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from sdlora.engine.distributed import Reorder
+from sdlora.engine.length_order import bucket_order, pass_loader
 from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
@@ -81,19 +83,40 @@ class Trainer:
 
     def _loader(self, dataset: Any, shuffle: bool, task: int = 0, epoch: int = 0) -> DataLoader:
         """Training: this rank's share of the epoch's permutation in micro-batches of
-        batch_size / (processes * accumulate_steps). Otherwise: this rank's shard (all of it when alone),
-        for passes whose statistics are reduced over ranks."""
+        batch_size / (processes * accumulate_steps), length-bucketed when `train.length_buckets` is set.
+        Otherwise: this rank's shard (all of it when alone), for passes whose statistics are reduced over ranks,
+        longest samples first with `train.length_aware_passes` (`length_order.pass_loader`; per-sample
+        outputs go back to dataset order through `length_order.dataset_order`)."""
         t = self.cfg.train
+        pin = self.device.type == "cuda"
+        if not shuffle:
+            lengths_of = self.backbone.sample_lengths if t.length_aware_passes else None
+            return pass_loader(distributed.shard(dataset), self.backbone.collate, t.eval_batch_size, lengths_of,
+                               t.num_workers, pin)
         return DataLoader(
-            dataset if shuffle else distributed.shard(dataset),
-            batch_size=self.micro_batch if shuffle else t.eval_batch_size,
-            sampler=distributed.train_sampler(dataset, data_generator(self.seed, task, epoch)) if shuffle else None,
+            dataset,
+            batch_size=self.micro_batch,
+            sampler=distributed.train_sampler(dataset, data_generator(self.seed, task, epoch), self._buckets()),
             # its own generator for the loader's base seed, so a training epoch draws nothing from the global RNG
-            generator=data_generator(self.seed, task, epoch) if shuffle else None,
+            generator=data_generator(self.seed, task, epoch),
             collate_fn=self.backbone.collate,
             num_workers=t.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=pin,
         )
+
+    def _buckets(self) -> Reorder | None:
+        """`train.length_buckets`: the epoch's order with each window of that many global batches sorted by
+        length (`length_order.bucket_order`); None when off or when the backbone's inputs have one shape."""
+        window = self.cfg.train.length_buckets
+        if not window:
+            return None
+        batch = self.cfg.train.batch_size
+
+        def reorder(order: list[int], dataset: Any, generator: torch.Generator) -> list[int]:
+            lengths = self.backbone.sample_lengths(dataset)
+            return order if lengths is None else bucket_order(order, lengths, batch, window, generator)
+
+        return reorder
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save(self, task: int, epochs_done: int, finished: bool, optimizer: torch.optim.Optimizer | None) -> None:
@@ -181,14 +204,16 @@ class Trainer:
             self._train_task(task, start_epoch if resuming_mid_task else 0, opt_meta if resuming_mid_task else None,
                              tensors)
             info = self.method.end_task(task, passes)
-            row, counts = evaluate(self.method, self._loader(self.scenario.eval_set(t, self.cfg.eval_split), False),
-                                   self.scenario, task, self.device, self.cfg.train.amp)
+            row, counts = self._evaluate(task)
             self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
+            accuracy = {} if row is None else {"eval/accuracy": self.record.accuracy_curve[-1]}
             self.loggers.log(self.step, t + 1, task_schedule(self.cfg.train, t).epochs,
-                             {"eval/accuracy": self.record.accuracy_curve[-1], **self._method_scalars()})
-            log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
-                     self.record.accuracy_curve[-1], task.total,
-                     " ".join(f"{a:.1f}" for a in row))
+                             {**accuracy, **self._method_scalars()})
+            if row is None:
+                log.info("task %d/%d: not evaluated (eval_every %d)", t + 1, task.num_tasks, self.cfg.eval_every)
+            else:
+                log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
+                         self.record.accuracy_curve[-1], task.total, " ".join(f"{a:.1f}" for a in row))
             self.record.add_time(time.perf_counter() - clock)
             clock = time.perf_counter()
             self._save(t, task_schedule(self.cfg.train, t).epochs, True, None)
@@ -197,6 +222,23 @@ class Trainer:
         self.record.complete()
         self.write_results()
         return self.record.to_dict()
+
+    def evaluates_after(self, t: int) -> bool:
+        """`eval_every` k: after tasks k, 2k, ... and always after the last (k = 0: the last only)."""
+        every = self.cfg.eval_every
+        return t == self.scenario.num_tasks - 1 or (every > 0 and (t + 1) % every == 0)
+
+    def _evaluate(self, task: TaskInfo) -> tuple[list[float] | None, list[int]]:
+        """The accuracy row after `task` and the test counts per task; (None, []) when the schedule skips it.
+
+        A skipped evaluation still draws the one number from the global RNG that iterating its DataLoader draws
+        for the loader's base seed: training after it (dropout) reads the same random stream as in a run that
+        evaluates after every task, so the final model, hence the final row, is the full schedule's."""
+        if not self.evaluates_after(task.index):
+            torch.empty((), dtype=torch.int64).random_()
+            return None, []
+        return evaluate(self.method, self._loader(self.scenario.eval_set(task.index, self.cfg.eval_split), False),
+                        self.scenario, task, self.device, self.cfg.train.amp)
 
     def _inference_cost(self) -> dict[str, Any] | None:
         """`cost.inference_cost` on the first evaluation batch of the last task (unsharded: the same batch for

@@ -11,6 +11,11 @@ METRICS = ("final_accuracy", "final_accuracy_task_mean", "average_incremental_ac
            "backward_transfer")
 
 
+def _curve(curve: list[float | None]) -> str:
+    """The accuracy after each task; "-" after a task the run did not evaluate (`eval_every`)."""
+    return ", ".join("-" if a is None else f"{a:.2f}" for a in curve) or "n/a"
+
+
 def _metrics_table(metrics: dict[str, Any]) -> str:
     rows = [f"| {key} | {metrics[key]:.2f} |" for key in METRICS if metrics.get(key) is not None]
     return "\n".join(["| metric (%) | value |", "|---|---|", *rows]) if rows else "(no metrics recorded)"
@@ -54,7 +59,7 @@ plain backbone.
 
 {_metrics_table(record.get("metrics", {}))}
 
-Accuracy after each task: {", ".join(f"{a:.2f}" for a in record.get("accuracy_curve", [])) or "n/a"}
+Accuracy after each task: {_curve(record.get("accuracy_curve", []))}
 
 ## Classes ({source.num_classes}, label id = position)
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import move_to
 from sdlora.engine.distributed import gather_shards
+from sdlora.engine.length_order import dataset_order
 
 
 @torch.no_grad()
@@ -24,13 +25,16 @@ def collect_features(features_of: Callable[[Any], torch.Tensor], loader: DataLoa
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, D] in float32, labels [N]) over one pass of `loader`.
 
-    In a multi-process run the trainer's loaders hold one strided shard per rank: the rows of every rank are
-    gathered back in dataset order, so every rank fits the same means / drift / head rows from all samples."""
+    The rows come in dataset order whatever order the loader reads (length-aware passes read longest first:
+    `dataset_order`). In a multi-process run the trainer's loaders hold one strided shard per rank: the rows
+    of every rank are gathered back in dataset order, so every rank fits the same means / drift / head rows
+    from all samples."""
     feats, labels = [], []
     for inputs, y in loader:
         feats.append(features_of(move_to(inputs, device)).float())
         labels.append(y.to(device))
-    return gather_shards(torch.cat(feats)), gather_shards(torch.cat(labels))
+    feats_in_order, labels_in_order = (dataset_order(torch.cat(rows), loader) for rows in (feats, labels))
+    return gather_shards(feats_in_order), gather_shards(labels_in_order)
 
 
 class ClassPrototypes(nn.Module):

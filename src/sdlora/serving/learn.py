@@ -42,8 +42,11 @@ log = logging.getLogger("sdlora")
 class LearnRecord(RunRecord):
     """A run record whose new rows carry the last measured accuracy of old tasks that had no test data now."""
 
-    def add_task(self, row: list[float], counts: list[int], trainable: int, seconds: float,
+    def add_task(self, row: list[float] | None, counts: list[int], trainable: int, seconds: float,
                  info: dict[str, Any]) -> None:
+        if row is None:  # not evaluated (eval_every): nothing to carry over
+            super().add_task(row, counts, trainable, seconds, info)
+            return
         row, counts = list(row), list(counts)
         before, previous = self.task_test_counts, self.accuracy_matrix[-1] if self.accuracy_matrix else []
         stale = [j for j, n in enumerate(counts) if n == 0 and j < len(previous) and before[j] > 0]
