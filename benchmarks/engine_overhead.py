@@ -58,9 +58,9 @@ from typing import Any
 
 import torch
 
-from sdlora.backbones.base import move_to
 from sdlora.config import RunConfig, load_config, read_config_file, set_override
 from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.devices import move_to
 from sdlora.engine import build
 from sdlora.engine import trainer as trainer_module
 from sdlora.engine.loop import autocast

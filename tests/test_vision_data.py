@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from sdlora.config import load_config, resolve_options
-from sdlora.data.check import run_check
 from sdlora.data.image_folder import CorruptImageError, ImageFiles
 from sdlora.data.scenario import Scenario
 from sdlora.data.transforms import eval_resize, eval_transform, train_transform
+from sdlora.data_check import run_check
 from sdlora.registry import BENCHMARKS
 
 CLASSES = ["n001", "n002", "n003", "n004", "n005", "n006"]

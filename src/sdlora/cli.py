@@ -149,7 +149,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from sdlora.data.check import run_check
+    from sdlora.data_check import run_check
 
     return run_check(_config(args))
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdlora.engine.distributed import all_reduce_sum
+from sdlora.collectives import all_reduce_sum
 
 SPECTRA: dict[str, Callable[[Tensor], Tensor]] = {
     "official": lambda c: c @ c,

@@ -91,17 +91,6 @@ class Backbone(nn.Module):
             p.requires_grad_(False)
 
 
-def move_to(inputs: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or a dict / list of tensors, to `device`."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, dict):
-        return {k: move_to(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, list | tuple):
-        return type(inputs)(move_to(v, device) for v in inputs)
-    return inputs
-
-
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A stable hash of loaded weights (names, shapes, dtypes and raw bytes in key order)."""
     import hashlib

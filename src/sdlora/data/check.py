@@ -1,4 +1,5 @@
-"""`sdlora data check CONFIG`: are the benchmark's files what the paper's splits need?
+"""What `sdlora data check CONFIG` checks (the command is `sdlora.data_check`): are a benchmark's files what the
+paper's splits need?
 
 Counts classes and images per split against the known sizes (`KNOWN_COUNTS`, with their sources), lists
 missing or extra class folders, and opens every image (PIL `verify()` plus a reduced decode), printing the
@@ -16,10 +17,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from sdlora.config import RunConfig
 from sdlora.data.image_folder import READ_ERRORS, Inventory, verify_image
-from sdlora.engine.build import make_benchmark
-from sdlora.typed import ConfigError
 
 #: an approximate split size matches when every split is within this fraction of it
 APPROX_TOLERANCE = 0.02
@@ -195,29 +193,7 @@ def check_loaded(bench: Any, known: KnownCounts | None, report: Report) -> None:
     compare_counts(known, data.num_classes, counts, report)
 
 
-def run_check(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
-    """Check the files of `cfg.benchmark`; prints a report to `out`, returns 0 when all is well."""
-    name = cfg.benchmark.name
-    report = Report(out)
-    print(f"sdlora data check: benchmark {name!r}", file=out)
-    try:
-        bench = make_benchmark(cfg)
-        expected = getattr(bench, "expected_counts", None)
-        known = expected() if expected is not None else KNOWN_COUNTS.get(name)
-        location = getattr(bench, "location", None)
-        if location is not None:
-            report.say(f"location: {location()}")
-        if hasattr(bench, "inventory"):
-            check_inventory(bench.inventory(), known, report)
-        else:
-            check_loaded(bench, known, report)
-    except (KeyError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as err:
-        report.error(str(err).strip('"'))
-    verdict = "all good" if report.errors == 0 else f"{report.errors} problem(s)"
-    print(f"result: {verdict}", file=out)
-    return 0 if report.errors == 0 else 1
-
-
 __all__ = [
-    "KNOWN_COUNTS", "KnownCounts", "KnownSplit", "Report", "compare_counts", "run_check", "verify_files",
+    "KNOWN_COUNTS", "KnownCounts", "KnownSplit", "Report", "check_inventory", "check_loaded", "compare_counts",
+    "verify_files",
 ]

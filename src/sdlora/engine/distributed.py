@@ -30,9 +30,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Sampler, Subset
 
+from sdlora.collectives import active, all_reduce_sum, gather_shards, is_main, rank, world_size
 from sdlora.engine.launch import launched
 
 log = logging.getLogger("sdlora")
+
+__all__ = ["RankFailed", "active", "all_reduce_sum", "from_main", "gather_shards", "is_main", "local_device", "no_sync",
+           "rank", "session", "shard", "train_sampler", "world_size", "wrap"]
 
 T = TypeVar("T")
 
@@ -43,24 +47,6 @@ DEFAULT_TIMEOUT_S = 1800
 
 class RankFailed(RuntimeError):
     """Another rank (rank 0, for the steps that only it performs) failed; this rank stops too."""
-
-
-def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def world_size() -> int:
-    return dist.get_world_size() if active() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if active() else 0
-
-
-def is_main() -> bool:
-    """Rank 0: the only rank that writes files (checkpoints, results, plots, logs) or prints; outside the
-    process group (before or after the run) the launcher's RANK tells."""
-    return (rank() if active() else int(os.environ.get("RANK", "0"))) == 0
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -92,44 +78,6 @@ def session(device: torch.device) -> Iterator[torch.device]:
     finally:
         log.setLevel(level)
         dist.destroy_process_group()
-
-
-def _comm_device(tensor: torch.Tensor) -> torch.device:
-    """NCCL reduces CUDA tensors only; gloo takes CPU tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum over ranks (a new tensor on `tensor`'s device; `tensor` itself when alone)."""
-    if not active():
-        return tensor
-    out = tensor.detach().clone().to(_comm_device(tensor))
-    dist.all_reduce(out)
-    return out.to(tensor.device)
-
-
-def mean_over_ranks(value: torch.Tensor) -> float:
-    """The mean of a scalar over ranks, as a float (the loss every rank logs and checks)."""
-    return float(all_reduce_sum(value.detach().float().reshape(1))) / world_size()
-
-
-def gather_shards(tensor: torch.Tensor) -> torch.Tensor:
-    """Per-sample rows of the ranks' `shard`s (rank r holds samples r, r+N, ...) back in dataset order."""
-    if not active():
-        return tensor
-    n = world_size()
-    comm = _comm_device(tensor)
-    sizes = [torch.zeros(1, dtype=torch.long, device=comm) for _ in range(n)]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=comm))
-    counts = [int(s) for s in sizes]
-    padded = torch.zeros((max(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=comm)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(n)]
-    dist.all_gather(parts, padded)
-    out = torch.empty((sum(counts), *tensor.shape[1:]), dtype=tensor.dtype, device=comm)
-    for r, (part, count) in enumerate(zip(parts, counts, strict=True)):
-        out[r::n] = part[:count]
-    return out.to(tensor.device)
 
 
 def from_main(fn: Callable[[], T], share: bool = True) -> T | None:

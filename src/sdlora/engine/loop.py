@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sdlora.backbones.base import move_to
 from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.devices import move_to
 from sdlora.engine.distributed import all_reduce_sum, no_sync, world_size
 from sdlora.methods.base import Method
 

@@ -18,11 +18,10 @@ def package_versions() -> dict[str, str | None]:
     import torch
     import transformers
 
-    import sdlora
-    from sdlora.provenance import git_commit
+    from sdlora.provenance import git_commit, package_version
 
     return {
-        "sdlora": sdlora.__version__,
+        "sdlora": package_version(),
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,

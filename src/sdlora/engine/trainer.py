@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sdlora.backbones.base import move_to
 from sdlora.config import RunConfig, TrainConfig
 from sdlora.data.base import BenchmarkData
 from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.devices import move_to
 from sdlora.engine import build, cost, distributed
 from sdlora.engine.checkpoint import (
     load_checkpoint,

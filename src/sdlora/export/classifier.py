@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdlora.backbones.base import move_to
+from sdlora.devices import move_to
 
 TopK = list[tuple[str, float]]
 

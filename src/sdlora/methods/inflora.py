@@ -32,9 +32,10 @@ from sdlora.adapters.subspace import (
     update_basis,
 )
 from sdlora.adapters.targets import parse_target
-from sdlora.backbones.base import Backbone, move_to
+from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
+from sdlora.devices import move_to
 from sdlora.methods.base import Method
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sdlora.backbones.base import move_to
-from sdlora.engine.distributed import gather_shards
+from sdlora.collectives import gather_shards
+from sdlora.devices import move_to
 from sdlora.engine.length_order import dataset_order
 
 

@@ -1,0 +1,34 @@
+"""`sdlora data check CONFIG`: build the config's benchmark and check its files (`sdlora.data.check`)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from sdlora.config import RunConfig
+from sdlora.data.check import KNOWN_COUNTS, Report, check_inventory, check_loaded
+from sdlora.engine.build import make_benchmark
+from sdlora.typed import ConfigError
+
+
+def run_check(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
+    """Check the files of `cfg.benchmark`; prints a report to `out`, returns 0 when all is well."""
+    name = cfg.benchmark.name
+    report = Report(out)
+    print(f"sdlora data check: benchmark {name!r}", file=out)
+    try:
+        bench = make_benchmark(cfg)
+        expected = getattr(bench, "expected_counts", None)
+        known = expected() if expected is not None else KNOWN_COUNTS.get(name)
+        location = getattr(bench, "location", None)
+        if location is not None:
+            report.say(f"location: {location()}")
+        if hasattr(bench, "inventory"):
+            check_inventory(bench.inventory(), known, report)
+        else:
+            check_loaded(bench, known, report)
+    except (KeyError, ConfigError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        report.error(str(err).strip('"'))
+    verdict = "all good" if report.errors == 0 else f"{report.errors} problem(s)"
+    print(f"result: {verdict}", file=out)
+    return 0 if report.errors == 0 else 1
