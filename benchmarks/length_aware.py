@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_overhead import PHASES, ROOT, Clock, case_config, engine_run, load_average  # noqa: E402
 
 from sdlora.config import RunConfig  # noqa: E402
+from sdlora.data.length_order import pass_loader, token_counts  # noqa: E402
 from sdlora.engine import build, distributed  # noqa: E402
 from sdlora.engine import trainer as trainer_module  # noqa: E402
-from sdlora.engine.length_order import pass_loader, token_counts  # noqa: E402
 from sdlora.engine.trainer import Trainer  # noqa: E402
 
 

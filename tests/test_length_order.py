@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from sdlora.backbones.hf_encoder import HFEncoder
 from sdlora.config import resolve_options
-from sdlora.engine.length_order import (
+from sdlora.data.length_order import (
     MAX_PADDING,
     LengthBatches,
     bucket_order,

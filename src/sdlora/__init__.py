@@ -1,6 +1,8 @@
 """sdlora: rehearsal-free class-incremental learning on pre-trained transformers with SD-LoRA."""
 
-__version__ = "0.1.0"
+from sdlora._version import __version__
+
+__all__ = ["SDLoRAConfig", "SDLoRAModel", "__version__", "get_sdlora_model", "load"]
 
 
 def __getattr__(name: str):  # lazy: `import sdlora` stays light

@@ -47,7 +47,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
     scenario = run_scenario(run.run)  # grown by `sdlora learn`, if it ran
     task = scenario.task(run.tasks_done - 1)
-    from sdlora.engine.length_order import pass_loader
+    from sdlora.data.length_order import pass_loader
 
     backbone = run.method.backbone
     loader = pass_loader(scenario.eval_set(task.index, args.split), backbone.collate, run.cfg.train.eval_batch_size,

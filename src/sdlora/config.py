@@ -172,7 +172,7 @@ class TrainConfig:
     accumulate_steps: int = 1
     eval_batch_size: int = 256
     # passes without gradient (feature passes, evaluation) read their samples longest first, so a batch pads
-    # little (sdlora.engine.length_order); per-sample outputs are put back in dataset order. Backbones with
+    # little (sdlora.data.length_order); per-sample outputs are put back in dataset order. Backbones with
     # fixed input shapes (images) ignore it. false: dataset order (batches as before this option)
     length_aware_passes: bool = True
     # opt-in: sort each window of this many consecutive training batches of the epoch's shuffle by length and

@@ -16,9 +16,9 @@ def package_version() -> str:
     try:
         return metadata.version("sdlora")
     except metadata.PackageNotFoundError:
-        import sdlora
+        from sdlora._version import __version__
 
-        return sdlora.__version__
+        return __version__
 
 
 @lru_cache(maxsize=1)

@@ -53,7 +53,7 @@ class Backbone(nn.Module):
 
     def sample_lengths(self, dataset: Any) -> list[int] | None:
         """Each sample's length in the model's units (tokens), for length-aware batches
-        (`sdlora.engine.length_order`); None when every input has one shape (images): the passes then keep
+        (`sdlora.data.length_order`); None when every input has one shape (images): the passes then keep
         the dataset order, and the dataset is not read."""
         return None
 

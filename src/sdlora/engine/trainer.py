@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from sdlora.config import RunConfig, TrainConfig
 from sdlora.data.base import BenchmarkData
+from sdlora.data.length_order import bucket_order, pass_loader
 from sdlora.data.scenario import Scenario, TaskInfo
 from sdlora.devices import move_to
 from sdlora.engine import build, cost, distributed
@@ -31,7 +32,6 @@ from sdlora.engine.checkpoint import (
     write_json_atomic,
 )
 from sdlora.engine.distributed import Reorder
-from sdlora.engine.length_order import bucket_order, pass_loader
 from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule

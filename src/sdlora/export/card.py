@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import sdlora
 from sdlora.export.common import CLASSIFIER_KINDS, ExportSource
+from sdlora.provenance import package_version
 
 METRICS = ("final_accuracy", "final_accuracy_task_mean", "average_incremental_accuracy", "forgetting",
            "backward_transfer")
@@ -42,7 +42,7 @@ library_name: {manifest["library"]}
 
 # {record.get("method", "sdlora")} classifier ({source.num_classes} classes, {len(sizes)} tasks)
 
-Trained with sdlora {sdlora.__version__} (SD-LoRA, Wu et al., ICLR 2025): rehearsal-free
+Trained with sdlora {package_version()} (SD-LoRA, Wu et al., ICLR 2025): rehearsal-free
 class-incremental learning; every adapter is merged into the weights, so the model costs exactly the
 plain backbone.
 

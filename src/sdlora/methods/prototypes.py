@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.collectives import gather_shards
+from sdlora.data.length_order import dataset_order
 from sdlora.devices import move_to
-from sdlora.engine.length_order import dataset_order
 
 
 @torch.no_grad()
