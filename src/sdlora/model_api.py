@@ -18,7 +18,6 @@ import fnmatch
 import functools
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +32,14 @@ MODEL_FILE = "sdlora_model.json"
 # -- default targets -------------------------------------------------------------------------------
 
 
-def timm_vit_targets(model: nn.Module) -> list[str] | None:
-    """q and v of timm's fused `blocks.N.attn.qkv`."""
-    fused = any(isinstance(m, nn.Linear) and fnmatch.fnmatchcase(n, "blocks.*.attn.qkv")
-                for n, m in model.named_modules())
-    return ["blocks.*.attn.qkv[q,v]"] if fused else None
-
-
-def hf_encoder_targets(model: nn.Module) -> list[str] | None:
-    """The query / value Linears of `config.model_type` (also inside a *ForSequenceClassification model)."""
-    from sdlora.backbones.hf_encoder import ATTENTION_TARGETS
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in ATTENTION_TARGETS:
-        return None
-    prefix = getattr(model, "base_model_prefix", "")
-    inner = f"{prefix}." if prefix and isinstance(getattr(model, prefix, None), nn.Module) else ""
-    return [inner + pattern for pattern in ATTENTION_TARGETS[model_type]]
-
-
-#: detectors tried in order: model -> target patterns, or None when the model is not theirs
-DEFAULT_TARGETS: dict[str, Callable[[nn.Module], list[str] | None]] = {
-    "timm_vit": timm_vit_targets,
-    "hf_encoder": hf_encoder_targets,
-}
-
-
 def default_targets(model: nn.Module) -> list[str]:
-    for detect in DEFAULT_TARGETS.values():
-        found = detect(model)
+    """The SD-LoRA targets of `model`, from the registered backbones (`Backbone.targets_for`: timm ViTs' fused q, v;
+    the query / value layers of Hugging Face model types)."""
+    from sdlora.registry import BACKBONES, load_builtins
+
+    load_builtins()
+    for name in BACKBONES.names():
+        found = BACKBONES.get(name).targets_for(model)
         if found:
             return found
     raise ValueError(f"no default SD-LoRA targets for {type(model).__name__} (known: timm ViTs and Hugging Face "

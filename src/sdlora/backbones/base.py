@@ -35,6 +35,12 @@ class Backbone(nn.Module):
     modality: ClassVar[str] = "images"
 
     @classmethod
+    def targets_for(cls, model: nn.Module) -> list[str] | None:
+        """The layers SD-LoRA adapts on a model of this backbone's kind (adapter target patterns), or None when
+        `model` is not of its kind: the one table `get_sdlora_model` and the methods read their defaults from."""
+        return None
+
+    @classmethod
     def data_config(cls, options: Any) -> dict[str, Any]:
         """What the model expects as images (timm data config: input_size, mean, std, ...); {} if nothing.
 

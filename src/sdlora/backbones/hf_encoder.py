@@ -178,6 +178,17 @@ class HFEncoder(Backbone):
         self.token_cache = TokenCache(self.tokenizer, options.max_length) if cacheable else None
         self.freeze()
 
+    @classmethod
+    def targets_for(cls, model: nn.Module) -> list[str] | None:
+        """The query / value Linears of `config.model_type` (`ATTENTION_TARGETS`), also inside a
+        *ForSequenceClassification model (under its `base_model_prefix`)."""
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in ATTENTION_TARGETS:
+            return None
+        prefix = getattr(model, "base_model_prefix", "")
+        inner = f"{prefix}." if prefix and isinstance(getattr(model, prefix, None), nn.Module) else ""
+        return [inner + pattern for pattern in ATTENTION_TARGETS[model_type]]
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Pad to the longest text of the batch, truncate to max_length.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,16 @@ class TimmViT(Backbone):
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
             self.model.load_state_dict(state, strict=True)
         self.feature_dim = int(self.model.num_features)
-        self.default_targets = ["blocks.*.attn.qkv[q,v]"]
+        self.default_targets = self.targets_for(self.model) or []
         self.weights_hash = weights_sha256(self.model.state_dict())
         self.freeze()
+
+    @classmethod
+    def targets_for(cls, model: torch.nn.Module) -> list[str] | None:
+        """q and v of timm's fused `blocks.N.attn.qkv`."""
+        fused = any(isinstance(m, torch.nn.Linear) and fnmatchcase(n, "blocks.*.attn.qkv")
+                    for n, m in model.named_modules())
+        return ["blocks.*.attn.qkv[q,v]"] if fused else None
 
     @classmethod
     def data_config(cls, options: Options) -> dict[str, Any]:
