@@ -11,8 +11,10 @@ from sdlora.engine.build import make_benchmark
 from sdlora.typed import ConfigError
 
 
-def run_check(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
-    """Check the files of `cfg.benchmark`; prints a report to `out`, returns 0 when all is well."""
+def run_check(cfg: RunConfig, out: TextIO | None = None) -> int:
+    """Check the files of `cfg.benchmark`; prints a report to `out` (sys.stdout at call time), returns 0 when all
+    is well."""
+    out = out if out is not None else sys.stdout
     name = cfg.benchmark.name
     report = Report(out)
     print(f"sdlora data check: benchmark {name!r}", file=out)
