@@ -71,16 +71,17 @@ def test_collect_runs_finds_every_results_json(runs_root):
 def test_report_table_markdown(runs_root):
     text = report_table(collect_runs([runs_root]), "md")
     lines = text.splitlines()
-    assert lines[0] == ("| benchmark | method | seeds | final_accuracy | published Acc | Δ Acc | "
+    assert lines[0] == ("| benchmark | run | method | seeds | final_accuracy | published Acc | Δ Acc | "
                         "final_accuracy_task_mean | average_incremental_accuracy | published AAA | Δ AAA | "
                         "forgetting | trainable params | extra inference params | inference cost (x backbone) |")
-    assert lines[1] == "|" + "|".join(["---"] * 14) + "|"
+    assert lines[1] == "|" + "|".join(["---"] * 15) + "|"
     # worst: the lower accuracy, the higher forgetting; then the cost columns (the seq_lora runs predate them)
-    assert lines[2] == ("| clinc150 | sdlora-official | 2 | 84.50 ± 1.50 (worst 83.00) | 80.00 | +4.50 | "
+    assert lines[2] == ("| clinc150 | sdlora-official | sdlora | 2 | 84.50 ± 1.50 (worst 83.00) | 80.00 | +4.50 | "
                         "84.50 ± 1.50 (worst 83.00) | 89.75 ± 1.25 (worst 88.50) | 90.00 | -0.25 | "
                         "7.00 ± 1.00 (worst 8.00) | 1.50K | 115.30K | 1.00x |")
-    assert lines[3] == ("| clinc150 | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | – | – | 66.50 ± 1.50 (worst 65.00) "
-                        "| 78.75 ± 1.25 (worst 77.50) | – | – | 29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
+    assert lines[3] == ("| clinc150 | seq_lora | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | – | – | "
+                        "66.50 ± 1.50 (worst 65.00) | 78.75 ± 1.25 (worst 77.50) | – | – | "
+                        "29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
     assert lines[4] == ""
     assert lines[5] == f"Note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
     assert len(lines) == 6
@@ -92,7 +93,7 @@ def test_report_table_csv(runs_root):
     rows = list(csv.DictReader(io.StringIO("\n".join(table))))
     assert len(rows) == 2
     sd, seq = rows
-    assert sd["method"] == "sdlora-official" and sd["seeds"] == "2"
+    assert sd["run"] == "sdlora-official" and sd["method"] == "sdlora" and sd["seeds"] == "2"
     assert (sd["final_accuracy_mean"], sd["final_accuracy_stderr"]) == ("84.5000", "1.5000")
     assert (sd["published_final_accuracy"], sd["diff_final_accuracy"]) == ("80.0000", "4.5000")
     assert (sd["published_average_incremental_accuracy"], sd["diff_average_incremental_accuracy"]) == (
@@ -109,7 +110,7 @@ def test_report_table_csv(runs_root):
 def test_report_without_published_has_no_published_columns(runs_root):
     text = report_table(collect_runs([runs_root / "seq"]), "md")
     assert text.splitlines()[2] == (
-        "| clinc150 | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | 66.50 ± 1.50 (worst 65.00) | "
+        "| clinc150 | seq_lora | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | 66.50 ± 1.50 (worst 65.00) | "
         "78.75 ± 1.25 (worst 77.50) | 29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
     assert "Note" not in text
 
@@ -133,7 +134,7 @@ def test_run_label_variant(monkeypatch):
 def test_report_main_writes_plot(runs_root, tmp_path):
     plot = tmp_path / "out" / "curves.png"
     text = report_main([str(runs_root)], "md", plot=str(plot))
-    assert text.splitlines()[2].startswith("| clinc150 | sdlora-official | 2 |")
+    assert text.splitlines()[2].startswith("| clinc150 | sdlora-official | sdlora | 2 |")
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="unknown report format"):
         report_main([str(runs_root)], "xlsx")
@@ -168,12 +169,13 @@ def test_report_puts_the_prompt_baselines_published_numbers_side_by_side(tmp_pat
             write_run(tmp_path / f"{setting}_{method}" / f"seed-{seed}", method, seed, matrix, config_to_dict(cfg),
                       benchmark=cfg.benchmark.name)
     lines = report_table(collect_runs([tmp_path]), "md").splitlines()
-    assert lines[0].startswith("| benchmark | method | seeds | final_accuracy | published Acc | Δ Acc | ")
+    assert lines[0].startswith("| benchmark | run | method | seeds | final_accuracy | published Acc | Δ Acc | ")
     same = "76.50 ± 1.50 (worst 75.00)"
 
     def row(benchmark, name, acc, d_acc, aaa, d_aaa):
-        return (f"| {benchmark} | {name} | 2 | {same} | {acc} | {d_acc} | {same} | 84.25 ± 1.75 (worst 82.50) | "
-                f"{aaa} | {d_aaa} | 20.00 ± 0.00 (worst 20.00) | 101 | – | – |")
+        method = name.split("-")[0] if not name.startswith(("coda", "hide")) else "_".join(name.split("-")[:2])
+        return (f"| {benchmark} | {name} | {method} | 2 | {same} | {acc} | {d_acc} | {same} | "
+                f"84.25 ± 1.75 (worst 82.50) | {aaa} | {d_aaa} | 20.00 ± 0.00 (worst 20.00) | 101 | – | – |")
 
     assert lines[2:] == [
         row("cifar100", "hide-prompt-cifar100-10", "–", "–", "–", "–"),
@@ -184,10 +186,21 @@ def test_report_puts_the_prompt_baselines_published_numbers_side_by_side(tmp_pat
         row("imagenet_r", "l2p-imagenet-r-20", "68.97", "+7.53", "74.16", "+10.09"),
     ]
     rows = list(csv.DictReader(io.StringIO(report_table(collect_runs([tmp_path]), "csv"))))
-    published = {r["method"]: (r["published_final_accuracy"], r["published_average_incremental_accuracy"])
+    published = {r["run"]: (r["published_final_accuracy"], r["published_average_incremental_accuracy"])
                  for r in rows}
     assert published == {"hide-prompt-cifar100-10": ("", ""), "l2p-cifar100-10": ("83.1800", "87.6900"),
                          "coda-prompt-imagenet-r-20": ("69.3800", "73.9500"),
                          "dualprompt-imagenet-r-20": ("65.2300", "71.3000"),
                          "hide-prompt-imagenet-r-20": ("73.5900", "77.9300"),
                          "l2p-imagenet-r-20": ("68.9700", "74.1600")}
+
+
+def test_report_says_what_a_cut_down_run_trained_and_shows_no_spread_for_one_seed(tmp_path):
+    small = {"name": "clinc150-smoke", "benchmark": {"options": {"max_per_class": 10}}}
+    run = write_run(tmp_path / "smoke" / "seed-1", "sdlora", 1, [[96.0], [94.0, 95.0]], small)
+    record = json.loads((run / "results.json").read_text())
+    record["class_names"] = [f"intent_{i}" for i in range(150)]  # the benchmark's 150, 2 tasks x 15 trained
+    (run / "results.json").write_text(json.dumps(record))
+    line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
+    assert line.startswith("| clinc150 [30/150 classes, <=10 per class] | clinc150-smoke | sdlora | 1 | 94.50 | ")
+    assert "±" not in line

@@ -74,6 +74,26 @@ def run_label(run: dict) -> str:
     return f"{method}-{variant}{suffix}"
 
 
+def run_setting(run: dict) -> str:
+    """What a cut-down run trained, when it is not its whole benchmark: `30/150 classes`, `<=12 per class`
+    (`benchmark.num_tasks`, `benchmark.options.max_per_class`); "" for a full run."""
+    parts = []
+    trained, names = sum(run.get("task_sizes") or []), run.get("class_names") or []
+    learned = sum(len(t.get("classes", [])) for t in ((run.get("data") or {}).get("learn") or {}).get("learned", []))
+    if names and trained - learned < len(names) - learned:
+        parts.append(f"{trained - learned}/{len(names) - learned} classes")
+    per_class = (((run.get("config") or {}).get("benchmark") or {}).get("options") or {}).get("max_per_class")
+    if per_class:
+        parts.append(f"<={per_class} per class")
+    return ", ".join(parts)
+
+
+def benchmark_cell(run: dict) -> str:
+    """The benchmark's name, with `run_setting` in brackets for a cut-down run."""
+    setting = run_setting(run)
+    return str(run.get("benchmark", "?")) + (f" [{setting}]" if setting else "")
+
+
 def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
     """Complete runs by (benchmark, label), sorted; notes for skipped runs and repeated seeds."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -83,7 +103,7 @@ def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], lis
         if run.get("status") != "complete":
             notes.append(f"skipped {where}: status {run.get('status')!r}")
             continue
-        groups.setdefault((str(run.get("benchmark", "?")), run_label(run)), []).append(run)
+        groups.setdefault((benchmark_cell(run), run_label(run)), []).append(run)
     for (benchmark, label), members in groups.items():
         repeated = sorted(s for s, c in Counter(r.get("seed") for r in members).items() if c > 1)
         if repeated:
@@ -115,7 +135,8 @@ def _rows(groups: dict[tuple[str, str], list[dict]]) -> list[dict]:
     rows = []
     for (benchmark, label), members in groups.items():
         summary = summarize_runs(members)["metrics"]
-        rows.append({"benchmark": benchmark, "label": label, "seeds": len(members),
+        methods = ", ".join(sorted({str(r.get("method", "?")) for r in members}))
+        rows.append({"benchmark": benchmark, "label": label, "method": methods, "seeds": len(members),
                      "metrics": summary, "published": _published(members), "cost": cost_summary(members)})
     return rows
 
@@ -145,6 +166,8 @@ def _pm(stat: dict) -> str:
     """mean ± stderr, and the worst seed's value when there are several seeds."""
     if stat["mean"] is None:
         return DASH
+    if stat.get("n", 1) == 1:  # one seed: no spread to show
+        return f"{stat['mean']:.2f}"
     worst = f" (worst {stat['worst']:.2f})" if stat.get("n", 1) > 1 and stat.get("worst") is not None else ""
     return f"{stat['mean']:.2f} ± {stat['stderr']:.2f}{worst}"
 
@@ -160,7 +183,7 @@ def _published_cells(row: dict, name: str, fmt: str) -> list[str]:
 
 
 def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
-    header = ["benchmark", "method", "seeds"]
+    header = ["benchmark", "run", "method", "seeds"]
     for name in TABLE_METRICS:
         header.append(name)
         if with_published and name in PUBLISHED:
@@ -168,7 +191,7 @@ def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
     header += [md for md, _, _ in COST_COLUMNS]
     body = []
     for row in rows:
-        cells = [row["benchmark"], row["label"], str(row["seeds"])]
+        cells = [row["benchmark"], row["label"], row["method"], str(row["seeds"])]
         for name in TABLE_METRICS:
             cells.append(_pm(row["metrics"][name]))
             if with_published and name in PUBLISHED:
@@ -178,7 +201,7 @@ def _table_md(rows: list[dict], with_published: bool) -> list[list[str]]:
 
 
 def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
-    header = ["benchmark", "method", "seeds"]
+    header = ["benchmark", "run", "method", "seeds"]
     for name in TABLE_METRICS:
         header += [f"{name}_mean", f"{name}_stderr", f"{name}_worst"]
         if with_published and name in PUBLISHED:
@@ -186,7 +209,7 @@ def _table_csv(rows: list[dict], with_published: bool) -> list[list[str]]:
     header += [csv_name for _, csv_name, _ in COST_COLUMNS]
     body = []
     for row in rows:
-        cells = [row["benchmark"], row["label"], str(row["seeds"])]
+        cells = [row["benchmark"], row["label"], row["method"], str(row["seeds"])]
         for name in TABLE_METRICS:
             stat = row["metrics"][name]
             cells += ["", "", ""] if stat["mean"] is None else [
