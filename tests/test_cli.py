@@ -91,3 +91,24 @@ def test_missing_config_and_occupied_output(tmp_path, config_file, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 1
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_train_and_learn_say_what_they_run_first(tmp_path, config_file, caplog):
+    import logging
+
+    from export_helpers import text_run_config, write_text_files
+
+    cfg = config_file(text_run_config(tmp_path / "data"))
+    with caplog.at_level(logging.INFO, logger="sdlora"):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    first = caplog.messages[0].splitlines()
+    assert first[0].startswith("sdlora on text_files: 2 tasks x 2 classes (4 of 4 classes); the data holds 24 ")
+    assert "backbone hf_encoder" in first[1] and "1 epochs per task, batch 4, sgd lr 0.05" in first[2]
+    assert f"output {tmp_path / 'run'}" in first[2]
+    caplog.clear()
+    new = write_text_files(tmp_path / "new", ["cancel my order", "track my package"])
+    with caplog.at_level(logging.INFO, logger="sdlora"):
+        assert main(["learn", str(tmp_path / "run"), "--data", new["train_file"], "--test", new["test_file"],
+                     "--quiet"]) == 0
+    summary = next(m for m in caplog.messages if m.startswith("sdlora on text_files"))
+    assert summary.startswith("sdlora on text_files: 3 tasks x 2 classes (6 of 6 classes); the data holds 36 ")

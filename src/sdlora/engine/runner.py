@@ -155,6 +155,7 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
     distributed.from_main(lambda: _prepare_locked(cfg, out, resume, overwrite))
     data = build.build_benchmark(cfg)
     main = distributed.is_main()
+    log.info("%s", run_summary(cfg, data, dev, out))
     results = []
     for seed in cfg.seeds:
         folder = seed_dir(out, seed)
@@ -189,6 +190,31 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
         if len(results) > 1:
             print_summary(summary, stream or sys.stdout)
     return summary
+
+
+def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, sizes: list[int] | None = None) -> str:
+    """What is about to run, in a few lines: method and classifier, backbone, tasks x classes (of the benchmark's),
+    samples, the training settings, seeds, device and output (printed at the start of `train` and `learn`)."""
+    from sdlora.data.scenario import split_tasks
+
+    b, t = cfg.benchmark, cfg.train
+    if sizes is None:
+        sizes = split_tasks(data.num_classes, b.init_classes, b.increment, b.num_tasks)
+    shape = f"{len(sizes)} tasks x {sizes[0]} classes" if len(set(sizes)) == 1 else f"tasks of {sizes} classes"
+    classifier = cfg.method.classifier
+    kind = getattr(classifier, "kind", None) if classifier is not None else None
+    drift = getattr(classifier, "drift", None) if classifier is not None else None
+    model = cfg.backbone.options.get("model")
+    per_class = b.options.get("max_per_class")
+    lines = [f"{cfg.method.name} on {b.name}: {shape} ({sum(sizes)} of {data.num_classes} classes"
+             + (f", at most {per_class} samples per class" if per_class else "") + "); the data holds "
+             f"{len(data.train_targets):,} training and {len(data.test_targets):,} test samples",
+             f"  backbone {cfg.backbone.name}" + (f" ({model})" if model else "")
+             + f"; classifier {kind or 'the method default'}" + (f" with {drift} drift compensation" if drift else ""),
+             f"  {t.epochs} epochs per task, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, loss {t.loss}; seeds "
+             f"{list(cfg.seeds)} on {device}" + (f" x {distributed.world_size()} processes"
+                                                 if distributed.world_size() > 1 else "") + f"; output {out}"]
+    return "\n".join(lines)
 
 
 def _prepare_locked(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) -> None:

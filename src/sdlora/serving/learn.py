@@ -29,7 +29,14 @@ from sdlora.engine.checkpoint import write_json_atomic
 from sdlora.engine.lock import output_lock
 from sdlora.engine.results import RunRecord
 from sdlora.engine.run_folder import LEARNED, RunFolder
-from sdlora.engine.runner import MAY_CHANGE_ON_RESUME, file_logger, pick_device, write_seed_reports, write_summary
+from sdlora.engine.runner import (
+    MAY_CHANGE_ON_RESUME,
+    file_logger,
+    pick_device,
+    run_summary,
+    write_seed_reports,
+    write_summary,
+)
 from sdlora.engine.trainer import CheckpointHook, Trainer
 from sdlora.registry import BACKBONES, METHODS
 from sdlora.serving.backup import drop_backup, has_backup, restore_backup, take_backup
@@ -195,6 +202,7 @@ def _train(run: RunFolder, cfg: RunConfig, entry: dict[str, Any], new: NewTask, 
     data, sizes = combined_data(cfg, learned["base"], learned["tasks"], new)
     log.info("learn: task %d of %d new classes (%d training samples) after %d trained classes",
              entry["task"] + 1, len(entry["classes"]), len(new.items), len(run.trained_classes))
+    log.info("%s", run_summary(cfg, data, pick_device(device), run.folder, sizes))
     meta, _ = run.checkpoint()
     try:
         trainer = Trainer(cfg, run.seed, run.folder, pick_device(device), data, quiet=quiet,
