@@ -155,6 +155,18 @@ def test_a_text_files_run_learns_then_predicts_and_its_reports_follow(tmp_path, 
     capsys.readouterr()
     assert main(["report", str(run.parent)]) == 0
     assert "learned" in capsys.readouterr().out
+    # per-class accuracy and the confusion matrix over every class the grown model knows
+    assert main(["eval", str(run), "--per-class"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["accuracy"] == pytest.approx(after["metrics"]["final_accuracy"], abs=1e-4)
+    assert evaluated["per_task"] == pytest.approx(after["accuracy_matrix"][-1], abs=1e-4)
+    per_class = list(csv.DictReader((run / "per_class_test" / "per_class.csv").open()))
+    assert [r["class"] for r in per_class] == after["class_names"] and [r["task"] for r in per_class] == list("112233")
+    assert sum(int(r["samples"]) for r in per_class) == sum(after["task_test_counts"])
+    confusion = list(csv.reader((run / "per_class_test" / "confusion.csv").open()))
+    assert confusion[0][1:] == after["class_names"]
+    assert [int(row[i + 1]) for i, row in enumerate(confusion[1:])] == [int(r["correct"]) for r in per_class]
+    assert (run / "per_class_test" / "confusion.png").stat().st_size > 1000
 
 
 def test_a_one_class_learn_is_refused_with_a_fix_that_works(tmp_path, capsys):

@@ -40,23 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sdlora.engine.loop import evaluate
-    from sdlora.engine.restore import restore_run
-    from sdlora.serving.learn_data import run_scenario
+    from sdlora.serving.evaluate import evaluate_run
 
-    run = restore_run(Path(args.run_dir), args.seed, args.device or "cpu")
-    scenario = run_scenario(run.run)  # grown by `sdlora learn`, if it ran
-    task = scenario.task(run.tasks_done - 1)
-    from sdlora.data.length_order import pass_loader
-
-    backbone = run.method.backbone
-    loader = pass_loader(scenario.eval_set(task.index, args.split), backbone.collate, run.cfg.train.eval_batch_size,
-                         backbone.sample_lengths if run.cfg.train.length_aware_passes else None)
-    device = next(run.method.parameters()).device
-    row, counts = evaluate(run.method, loader, scenario, task, device)
-    total = sum(a * n for a, n in zip(row, counts, strict=True)) / max(sum(counts), 1)
-    print(json.dumps({"run": str(run.folder), "split": args.split, "tasks": run.tasks_done,
-                      "accuracy": round(total, 4), "per_task": [round(a, 4) for a in row]}, indent=2))
+    result = evaluate_run(Path(args.run_dir), args.seed, args.split, args.device or "cpu", per_class=args.per_class)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -222,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="the seed to evaluate when the run has several (default: the only one)")
     e.add_argument("--split", default="test", choices=["test", "val"], help="the evaluation split")
     e.add_argument("--device", help="cpu, cuda, cuda:1... (default: cpu)")
+    e.add_argument("--per-class", nargs="?", const="", metavar="DIR",
+                   help="also write per-class accuracy and the confusion matrix (per_class.csv, confusion.csv, "
+                        "confusion.png) into DIR (default: SEED/per_class_SPLIT)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="merged backbone + head: a timm / transformers / PEFT folder, or one file")
