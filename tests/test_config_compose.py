@@ -74,3 +74,19 @@ def test_cycles_and_missing_bases_are_refused(tmp_path):
     write(tmp_path, "d.yaml", {"base": 3})
     with pytest.raises(ConfigError, match="base: expected a file name or a list of file names, got 3"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_a_relative_data_root_is_relative_to_its_file_from_any_working_directory(tmp_path, monkeypatch):
+    from sdlora.config import load_config
+
+    (tmp_path / "configs" / "bases").mkdir(parents=True)
+    (tmp_path / "configs" / "bases" / "data.yaml").write_text(
+        "benchmark: {name: clinc150, data_root: ../../data}\nbackbone: {name: hf_encoder}\nmethod: {name: sdlora}\n")
+    (tmp_path / "configs" / "run.yaml").write_text("base: bases/data.yaml\n")
+    (tmp_path / "configs" / "own.yaml").write_text("base: bases/data.yaml\nbenchmark: {data_root: ../elsewhere}\n")
+    monkeypatch.chdir(tmp_path / "configs")  # anywhere but the files' folders
+    assert load_config(tmp_path / "configs" / "run.yaml").benchmark.data_root == str(tmp_path / "data")
+    assert load_config(tmp_path / "configs" / "own.yaml").benchmark.data_root == str(tmp_path / "elsewhere")
+    # a --set value is typed where the command runs: relative to the working directory, as typed
+    cfg = load_config(tmp_path / "configs" / "own.yaml", ["benchmark.data_root=here"])
+    assert cfg.benchmark.data_root == "here"

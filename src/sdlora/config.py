@@ -100,9 +100,20 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A relative `benchmark.data_root` written in a file is relative to that file's folder (as `base:` is), so a
+    config means the same from any working directory; `--set` values stay relative to where the command runs."""
+    bench = data.get("benchmark")
+    root = bench.get("data_root") if isinstance(bench, dict) else None
+    if isinstance(root, str) and root and not Path(root).expanduser().is_absolute():
+        data = {**data, "benchmark": {**bench, "data_root": str((folder / root).resolve())}}
+    return data
+
+
 def compose(data: dict[str, Any], folder: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Resolve `base:` (a path or a list, relative to `folder`) recursively; cycles are refused."""
-    data = dict(data)
+    """Resolve `base:` (a path or a list, relative to `folder`) recursively; cycles are refused. Relative paths in
+    each file are anchored to its folder (`anchor_paths`)."""
+    data = anchor_paths(dict(data), folder)
     bases = data.pop("base", None)
     if bases is None:
         return data
@@ -132,7 +143,7 @@ class BenchmarkConfig:
     """Dataset and task split (PILOT's `init_cls` / `increment`; a remainder becomes one more task)."""
 
     name: str
-    data_root: str | None = None  # falls back to $SDLORA_DATA
+    data_root: str | None = None  # falls back to $SDLORA_DATA; relative: to the config file's folder
     class_order: str | list[int] = "permutation"  # permutation (seeded) | sorted | a benchmark's own order | list
     init_classes: int | None = None  # classes of the first task; default = increment
     increment: int = 10
