@@ -276,3 +276,16 @@ def test_text_file_errors_point_at_the_line_and_the_fix_that_works_where_the_use
     assert "choose them with --text-column / --label-column" in capsys.readouterr().err
     assert main(["learn", str(run), "--data", str(header), "--test", str(header), "--text-column", "sentence",
                  "--label-column", "intent", "--set", "train.loss=seen", "--quiet"]) == 0
+
+
+def test_data_check_compares_clinc150_with_its_published_sizes(data_root, capsys):
+    from sdlora.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "clinc150.yaml")
+    assert main(["data", "check", config, "--set", f"benchmark.data_root={data_root}"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: 150 classes (expected 150)" in out and "ok: 19,500 samples in train + test" in out
+    assert "no published sizes" not in out
+    assert main(["data", "check", config, "--set", f"benchmark.data_root={data_root}", "--set",
+                 "benchmark.options.max_per_class=10"]) == 0
+    assert "split (train 1,500 / test 1,500) matches" in capsys.readouterr().out

@@ -147,9 +147,9 @@ def compare_counts(known: KnownCounts | None, num_classes: int, counts: dict[str
     total = counts.get("train", 0) + counts.get("test", 0)
     if known.total is not None:
         if total == known.total:
-            report.ok(f"{total:,} images in train + test (expected {known.total:,})")
+            report.ok(f"{total:,} samples in train + test (expected {known.total:,})")
         else:
-            report.error(f"{total:,} images in train + test, expected {known.total:,} ({known.source})")
+            report.error(f"{total:,} samples in train + test, expected {known.total:,} ({known.source})")
     found = " / ".join(f"{s} {counts.get(s, 0):,}" for s in ("train", "test"))
     for layout in known.layouts:
         if layout.matches(counts):

@@ -120,6 +120,9 @@ def to_dataset(items: list[tuple[str, str]], index: dict[str, int]) -> tuple[Lis
     return dataset, dataset.labels
 
 
+PUBLISHED_SPLIT = "Larson et al., EMNLP 2019: 150 intents x (100 train, 20 val, 30 test) in-scope queries"
+
+
 @BENCHMARKS.register("clinc150")
 class Clinc150:
     """CLINC150 intent classification: 150 intents, 10 domains; train / val / test (in-scope queries)."""
@@ -138,6 +141,18 @@ class Clinc150:
     def __init__(self, options: Options, data_root: Path | None) -> None:
         self.options = options
         self.folder = clinc_folder(data_root)
+
+    def expected_counts(self) -> Any:
+        """The published in-scope sizes (100 train, 20 val, 30 test queries per intent), as the options select
+        them (`max_per_class`, `include_val_in_train`): what `sdlora data check` compares with."""
+        from sdlora.data.check import KnownCounts, KnownSplit
+
+        cap = self.options.max_per_class or 10**9
+        train = min(100, cap) + (min(20, cap) if self.options.include_val_in_train else 0)
+        counts = {"train": 150 * train, "test": 150 * min(30, cap)}
+        return KnownCounts(classes=150, total=counts["train"] + counts["test"],
+                           layouts=(KnownSplit("data_full.json (in-scope)", counts, source=PUBLISHED_SPLIT),),
+                           source=PUBLISHED_SPLIT)
 
     def load(self) -> BenchmarkData:
         opts = self.options
