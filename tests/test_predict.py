@@ -113,3 +113,15 @@ def test_predict_writes_one_row_per_input_row_and_says_what_it_cannot(tiny_text_
     record = json.loads(out.out)
     assert record["id"] == "7" and record["input_label"] == "alarm clock" and len(record["top_k"]) == 4
     assert "--top-k 9: the model knows 4 classes" in out.err
+
+
+def test_predict_on_a_single_file_export_names_what_it_can_read(tiny_text_run, tmp_path, capsys):
+    single = tmp_path / "model.safetensors"
+    assert main(["export", str(tiny_text_run), "--out", str(single)]) == 0
+    (tmp_path / "in.txt").write_text("hello\n")
+    capsys.readouterr()
+    assert main(["predict", str(single), str(tmp_path / "in.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "is a file: give a run folder" in err and "--format timm or hf" in err
+    with pytest.raises(ValueError, match="single .safetensors export holds the weights only"):
+        sdlora.load(single)
