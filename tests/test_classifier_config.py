@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from sdlora.config import ClassifierConfig, config_to_dict, load_config
 from sdlora.config_migration import ConfigDeprecationWarning
 from sdlora.engine import build
 from sdlora.engine.runner import run_config
-from sdlora.methods.base import Method
 from sdlora.registry import METHODS
 from sdlora.typed import ConfigError
 
@@ -231,23 +229,3 @@ def test_an_old_run_folder_resumes_mid_task_to_the_uninterrupted_run(tmp_path):
 def test_method_constructors_take_the_classifier_settings():
     for name in METHODS.names():
         assert "classifier" in inspect.signature(METHODS.get(name)).parameters, name
-
-
-class OldSignature(Method):
-    """A plugin written before the move: its constructor has no `classifier`."""
-
-    @dataclass
-    class Options:
-        pass
-
-    def __init__(self, backbone, options, train) -> None:  # noqa: ANN001
-        super().__init__(backbone, options, train)
-
-
-def test_a_plugin_without_the_classifier_argument_is_told_what_to_add(monkeypatch):
-    METHODS.names()
-    monkeypatch.setitem(METHODS._entries, "test_old_signature", OldSignature)
-    cfg = load_config(data=tiny(method={"name": "test_old_signature"}))
-    with pytest.raises(TypeError, match="'test_old_signature': its constructor takes no `classifier`.*add "
-                                        "`classifier: ClassifierConfig | None = None`"):
-        build.build_method(cfg, build.build_backbone(cfg))

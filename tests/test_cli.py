@@ -112,3 +112,20 @@ def test_train_and_learn_say_what_they_run_first(tmp_path, config_file, caplog):
                      "--quiet"]) == 0
     summary = next(m for m in caplog.messages if m.startswith("sdlora on text_files"))
     assert summary.startswith("sdlora on text_files: 3 tasks x 2 classes (6 of 6 classes); the data holds 36 ")
+
+
+def test_a_bug_shows_its_traceback_a_user_error_one_line(monkeypatch, capsys, tmp_path):
+    """The broad ValueError / KeyError read as a user's mistake only when sdlora raised them on purpose."""
+    from sdlora import cli
+
+    def buggy(args):
+        return int("model")  # what issue 21 found inside predict: a bug, not a message for the user
+
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["list"].set_defaults(func=buggy)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        main(["list"])
+    (tmp_path / "in.txt").write_text("hello\n")
+    assert main(["predict", str(tmp_path), str(tmp_path / "in.txt"), "--top-k", "0"]) == 1  # sdlora's refusal
+    assert capsys.readouterr().err.strip() == "sdlora: error: --top-k must be at least 1, got 0"

@@ -52,6 +52,5 @@ def test_scenario_remaps_labels_to_order_positions():
     x, y = first[0]
     assert first.base.labels[int(x.item())] == 5 - y
     assert len(s.eval_set(1)) == 12 and len(s.eval_set(2)) == 18
-    assert len(s.train_set_upto(1)) == 12
     assert s.task_of_label(np.array([0, 1, 2, 5])).tolist() == [0, 0, 1, 2]
     assert s.class_names(2) == ["c5", "c4"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
+PACKAGE = Path(__file__).resolve().parent
 
 
 def _config(args: argparse.Namespace):
@@ -302,6 +303,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, KeyError, FileNotFoundError, FileExistsError, ValueError, *loaded)
 
 
+def is_user_error(err: BaseException) -> bool:
+    """An error to report in one line: one of `user_errors()`, and for the broad KeyError / ValueError only one that
+    sdlora raised on purpose (a `raise` statement in sdlora's code). The same classes thrown elsewhere (a library,
+    a failed conversion such as int("model")) are bugs: their traceback is shown."""
+    import traceback as tb
+
+    if not isinstance(err, user_errors()):
+        return False
+    if type(err) not in (KeyError, ValueError):
+        return True
+    frames = tb.extract_tb(err.__traceback__)
+    if not frames:
+        return True
+    last = frames[-1]
+    return str(Path(last.filename).resolve()).startswith(str(PACKAGE)) and (last.line or "").startswith("raise")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -319,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as err:
-        if not isinstance(err, user_errors()):
+        if not is_user_error(err):
             raise
         if args.verbose:  # one line; the traceback only with -v
             traceback.print_exc()

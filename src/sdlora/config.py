@@ -14,7 +14,6 @@ Keys under their old names are read with a warning (`sdlora.config_migration`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +290,3 @@ def resolve_options(options_cls: type, options: dict[str, Any], key: str) -> Any
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return to_dict(cfg)
-
-
-def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
-    return dataclasses.replace(cfg, **changes)

@@ -1,4 +1,5 @@
-"""SD-LoRA-KD (spec 2.2): least-squares fit of the new direction on the stored ones, from r x r products.
+"""SD-LoRA-KD (docs/sdlora.md "Variants"): least-squares fit of the new direction on the stored ones, from r x r
+products.
 
 The fitted objects are the terms that the model multiplies by the magnitudes, E_k = U_k D_k / n_k per matrix.
 Gram entries come from <U_a D_a, U_b D_b>_F = trace((U_a^T U_b)(D_b D_a^T)): with all rank columns of a

@@ -145,9 +145,6 @@ class PlainLoRA(nn.Module):
         extra = [self.magnitude] if self.magnitude is not None else []
         return self.factor_parameters() + extra
 
-    def num_adapter_parameters(self) -> int:
-        return sum(p.numel() for p in self.trainable_parameters())
-
     @torch.no_grad()
     def reset_factors(self, init: Init | None = None) -> None:
         for w in self.wrappers.values():

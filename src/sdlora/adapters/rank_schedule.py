@@ -1,4 +1,4 @@
-"""Rank per task (SD-LoRA-RR, spec 2.1).
+"""Rank per task (SD-LoRA-RR, docs/sdlora.md).
 
 A schedule is a list of ``[first_task, rank]`` pairs (0-indexed tasks, strictly increasing starts, the first
 start 0); task t uses the rank of the last pair with ``first_task <= t``. The paper's RR setting (r_1 = 10,

@@ -123,10 +123,6 @@ class Scenario:
         info = self.task(t)
         return self._subset("train", info.known, info.total)
 
-    def train_set_upto(self, t: int) -> RemappedSubset:
-        """Training data of tasks 0..t (for the joint upper bound)."""
-        return self._subset("train", 0, self.task(t).total)
-
     def eval_set(self, t: int, split: str = "test") -> RemappedSubset:
         """Evaluation data of every class seen up to task t."""
         return self._subset(split, 0, self.task(t).total)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any
 
 import torch
@@ -80,10 +79,6 @@ def build_method(cfg: RunConfig, backbone: Backbone) -> Method:
     """The method with its options, the train settings and its classifier settings (`method.classifier`)."""
     entry = METHODS.get(cfg.method.name)
     options = resolve_options(entry.Options, cfg.method.options, "method.options")
-    if "classifier" not in inspect.signature(entry).parameters:
-        raise TypeError(f"method {cfg.method.name!r}: its constructor takes no `classifier` (the method.classifier "
-                        "settings, no longer in train); add `classifier: ClassifierConfig | None = None` and pass "
-                        "it on to Method.__init__")
     return entry(backbone, options, cfg.train, cfg.method.classifier)
 
 

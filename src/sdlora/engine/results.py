@@ -1,4 +1,5 @@
-"""The run record behind results.json (the contract in design.md): accuracy matrix, curve, metrics, costs."""
+"""The run record behind results.json (its fields: README "What a run writes"): accuracy matrix, curve, metrics,
+costs."""
 
 from __future__ import annotations
 
