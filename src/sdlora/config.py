@@ -17,7 +17,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -95,7 +95,7 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         old = out.get(key)
         same_plugin = isinstance(old, dict) and isinstance(value, dict) and old.get("name", value.get("name")) == \
             value.get("name", old.get("name"))
-        out[key] = merge(old, value) if same_plugin else copy.deepcopy(value)
+        out[key] = merge(cast(dict[str, Any], old), value) if same_plugin else copy.deepcopy(value)
     return out
 
 
@@ -103,7 +103,9 @@ def anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A relative `benchmark.data_root` written in a file is relative to that file's folder (as `base:` is), so a
     config means the same from any working directory; `--set` values stay relative to where the command runs."""
     bench = data.get("benchmark")
-    root = bench.get("data_root") if isinstance(bench, dict) else None
+    if not isinstance(bench, dict):
+        return data
+    root = bench.get("data_root")
     if isinstance(root, str) and root and not Path(root).expanduser().is_absolute():
         data = {**data, "benchmark": {**bench, "data_root": str((folder / root).resolve())}}
     return data
@@ -211,6 +213,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be [beta1, beta2], got {self.betas}")
         if self.length_buckets < 0:
             raise ValueError(f"length_buckets must be 0 (off) or a number of batches, got {self.length_buckets}")
         if self.batch_size % self.accumulate_steps:

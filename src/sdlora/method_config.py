@@ -67,9 +67,9 @@ class ClassifierSupport:
     """What a method does with `method.classifier`: the values it honours (the first is its default) and, per
     setting it does not have, why (`kind`, `drift`, `head_init`). `head_inits=()`: no head to initialise."""
 
-    kinds: tuple[str, ...] = ("linear", "prototypes")
-    drifts: tuple[str, ...] = ("none", "sdc")
-    head_inits: tuple[str, ...] = ("random", "class_mean")
+    kinds: tuple[Literal["linear", "prototypes"], ...] = ("linear", "prototypes")
+    drifts: tuple[Literal["none", "sdc"], ...] = ("none", "sdc")
+    head_inits: tuple[Literal["random", "class_mean"], ...] = ("random", "class_mean")
     reasons: Mapping[str, str] = field(default_factory=dict)
 
     def problems(self, given: ClassifierConfig) -> dict[str, str]:

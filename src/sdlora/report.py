@@ -105,7 +105,7 @@ def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], lis
             continue
         groups.setdefault((benchmark_cell(run), run_label(run)), []).append(run)
     for (benchmark, label), members in groups.items():
-        repeated = sorted(s for s, c in Counter(r.get("seed") for r in members).items() if c > 1)
+        repeated = sorted(s for s, c in Counter(r.get("seed") for r in members).items() if c > 1 and s is not None)
         if repeated:
             notes.append(f"{benchmark} / {label}: seed(s) {repeated} appear more than once; all are averaged")
     return dict(sorted(groups.items())), notes

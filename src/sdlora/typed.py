@@ -61,7 +61,7 @@ def _type_name(tp: Any) -> str:
         return "mapping"
     if tp is type(None):
         return "null"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
 
@@ -111,7 +111,7 @@ def convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         _, vt = get_args(tp) or (str, Any)
         return {str(k): convert(vt, v, f"{key}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
@@ -141,9 +141,9 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
-        hints = "".join(did_you_mean(k, set(fields)) for k in unknown)
+        guesses = "".join(did_you_mean(k, set(fields)) for k in unknown)
         raise ConfigError(
-            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}{hints}; allowed: {', '.join(sorted(fields))}"
+            f"{label}: unknown key(s) {', '.join(map(repr, unknown))}{guesses}; allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, fld in fields.items():

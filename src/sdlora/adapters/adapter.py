@@ -15,7 +15,8 @@ Magnitudes are one Parameter vector that grows at ``begin_task``: build the opti
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from sdlora.adapters.config import SDLoRAConfig
 from sdlora.adapters.io import read_adapter_file, write_adapter_file
 from sdlora.adapters.kd import least_squares, slice_grams, unit_grams
-from sdlora.adapters.layer import SDLoRALinear
+from sdlora.adapters.layer import DirectionBank, SDLoRALinear
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.modes import MODES
 from sdlora.adapters.norms import NORMS
@@ -43,6 +44,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 class SDLoRAAdapter(nn.Module):
     """SD-LoRA on every target Linear of `model`; see the module docstring for the lifecycle."""
+
+    wrappers: dict[str, SDLoRALinear]  # in __dict__ (see __init__)
 
     def __init__(self, model: nn.Module, config: SDLoRAConfig) -> None:
         super().__init__()
@@ -119,7 +122,8 @@ class SDLoRAAdapter(nn.Module):
             if new_direction:
                 self.magnitudes.append(init)
         else:
-            self.mode.start_task(list(self.banks), self.magnitudes, task, init, new_direction, self.norm_fn)
+            banks = cast("list[DirectionBank]", list(self.banks))  # only DirectionBanks are appended
+            self.mode.start_task(banks, self.magnitudes, task, init, new_direction, self.norm_fn)
         if not new_direction:
             return {"task": None, "rank": None}
         rank = self.config.rank_for_task(task)
@@ -131,8 +135,8 @@ class SDLoRAAdapter(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """All magnitudes plus the current U, D of every adapted matrix."""
         params = [self.magnitudes.alpha]
-        for bank in self.banks:
-            if bank.cur_down is not None:
+        for bank in cast("Iterable[DirectionBank]", self.banks):
+            if bank.cur_down is not None and bank.cur_up is not None:
                 params += [bank.cur_down, bank.cur_up]
         return params
 
@@ -150,8 +154,9 @@ class SDLoRAAdapter(nn.Module):
         if self.current_task is None:
             raise RuntimeError("no task is open: call begin_task() first")
         task, rank = self.current_task, self.current_rank
+        assert rank is not None  # set with current_task by begin_task
         divisors = {
-            name: self.mode.frozen_divisor(w.bank.cur_up, w.bank.cur_down, self.norm_fn)
+            name: self.mode.frozen_divisor(*w.bank.current_factors(), self.norm_fn)
             for name, w in self.wrappers.items()
         }
         info: dict[str, Any] = {"task": task, "rank": rank, "absorbed": False, "residual": None,
@@ -171,7 +176,7 @@ class SDLoRAAdapter(nn.Module):
     def _least_squares(self, info: dict[str, Any], divisors: dict[str, Tensor], live: list[int]) -> bool:
         grams = {
             name: slice_grams(w.bank.past_up, w.bank.past_down, w.bank.col_task, w.bank.divisor,
-                              w.bank.cur_up, w.bank.cur_down, divisors[name])
+                              *w.bank.current_factors(), divisors[name])
             for name, w in self.wrappers.items()
         }
         alpha = self.magnitudes.alpha
@@ -179,7 +184,7 @@ class SDLoRAAdapter(nn.Module):
         assert task is not None
         joint = self.config.kd_fit == "joint"
         if joint:
-            coeffs, residual = least_squares(sum(g.sum(0) for g in grams.values()), live)
+            coeffs, residual = least_squares(cast(Tensor, sum(g.sum(0) for g in grams.values())), live)
             info["coefficients"] = coeffs
         else:
             per_matrix = {name: [least_squares(g[s], live) for s in range(g.shape[0])]

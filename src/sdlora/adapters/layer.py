@@ -15,6 +15,8 @@ never a loop over tasks, never new modules.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -28,11 +30,19 @@ from sdlora.adapters.targets import Slice, SlicedLinear
 class DirectionBank(nn.Module):
     """Stored (frozen) and current (trainable) directions of one adapted Linear."""
 
+    past_down: Tensor
+    past_up: Tensor
+    col_task: Tensor
+    divisor: Tensor
+    offset: Tensor
+    cur_down: nn.Parameter | None
+    cur_up: nn.Parameter | None
+
     def __init__(self, num_slices: int, width: int, in_features: int, *, device: torch.device,
                  dtype: torch.dtype) -> None:
         super().__init__()
         self.num_slices, self.width, self.in_features = num_slices, width, in_features
-        kw = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.register_buffer("past_down", torch.zeros(num_slices, 0, in_features, **kw))
         self.register_buffer("past_up", torch.zeros(num_slices, width, 0, **kw))
         self.register_buffer("col_task", torch.zeros(0, dtype=torch.long, device=device))
@@ -55,9 +65,14 @@ class DirectionBank(nn.Module):
     def cur_rank(self) -> int:
         return 0 if self.cur_down is None else self.cur_down.shape[1]
 
+    def current_factors(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(cur_up, cur_down) of the open direction (begin_task opens one)."""
+        assert self.cur_up is not None and self.cur_down is not None, "no current direction"
+        return self.cur_up, self.cur_down
+
     # -- lifecycle -------------------------------------------------------------------------------
     def new_current(self, rank: int, mode: CurrentMode) -> None:
-        kw = {"device": self.past_down.device, "dtype": self.past_down.dtype}
+        kw: dict[str, Any] = {"device": self.past_down.device, "dtype": self.past_down.dtype}
         down = torch.empty(self.num_slices, rank, self.in_features, **kw)
         up = torch.empty(self.num_slices, self.width, rank, **kw)
         mode.init_factors(up, down)
@@ -92,7 +107,7 @@ class DirectionBank(nn.Module):
     def set_state(self, ranks: list[int], past_down: Tensor, past_up: Tensor, divisor: Tensor,
                   offset: Tensor, cur_down: Tensor | None, cur_up: Tensor | None) -> None:
         """Replace everything (loading); shapes were checked by the caller."""
-        kw = {"device": self.past_down.device, "dtype": self.past_down.dtype}
+        kw: dict[str, Any] = {"device": self.past_down.device, "dtype": self.past_down.dtype}
         self.past_down, self.past_up = past_down.to(**kw).clone(), past_up.to(**kw).clone()
         self.divisor, self.offset = divisor.to(**kw).clone(), offset.to(**kw).clone()
         self.has_offset = bool(self.offset.ne(0).any())
@@ -119,6 +134,7 @@ class DirectionBank(nn.Module):
             terms.past_scale = per_task.index_select(1, self.col_task)
             terms.past_down, terms.past_up = self.past_down, self.past_up
         if self.cur_down is not None:
+            assert self.cur_up is not None  # the current factors are set and cleared together
             scale = alpha[self.num_stored].to(dtype).expand(self.num_slices)
             factor = mode.current_factor(self.cur_up, self.cur_down, norm)
             terms.cur_scale = scale if factor is None else scale * factor
@@ -132,6 +148,9 @@ class DirectionBank(nn.Module):
 
 class SDLoRALinear(SlicedLinear):
     """Drop-in replacement of an nn.Linear: `base` is the original (frozen) layer, `bank` the adapter."""
+
+    magnitudes: Magnitudes  # in __dict__ (see __init__)
+    w0_rows: Tensor | None
 
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...], magnitudes: Magnitudes,
                  mode: CurrentMode, norm: NormFn, kernel: str = "auto") -> None:
@@ -205,6 +224,7 @@ class SDLoRALinear(SlicedLinear):
     def unmerge(self) -> None:
         if not self.merged:
             return
+        assert self.w0_rows is not None  # kept by merge()
         weight = self.base.weight
         offset = 0
         for a, b in self.bounds:

@@ -8,6 +8,8 @@ There is no limit on the number of tasks (the official code stops at 21).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -32,7 +34,7 @@ class Magnitudes(nn.Module):
 
     def reset(self, num_slots: int, value: float) -> None:
         """Re-create every slot at `value` (the official code's behaviour at the start of a task)."""
-        kw = {"device": self.alpha.device, "dtype": self.alpha.dtype}
+        kw: dict[str, Any] = {"device": self.alpha.device, "dtype": self.alpha.dtype}
         self._replace(torch.full((num_slots,), float(value), **kw))
 
     def set_values(self, values: Tensor) -> None:

@@ -13,7 +13,7 @@ factors, so `replay_merges` rebuilds the same weights bit for bit on a fresh mod
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ class LoRALinear(SlicedLinear):
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...], rank: int, init: Init = "lora") -> None:
         super().__init__(base, slices)
         self.rank = rank
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw: dict[str, Any] = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.down = nn.Parameter(torch.empty(len(slices), rank, base.in_features, **kw))
         self.up = nn.Parameter(torch.empty(len(slices), self.width, rank, **kw))
         init_factors(self.up, self.down, init)
@@ -108,6 +108,8 @@ class PlainLoRA(nn.Module):
     ``decoupled=True`` adds one shared magnitude (`self.magnitude`, init `magnitude_init`) and normalises
     every B A by its Frobenius norm. `merge_task()` folds the current factors into W0 and records them.
     """
+
+    wrappers: dict[str, LoRALinear]  # in __dict__ (see __init__)
 
     def __init__(self, model: nn.Module, targets: list[str], rank: int, init: Init = "lora",
                  decoupled: bool = False, magnitude_init: float = 0.0) -> None:

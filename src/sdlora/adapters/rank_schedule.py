@@ -9,6 +9,7 @@ tasks 0-3 rank 10, tasks 4-7 rank 8, tasks 8+ rank 6. Plain SD-LoRA is a constan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeGuard
 
 RR_SCHEDULE: tuple[tuple[int, int], ...] = ((0, 10), (4, 8), (8, 6))
 
@@ -16,15 +17,15 @@ RR_SCHEDULE: tuple[tuple[int, int], ...] = ((0, 10), (4, 8), (8, 6))
 NAMED_SCHEDULES: dict[str, tuple[tuple[int, int], ...]] = {"rr": RR_SCHEDULE}
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_rank(rank: object, field: str = "rank") -> int:
     """A rank must be a positive int; anything else is a ValueError naming the field."""
-    if not _is_int(rank) or rank <= 0:  # type: ignore[operator]
+    if not _is_int(rank) or rank <= 0:
         raise ValueError(f"{field} must be a positive integer, got {rank!r}")
-    return int(rank)  # type: ignore[arg-type]
+    return int(rank)
 
 
 def normalize_schedule(schedule: Sequence[Sequence[int]] | str) -> list[list[int]]:

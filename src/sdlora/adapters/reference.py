@@ -42,7 +42,9 @@ def dense_update(stored: Sequence[tuple[Tensor, Tensor]], alphas: Sequence[float
     """
     if newest_normalised is None:
         newest_normalised = current is not None
-    out, fan_in = (stored[0] if stored else current)[0].shape[0], (stored[0] if stored else current)[1].shape[1]
+    first = stored[0] if stored else current
+    assert first is not None, "dense_update needs stored or current factors"
+    out, fan_in = first[0].shape[0], first[1].shape[1]
     delta = torch.zeros(out, fan_in, dtype=torch.float64)
     for k, (up, down) in enumerate(stored):
         up, down = up.double(), down.double()

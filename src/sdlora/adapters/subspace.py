@@ -19,7 +19,7 @@ For one adapted Linear with inputs x (tokens, `in` wide) over a task's data:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ class CovarianceCollector:
     Set `mask` to the batch's [batch, tokens] token mask before each forward (None: all tokens).
     """
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.mask: Tensor | None = None
@@ -79,7 +79,7 @@ class CovarianceCollector:
 
 
 @torch.no_grad()
-def collect_covariances(modules: dict[str, nn.Module], run: Callable[[Any], Any],
+def collect_covariances(modules: Mapping[str, nn.Module], run: Callable[[Any], Any],
                         batches: Iterable[Any]) -> dict[str, Tensor]:
     """C per module from `run(inputs)` over `batches` of inputs (already on the device)."""
     collector = CovarianceCollector(modules)

@@ -106,6 +106,8 @@ def find_targets(model: nn.Module, targets: list[str]) -> dict[str, tuple[nn.Lin
 class SlicedLinear(ModuleWrapper):
     """Base of the adapter wrappers: holds the original (frozen) nn.Linear and the output slices it adapts."""
 
+    base: nn.Linear
+
     def __init__(self, base: nn.Linear, slices: tuple[Slice, ...]) -> None:
         super().__init__()
         widths = {s.stop - s.start for s in slices}

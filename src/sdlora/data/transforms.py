@@ -202,9 +202,11 @@ def _timm(r: Resolved) -> dict[str, T.Compose]:
     # normalize=False in timm gives uint8 tensors; identity stats keep [0, 1] pixels and random erasing
     mean, std = r.stats if r.stats is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     a = r.timm or TimmAugment()
-    common = {"input_size": r.image_size, "interpolation": r.interpolation, "mean": mean, "std": std}
-    train = create_transform(is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
-                             vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment,
+    common: dict[str, Any] = {"input_size": r.image_size, "interpolation": r.interpolation, "mean": mean,
+                              "std": std}
+    # scale, ratio: [low, high] pairs (checked by TimmAugment)
+    train = create_transform(is_training=True, scale=(a.scale[0], a.scale[1]), ratio=(a.ratio[0], a.ratio[1]),
+                             hflip=a.hflip, vflip=a.vflip, color_jitter=a.color_jitter, auto_augment=a.auto_augment,
                              re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count, **common)
     return {"train": train, "test": create_transform(is_training=False, crop_pct=r.crop_pct, **common)}
 

@@ -124,11 +124,12 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     """The newest intact checkpoint (latest, else previous with a warning); None when there is none at all."""
     if not (folder / POINTER).exists() and not (folder / PREVIOUS).exists():
         return None
-    problems = []
+    problems: list[str] = []
     for pointer in (POINTER, PREVIOUS):
         meta = _read_pointer(folder, pointer)
         problem = _verified(folder, meta)
         if problem is None:
+            assert meta is not None  # _verified reports a missing pointer
             if problems:
                 log.warning("checkpoint in %s: %s; using the previous checkpoint (%s) instead", folder,
                             problems[0], meta["tensors"])

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.distributed as dist
@@ -80,6 +80,10 @@ def session(device: torch.device) -> Iterator[torch.device]:
         dist.destroy_process_group()
 
 
+@overload
+def from_main(fn: Callable[[], T], share: Literal[True] = True) -> T: ...
+@overload
+def from_main(fn: Callable[[], T], share: bool) -> T | None: ...
 def from_main(fn: Callable[[], T], share: bool = True) -> T | None:
     """Run `fn` on rank 0 only; every rank gets its result (`share=False`: the others get None, for results
     that stay on rank 0, like an open log file). An exception there is re-raised on rank 0 and becomes
@@ -160,8 +164,9 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     would in one process. Buffers are not broadcast: every rank computes the same ones from reduced data."""
     if not active():
         return module
+    no_buffer_sync: dict[str, Any] = {BUFFER_SYNC: False}
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                   find_unused_parameters=True, **{BUFFER_SYNC: False})
+                                   find_unused_parameters=True, **no_buffer_sync)
 
 
 #: DDP's switch for re-broadcasting buffers at every forward (renamed in torch 2.14)

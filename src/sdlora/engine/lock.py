@@ -57,7 +57,7 @@ def output_lock(out: Path) -> Iterator[Path]:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = read_lock(path)
-            if not _is_stale(owner):
+            if owner is not None and not _is_stale(owner):  # (None is stale)
                 raise OutputLocked(
                     f"{out} is in use by another run (pid {owner['pid']} on {owner.get('host')}, lock file {path}); "
                     "wait for it to finish or choose another --out (if no such run exists, delete the lock file)"

@@ -146,7 +146,7 @@ def summarize_runs(results: list[dict]) -> dict:
     seeds = [r.get("seed") for r in results]
     curves = [run_curve(r) for r in results]
     length = max(len(c) for c in curves)
-    values = [[c[i] for c in curves if len(c) > i and c[i] is not None] for i in range(length)]
+    values = [[x for x in (c[i] for c in curves if len(c) > i) if x is not None] for i in range(length)]
     points = [mean_stderr(v) if v else {"mean": None, "stderr": None, "n": 0} for v in values]
     return {
         "seeds": seeds,

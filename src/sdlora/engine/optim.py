@@ -35,9 +35,9 @@ def task_schedule(cfg: TrainConfig, task_index: int) -> TaskSchedule:
 
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig, float], torch.optim.Optimizer]] = {
     "sgd": lambda groups, c, lr: torch.optim.SGD(groups, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay),
-    "adam": lambda groups, c, lr: torch.optim.Adam(groups, lr=lr, betas=tuple(c.betas),
+    "adam": lambda groups, c, lr: torch.optim.Adam(groups, lr=lr, betas=(c.betas[0], c.betas[1]),
                                                    weight_decay=c.weight_decay),
-    "adamw": lambda groups, c, lr: torch.optim.AdamW(groups, lr=lr, betas=tuple(c.betas),
+    "adamw": lambda groups, c, lr: torch.optim.AdamW(groups, lr=lr, betas=(c.betas[0], c.betas[1]),
                                                      weight_decay=c.weight_decay),
 }
 

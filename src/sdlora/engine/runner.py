@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -159,11 +160,10 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
     results = []
     for seed in cfg.seeds:
         folder = seed_dir(out, seed)
-        handler = distributed.from_main(lambda folder=folder: _seed_log(folder), share=False)
+        handler = distributed.from_main(partial(_seed_log, folder), share=False)
         try:
             existing = folder / "results.json"
-            previous = distributed.from_main(
-                lambda existing=existing: json.loads(existing.read_text()) if resume and existing.is_file() else {})
+            previous = distributed.from_main(partial(_previous_results, existing, resume))
             if previous.get("status") == "complete":
                 log.info("seed %d already complete", seed)
                 if main and not all((folder / f).is_file() for f in SEED_REPORTS):  # killed after it completed
@@ -224,6 +224,11 @@ def _prepare_locked(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) ->
     if resume and saved.is_file():
         check_resumed_config(saved, cfg)
     write_text_atomic(saved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _previous_results(path: Path, resume: bool) -> dict[str, Any]:
+    """The seed's results.json when resuming and it exists, else {}."""
+    return json.loads(path.read_text()) if resume and path.is_file() else {}
 
 
 def _seed_log(folder: Path) -> logging.Handler:

@@ -28,7 +28,8 @@ def data_generator(seed: int, task: int, epoch: int) -> torch.Generator:
 
 def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(JSON part, tensor part) of every global RNG."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)  # the global MT19937's legacy state (numpy's stub also allows a dict)
     py_state = random.getstate()
     meta = {
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],

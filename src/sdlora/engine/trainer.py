@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -206,7 +206,8 @@ class Trainer:
             info = self.method.end_task(task, passes)
             row, counts = self._evaluate(task)
             self.record.add_task(row, counts, trainable, time.perf_counter() - task_clock, info)
-            accuracy = {} if row is None else {"eval/accuracy": self.record.accuracy_curve[-1]}
+            # evaluated (row not None): the curve's last point is a number
+            accuracy = {} if row is None else {"eval/accuracy": cast(float, self.record.accuracy_curve[-1])}
             self.loggers.log(self.step, t + 1, task_schedule(self.cfg.train, t).epochs,
                              {**accuracy, **self._method_scalars()})
             if row is None:

@@ -56,7 +56,7 @@ def hf_encoder(source: ExportSource) -> Any:
     """A fresh `AutoModel` of the run's config, holding the merged weights, with the label maps."""
     model = getattr(source.backbone, "model", None)
     tokenizer = getattr(source.backbone, "tokenizer", None)
-    if tokenizer is None or not hasattr(getattr(model, "config", None), "model_type"):
+    if model is None or tokenizer is None or not hasattr(getattr(model, "config", None), "model_type"):
         raise ValueError(f"--format hf needs a Hugging Face encoder, this run uses "
                          f"{source.backbone_config.get('name')!r}; use --format timm")
     config = copy.deepcopy(model.config)
@@ -79,6 +79,7 @@ def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     builder = SEQUENCE_HEADS.get(encoder.config.model_type)
     sequence = options.pooling == "cls" and not options.normalize and builder is not None
     if sequence:
+        assert builder is not None  # part of `sequence`
         builder(encoder, source.head_weight, source.head_bias).save_pretrained(folder / SEQUENCE_FOLDER)
         source.backbone.tokenizer.save_pretrained(folder / SEQUENCE_FOLDER)
     return {"classifier_file": CLASSIFIER_FILE, "pooling": options.pooling, "normalize": options.normalize,

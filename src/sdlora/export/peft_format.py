@@ -72,7 +72,8 @@ def write_peft(source: ExportSource, folder: Path) -> dict[str, Any]:
     peft_model.peft_config["default"].base_model_name_or_path = base_id
     with torch.no_grad():
         for name, (b, a) in factors.items():
-            layer = peft_model.base_model.model.get_submodule(name)
+            # a peft LoRA layer (lora_A / lora_B ModuleDicts), reached through nn.Module.__getattr__
+            layer: Any = peft_model.base_model.model.get_submodule(name)  # type: ignore[union-attr]
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
     peft_model.save_pretrained(str(folder), save_embedding_layers=False)

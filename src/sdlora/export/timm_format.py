@@ -27,7 +27,7 @@ def timm_classifier(source: ExportSource) -> Any:
                          "; use --format hf")
     kwargs = dict(source.backbone.options.model_kwargs)
     model = timm.create_model(tag, pretrained=False, num_classes=source.num_classes, **kwargs)
-    head = model.get_classifier()
+    head = model.get_classifier()  # type: ignore[operator]  # a timm model method, via nn.Module.__getattr__
     prefix = next(k for k, v in model.named_modules() if v is head)
     state = {**source.merged_backbone, f"{prefix}.weight": source.head_weight, f"{prefix}.bias": source.head_bias}
     model.load_state_dict(state, strict=True)

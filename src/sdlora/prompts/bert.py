@@ -34,6 +34,8 @@ def pad_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
 class PrefixSelfAttention(ModuleWrapper):
     """A BERT-like self-attention whose keys/values get `prefix = (P_k, P_v)` ([B or 1, L, hidden]) prepended."""
 
+    base: Any  # any BERT-like self-attention module (duck-typed: __init__ checks the attributes forward uses)
+
     def __init__(self, base: nn.Module) -> None:
         super().__init__()
         missing = [a for a in ("query", "key", "value", "attention_head_size", "scaling", "config")
@@ -73,13 +75,13 @@ class PromptedBert(PromptInjection):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.attentions: list[PrefixSelfAttention] = []
-        for layer in model.encoder.layer:
+        for layer in model.encoder.layer:  # type: ignore[union-attr]  # nn.Module.__getattr__: Tensor | Module
             if not isinstance(layer.attention.self, PrefixSelfAttention):
                 layer.attention.self = PrefixSelfAttention(layer.attention.self)
             self.attentions.append(layer.attention.self)
         self.tokens: torch.Tensor | None = None
         self.prompt_start = 1  # after [CLS]
-        model.embeddings.register_forward_hook(self._insert_tokens)
+        model.embeddings.register_forward_hook(self._insert_tokens)  # type: ignore[union-attr]  # as above
 
     @property
     def depth(self) -> int:

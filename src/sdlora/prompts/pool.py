@@ -31,6 +31,9 @@ class KeyedPool(nn.Module):
     """M prompts (each [length, dim], or any trailing shape) with one key each, initialised uniform(-1, 1)
     (`prompt_init` / `prompt_key_init: uniform` in the PyTorch port of the L2P release, l2p-pytorch)."""
 
+    counts: torch.Tensor
+    current_counts: torch.Tensor
+
     def __init__(self, size: int, prompt_shape: tuple[int, ...], key_dim: int) -> None:
         super().__init__()
         self.prompts = nn.Parameter(torch.empty(size, *prompt_shape).uniform_(-1, 1))

@@ -28,6 +28,8 @@ class PrefixAttention(ModuleWrapper):
     With `prefix = None` it calls the wrapped module itself; with an empty prefix (L = 0) its replica equals
     the wrapped module's output."""
 
+    base: Attention
+
     def __init__(self, base: Attention) -> None:
         super().__init__()
         if not isinstance(base, Attention):
@@ -50,7 +52,8 @@ class PrefixAttention(ModuleWrapper):
         b = self.base
         batch, tokens, _ = x.shape
         attn_dim = b.num_heads * b.head_dim
-        gate = b.gate(x).sigmoid() if getattr(b, "gate", None) is not None else None
+        gate_layer = getattr(b, "gate", None)  # absent in older timm
+        gate = gate_layer(x).sigmoid() if gate_layer is not None else None
         q, k, v = b.qkv(x).reshape(batch, tokens, 3, b.num_heads, b.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         prefix_k, prefix_v = (self._heads(p.to(x.dtype), batch) for p in self.prefix)
         q, k = b.q_norm(q), b.k_norm(torch.cat([prefix_k, k], dim=2))
@@ -76,13 +79,13 @@ class PromptedViT(PromptInjection):
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.attentions: list[PrefixAttention] = []
-        for block in model.blocks:
+        for block in model.blocks:  # type: ignore[union-attr]  # nn.Module.__getattr__: Tensor | Module
             if not isinstance(block.attn, PrefixAttention):
                 block.attn = PrefixAttention(block.attn)
             self.attentions.append(block.attn)
         self.prompt_start = int(getattr(model, "num_prefix_tokens", 1))  # after [CLS] (and any register tokens)
         self.tokens: torch.Tensor | None = None
-        model.blocks.register_forward_pre_hook(self._insert_tokens)
+        model.blocks.register_forward_pre_hook(self._insert_tokens)  # type: ignore[union-attr]  # as above
 
     @property
     def depth(self) -> int:
@@ -97,7 +100,7 @@ class PromptedViT(PromptInjection):
 
     def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
         """Final-norm token states [B, N (+ L prompt tokens after [CLS]), dim] (timm `forward_features`)."""
-        return self.model.forward_features(inputs)
+        return self.model.forward_features(inputs)  # type: ignore[operator]  # a timm ViT method, via nn.Module.__getattr__
 
     def unwrapped_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state dict under timm's own names (the wrappers' `.base` removed)."""

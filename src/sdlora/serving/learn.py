@@ -55,7 +55,9 @@ class LearnRecord(RunRecord):
             super().add_task(row, counts, trainable, seconds, info)
             return
         row, counts = list(row), list(counts)
-        before, previous = self.task_test_counts, self.accuracy_matrix[-1] if self.accuracy_matrix else []
+        # the last evaluated row: the one task_test_counts belong to (eval_every leaves None rows)
+        evaluated = [r for r in self.accuracy_matrix if r is not None]
+        before, previous = self.task_test_counts, evaluated[-1] if evaluated else []
         stale = [j for j, n in enumerate(counts) if n == 0 and j < len(previous) and before[j] > 0]
         for j in stale:
             row[j], counts[j] = previous[j], before[j]

@@ -8,6 +8,7 @@ benchmark's untrained classes are left out of the old data, so a learned class m
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def _empty() -> tuple[Dataset, np.ndarray]:
     return ListDataset([], []), np.zeros(0, dtype=np.int64)
 
 
-def original_part(cfg: RunConfig, base: dict[str, Any]) -> tuple[list[Dataset], list[np.ndarray], bool]:
+def original_part(cfg: RunConfig, base: dict[str, Any]) -> tuple[Sequence[Dataset], list[np.ndarray], bool]:
     """([train, test], [targets...]) of the run's trained classes in its class order, or empty when the
     benchmark's data cannot be read any more."""
     try:
@@ -143,6 +144,7 @@ def combined_data(cfg: RunConfig, base: dict[str, Any], learned: list[dict[str, 
         test_file = entry.get("test")
         reachable_test = bool(test_file and Path(test_file).exists())
         if reachable_test:
+            assert test_file is not None  # reachable_test
             test_task = read_task(Path(test_file), entry["text_column"], entry["label_column"])
             unknown = sorted(set(test_task.labels) - set(index))
             if unknown:

@@ -34,6 +34,9 @@ class ImageFolderBenchmark(SplitFolderBenchmark):
             if not self.root:
                 raise ValueError("root is required: the folder holding the train/ and test/ class folders")
 
+    options: Options
+
     def location(self) -> Path:
+        assert self.options.root is not None  # required by Options.__post_init__
         root = Path(self.options.root).expanduser()
         return root if root.is_absolute() or self.data_root is None else self.data_root / root

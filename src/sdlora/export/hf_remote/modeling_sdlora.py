@@ -53,7 +53,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Ten
 class SDLoRAForSequenceClassification(PreTrainedModel):
     """Any `AutoModel` encoder (built from the config) + the run's pooling, optional L2 norm and linear head."""
 
-    config_class = AutoConfig  # config.json is the encoder's own config (see the module docstring)
+    config_class = AutoConfig  # type: ignore[assignment]  # config.json is the encoder's own config (module docstring)
     base_model_prefix = "backbone"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
@@ -100,11 +100,14 @@ class SDLoRAForSequenceClassification(PreTrainedModel):
         return model.eval()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+    def from_pretrained(  # type: ignore[override]  # needs a path (not None): the head is read from it too
+            cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """transformers' loader for the encoder, then the head from CLASSIFIER_FILE (same folder or repo)."""
         hub = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        head = load_file(cached_file(pretrained_model_name_or_path, CLASSIFIER_FILE, **hub))
+        head_file = cached_file(pretrained_model_name_or_path, CLASSIFIER_FILE, **hub)
+        assert head_file is not None  # cached_file raises when the file is missing
+        head = load_file(head_file)
         with torch.no_grad():
             model.classifier.weight.copy_(head["weight"])
             model.classifier.bias.copy_(head["bias"])
