@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.wrapping import set_submodule
 
 ADAPTER_FILE = "sdlora_adapter.safetensors"
 TRAINED_FILE = "sdlora_modules_to_train.safetensors"
@@ -158,9 +159,7 @@ class SDLoRAModel(nn.Module):
             raise RuntimeError("task still open: call end_task() before merge_and_unload()")
         self.adapter.merge()
         for name, wrapper in self.adapter.wrappers.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = self.base_model.get_submodule(parent_name) if parent_name else self.base_model
-            setattr(parent, child, wrapper.base)
+            set_submodule(self.base_model, name, wrapper.base)
         return self.base_model
 
 

@@ -55,3 +55,10 @@ def plain_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
 def plain_numel(model: nn.Module) -> int:
     """The numbers stored by the plain model (parameters and persistent buffers, shared ones once)."""
     return sum(t.numel() for t in plain_tensors(model).values())
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` at the dotted `name` inside `model` (how wrappers go in and plain layers come back)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

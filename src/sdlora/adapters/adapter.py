@@ -29,17 +29,12 @@ from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.modes import MODES
 from sdlora.adapters.norms import NORMS
 from sdlora.adapters.targets import find_targets
+from sdlora.wrapping import set_submodule
 
 FORMAT = "sdlora-adapter"
 VERSION = 1
 #: config fields that must agree between a saved state and the adapter loading it
 STRUCTURAL_FIELDS = ("current_mode", "resolved_targets", "resolved_norm", "kd_fit")
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 class SDLoRAAdapter(nn.Module):
@@ -62,7 +57,7 @@ class SDLoRAAdapter(nn.Module):
             p.requires_grad_(False)
         for name, (linear, slices) in found.items():
             wrapper = SDLoRALinear(linear, slices, self.magnitudes, self.mode, self.norm_fn, config.kernel)
-            _set_submodule(model, name, wrapper)
+            set_submodule(model, name, wrapper)
             wrappers[name] = wrapper
             self.banks.append(wrapper.bank)
         # plain references: the caller owns the model (no second registration, no copy)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from sdlora.adapters.modes import kaiming_uniform_down
 from sdlora.adapters.norms import product_norm, safe_divisor
 from sdlora.adapters.targets import Slice, SlicedLinear, find_targets
+from sdlora.wrapping import set_submodule
 
 Init = Literal["lora", "random", "zeros"]
 
@@ -96,12 +97,6 @@ class LoRALinear(SlicedLinear):
         return f"slices={names}, rank={self.rank}"
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 class PlainLoRA(nn.Module):
     """LoRA injected into every target Linear of `model` (which it freezes); the caller owns `model`.
 
@@ -125,7 +120,7 @@ class PlainLoRA(nn.Module):
         for name, (linear, slices) in found.items():
             wrapper = LoRALinear(linear, slices, rank, init)
             wrapper.__dict__["magnitude"] = self.magnitude
-            _set_submodule(model, name, wrapper)
+            set_submodule(model, name, wrapper)
             wrappers[name] = wrapper
         if self.magnitude is not None:
             self.magnitude.data = self.magnitude.data.to(next(iter(wrappers.values())).down.device)

@@ -162,3 +162,15 @@ def load_optimizer_state(opt: torch.optim.Optimizer, meta: dict[str, Any], tenso
             state.setdefault(int(idx), {})[name] = value
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["param_groups"]]
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """`tensors` under `prefix.` in one checkpoint file beside others (method, rng, optimizer)."""
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def unprefixed(tensors: dict[str, torch.Tensor], prefix: str, device: torch.device | str | None = None
+               ) -> dict[str, torch.Tensor]:
+    """The tensors stored under `prefix.` (see `prefixed`), without it, moved to `device` when given."""
+    start = f"{prefix}."
+    return {k[len(start):]: v if device is None else v.to(device) for k, v in tensors.items() if k.startswith(start)}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sdlora.config import RunConfig
 from sdlora.engine import build
+from sdlora.engine.checkpoint import unprefixed
 from sdlora.engine.run_folder import RunFolder, find_seed_folder
 from sdlora.methods.base import Method
 
@@ -41,7 +42,6 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
                             "finish the run with `sdlora train ... --resume` first"))
     method = build.build_model(run.cfg, run.seed, device)
     check_weights(method.backbone.info(), run.record, run.folder / "results.json")
-    method.load_checkpoint_state(meta["method"], {k[7:]: v.to(device) for k, v in tensors.items()
-                                                  if k.startswith("method.")})
+    method.load_checkpoint_state(meta["method"], unprefixed(tensors, "method", device))
     method.to(device)
     return RestoredRun(run.cfg, run.seed, run.folder, method, meta["position"]["task"] + 1, run)

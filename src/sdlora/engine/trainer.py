@@ -28,7 +28,9 @@ from sdlora.engine.checkpoint import (
     load_checkpoint,
     load_optimizer_state,
     optimizer_state,
+    prefixed,
     save_checkpoint,
+    unprefixed,
     write_json_atomic,
 )
 from sdlora.engine.distributed import Reorder
@@ -135,7 +137,7 @@ class Trainer:
             "record": self.record.progress(),
             "loggers": self.loggers.positions(),
         }
-        tensors = {f"method.{k}": v for k, v in tensors.items()} | rng_tensors
+        tensors = prefixed(tensors, "method") | rng_tensors
         if optimizer is not None and not finished:
             opt_meta, opt_tensors = optimizer_state(optimizer)
             meta["optimizer"] = opt_meta
@@ -156,7 +158,7 @@ class Trainer:
         self.counter = meta["counter"] + 1
         self.step = meta.get("step", 0)
         self.log_positions = meta.get("loggers", {})
-        method_tensors = {k[7:]: v.to(self.device) for k, v in tensors.items() if k.startswith("method.")}
+        method_tensors = unprefixed(tensors, "method", self.device)
         self.method.load_checkpoint_state(meta["method"], method_tensors)
         self.method.to(self.device)  # whatever a method rebuilt while loading lives with the model
         self.record.restore(meta["record"])
