@@ -200,13 +200,13 @@ def _train(run: RunFolder, cfg: RunConfig, entry: dict[str, Any], new: NewTask, 
            on_checkpoint: CheckpointHook | None, fresh: bool) -> dict[str, Any]:
     """The engine's trainer over the grown scenario, resumed from the run's last checkpoint. A `fresh` learn that
     fails before its first checkpoint puts the run back as it was."""
-    learned = run.learned_file()
-    data, sizes = combined_data(cfg, learned["base"], learned["tasks"], new)
-    log.info("learn: task %d of %d new classes (%d training samples) after %d trained classes",
-             entry["task"] + 1, len(entry["classes"]), len(new.items), len(run.trained_classes))
-    log.info("%s", run_summary(cfg, data, pick_device(device), run.folder, sizes))
     meta, _ = run.checkpoint()
     try:
+        learned = run.learned_file()
+        data, sizes = combined_data(cfg, learned["base"], learned["tasks"], new)
+        log.info("learn: task %d of %d new classes (%d training samples) after %d trained classes",
+                 entry["task"] + 1, len(entry["classes"]), len(new.items), len(run.trained_classes))
+        log.info("%s", run_summary(cfg, data, pick_device(device), run.folder, sizes))
         trainer = Trainer(cfg, run.seed, run.folder, pick_device(device), data, quiet=quiet,
                           on_checkpoint=on_checkpoint, scenario=GrowingScenario(data, sizes), record=LearnRecord)
         trainer.record.config = config_to_dict(run.cfg)  # results.json keeps the run's config; learned.json the --set
