@@ -3,7 +3,8 @@
     clf = sdlora.load("runs/clinc150/seed-1993")          # or an export folder (--format timm / hf)
     clf.predict(["book a table for two"], top_k=3)        # [[("restaurant_reservation", 0.91), ...]]
 
-Scores: softmax over the logits for a linear head; the cosine similarity for a prototype (cosine) head.
+Scores: softmax over the logits for a linear head and for the LDA head (`normalized_linear`: its logits are log
+posteriors up to a constant); the cosine similarity for a prototype (cosine) head.
 Sources are found through `SOURCES` (a registry: run folder, timm export, hf export).
 """
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdlora.backbones.base import move_to
-from sdlora.export.common import MANIFEST
+from sdlora.export.common import MANIFEST, NORMALIZED_KINDS
 
 TopK = list[tuple[str, float]]
 
@@ -33,7 +34,7 @@ class Classifier:
     features_fn: Callable[[Any], Tensor]
     weight: Tensor
     bias: Tensor
-    kind: str  # "linear" | "cosine"
+    kind: str  # a key of sdlora.export.common.CLASSIFIER_KINDS: "linear" | "cosine" | "normalized_linear"
     class_names: list[str]
     preprocess: Callable[[Any], Tensor] | None = None  # image -> tensor (image models)
 
@@ -71,7 +72,7 @@ class Classifier:
         out = []
         for start in range(0, len(items), batch_size):
             f = self.features_fn(move_to(self._batch(items[start:start + batch_size]), device)).float()
-            if self.kind == "cosine":
+            if self.kind in NORMALIZED_KINDS:
                 f = F.normalize(f, dim=-1)
             out.append(f @ self.weight.T + self.bias)
         return torch.cat(out).cpu()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -75,8 +76,15 @@ def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> 
     return RestoredRun(cfg, seed_value, folder, method, meta["position"]["task"] + 1)
 
 
+def classifier_kind(method: Any) -> str:
+    """How the exported head applies to the pooled feature: a key of `sdlora.export.common.CLASSIFIER_KINDS`."""
+    head = method.class_head
+    return "linear" if head is None else head.export_kind
+
+
 def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:
-    """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`)."""
+    """Merged backbone (`backbone.*`, a plain timm / transformers state dict) + head (`head.*`); the metadata's
+    `classifier` says how the head applies (`normalized_linear`: L2-normalise the feature first)."""
     from safetensors.torch import save_file
 
     run.method.check_exportable()
@@ -86,6 +94,7 @@ def export_run(run: RestoredRun, path: Path) -> dict[str, torch.Tensor]:
         "backbone": json.dumps(run.method.backbone.info()),
         "config": json.dumps({"backbone": run.cfg.backbone.name, "options": run.cfg.backbone.options}),
         "num_classes": str(state["head.weight"].shape[0]),
+        "classifier": classifier_kind(run.method),  # how head.* applies (sdlora.export.common.CLASSIFIER_KINDS)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)

@@ -17,7 +17,10 @@ MANIFEST = "sdlora_export.json"
 CLASSIFIER_KINDS = {
     "linear": "logits = f W^T + b",
     "cosine": "logits = normalize(f) W^T (W = unit-norm class means; argmax equals that of f W^T)",
+    "normalized_linear": "logits = normalize(f) W^T + b (the LDA head on the L2-normalised feature)",
 }
+#: the kinds whose W applies to the L2-normalised feature
+NORMALIZED_KINDS = ("cosine", "normalized_linear")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class ExportSource:
     @classmethod
     def from_run(cls, run: Any) -> ExportSource:
         """From `sdlora.engine.restore.RestoredRun`."""
+        from sdlora.engine.restore import classifier_kind
+
         method = run.method
         state = {k: v.detach().cpu() for k, v in method.export_state_dict().items()}
         merged = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
@@ -47,7 +52,7 @@ class ExportSource:
         names = list(record.get("class_names") or [str(i) for i in range(num)])[:num]
         return cls(backbone=method.backbone, method=method, merged_backbone=merged,
                    head_weight=state["head.weight"], head_bias=state["head.bias"],
-                   classifier="cosine" if method.prototypes is not None else "linear", class_names=names,
+                   classifier=classifier_kind(method), class_names=names,
                    record=record, backbone_config={"name": run.cfg.backbone.name,
                                                    "options": dict(run.cfg.backbone.options)},
                    preprocess={k: v for k, v in run.cfg.benchmark.options.items()
