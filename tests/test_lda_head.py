@@ -67,15 +67,21 @@ def test_head_equals_scikit_learn_lda_on_normalised_features(shrinkage):
     head = fit_by_tasks(LDAHead(feats.shape[1], shrinkage, priors="empirical"), feats, labels)
     g = F.normalize(feats, dim=-1).double().numpy()
     ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(g, labels.numpy())
-    np.testing.assert_allclose(head.weight.numpy(), ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
-    np.testing.assert_allclose(head.bias.numpy(), ref.intercept_, rtol=1e-4, atol=1e-4 * np.abs(ref.intercept_).max())
+    weight, bias = lda_weights(head.stats.means, head.stats.covariance(), shrinkage, head.stats.counts.log() -
+                               head.stats.counts.sum().log())
+    np.testing.assert_allclose(weight.numpy(), ref.coef_, rtol=1e-8, atol=1e-8 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(bias.numpy(), ref.intercept_, rtol=1e-8, atol=1e-8 * np.abs(ref.intercept_).max())
+    # the head stores them centred over the classes: the same softmax (and argmax) as scikit-learn's
+    torch.testing.assert_close(head.weight, (weight - weight.mean(0)).float())
     probe = torch.randn(50, feats.shape[1], generator=torch.Generator().manual_seed(5))
-    assert head.logits(probe).argmax(1).tolist() == ref.predict(F.normalize(probe, dim=-1).double().numpy()).tolist()
+    unit = F.normalize(probe, dim=-1).double().numpy()
+    np.testing.assert_allclose(head.logits(probe).softmax(-1).numpy(), ref.predict_proba(unit), atol=1e-4)
+    assert head.logits(probe).argmax(1).tolist() == ref.predict(unit).tolist()
     # uniform priors: the same weights, the bias without log(n_c / N)
     uniform = fit_by_tasks(LDAHead(feats.shape[1], shrinkage), feats, labels)
     torch.testing.assert_close(uniform.weight, head.weight)
     log_priors = (torch.bincount(labels) / labels.numel()).log()
-    torch.testing.assert_close(uniform.bias, head.bias - log_priors, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uniform.bias, head.bias - (log_priors - log_priors.mean()), atol=1e-5, rtol=1e-5)
 
 
 def test_lda_weights_solve_the_shrunk_system():
@@ -117,8 +123,8 @@ def test_sdc_moves_the_means_by_the_drift_of_the_normalised_features_and_keeps_t
     assert moved == pytest.approx(np.linalg.norm(shift, axis=1).mean(), rel=1e-5)
     assert torch.equal(head.stats.means[3:], means[3:]) and torch.equal(head.stats.scatter, scatter)
     expected_w, expected_b = lda_weights(head.stats.means, head.stats.covariance(), 1e-2)
-    torch.testing.assert_close(head.weight, expected_w.float())  # the head follows the moved means
-    torch.testing.assert_close(head.bias, expected_b.float())
+    torch.testing.assert_close(head.weight, (expected_w - expected_w.mean(0)).float())  # follows the moved means
+    torch.testing.assert_close(head.bias, (expected_b - expected_b.mean(0)).float())
 
 
 def test_checkpoint_state_round_trips_the_head():

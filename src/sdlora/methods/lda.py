@@ -7,6 +7,9 @@
 
 The bracketed log prior is added with `priors: empirical` (scikit-learn's LinearDiscriminantAnalysis with
 solver='lsqr', shrinkage=a and its default priors gives the same coef_ and intercept_ on g); `uniform` leaves it out.
+The head stores w_c - mean_k w_k and b_c - mean_k b_k: that subtracts the same number from every logit of a sample,
+so argmax and softmax are unchanged, and it removes the large common part of the logits (float32 keeps their
+differences when Sigma is small and the class means are close).
 Each task adds its classes' sums, counts and within-class scatter; nothing is recomputed from old data.
 
 When the adapted features move (SD-LoRA, InfLoRA, ...), `drift: sdc` moves the stored means of old classes by SDC's
@@ -51,7 +54,7 @@ def lda_weights(means: torch.Tensor, covariance: torch.Tensor, shrinkage: float,
 
 class LDAHead(nn.Module):
     """The LDA classifier over L2-normalised features, from `PooledGaussians`; `weight` [C, D] and `bias` [C]
-    (float32 buffers) are recomputed from the statistics whenever they change."""
+    (float32 buffers, centred over the classes) are recomputed from the statistics whenever they change."""
 
     #: how `sdlora export` describes it (sdlora.export.common.CLASSIFIER_KINDS)
     export_kind = "normalized_linear"
@@ -85,7 +88,7 @@ class LDAHead(nn.Module):
         counts = self.stats.counts
         log_priors = (counts / counts.sum()).log() if self.priors == "empirical" else None
         weight, bias = lda_weights(self.stats.means, self.stats.covariance(), self.shrinkage, log_priors)
-        self.weight, self.bias = weight.float(), bias.float()
+        self.weight, self.bias = (weight - weight.mean(0)).float(), (bias - bias.mean(0)).float()
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
