@@ -85,7 +85,7 @@ def test_the_method_itself_refuses_them_when_built_directly():
     ncm = METHODS.get("ncm")
     with pytest.raises(ConfigError, match="method.classifier.kind: 'linear' is refused"):
         ncm(backbone, ncm.Options(), cfg.train, ClassifierConfig(kind="linear"))
-    assert ncm(backbone, ncm.Options(), cfg.train).prototypes is not None  # no classifier given: its defaults
+    assert ncm(backbone, ncm.Options(), cfg.train).class_head is not None  # no classifier given: its defaults
 
 
 def test_drift_compensation_without_anything_to_move_is_refused():

@@ -2,7 +2,8 @@
 image preprocessing. `sdlora.load` gives one from a run folder (`serving.predict`) or from an export folder (each
 export format's `load`).
 
-Scores: softmax over the logits for a linear head; the cosine similarity for a prototype (cosine) head.
+Scores: softmax over the logits for a linear head and for the LDA head (`normalized_linear`: its logits are log
+posteriors up to a constant); the cosine similarity for a prototype (cosine) head.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdlora.devices import move_to
+from sdlora.export.common import NORMALIZED_KINDS
 
 TopK = list[tuple[str, float]]
 
@@ -36,7 +38,7 @@ class Classifier:
     features_fn: Callable[[Any], Tensor]
     weight: Tensor
     bias: Tensor
-    kind: str  # "linear" | "cosine"
+    kind: str  # a key of sdlora.export.common.CLASSIFIER_KINDS: "linear" | "cosine" | "normalized_linear"
     class_names: list[str]
     preprocess: Callable[[Any], Tensor] | None = None  # RGB PIL image -> tensor (image models)
 
@@ -74,7 +76,7 @@ class Classifier:
         out = []
         for start in range(0, len(items), batch_size):
             f = self.features_fn(move_to(self._batch(items[start:start + batch_size]), device)).float()
-            if self.kind == "cosine":
+            if self.kind in NORMALIZED_KINDS:
                 f = F.normalize(f, dim=-1)
             out.append(f @ self.weight.T + self.bias)
         return torch.cat(out).cpu()

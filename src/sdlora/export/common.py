@@ -17,7 +17,16 @@ MANIFEST = "sdlora_export.json"
 CLASSIFIER_KINDS = {
     "linear": "logits = f W^T + b",
     "cosine": "logits = normalize(f) W^T (W = unit-norm class means; argmax equals that of f W^T)",
+    "normalized_linear": "logits = normalize(f) W^T + b (the LDA head on the L2-normalised feature)",
 }
+#: the kinds whose W applies to the L2-normalised feature
+NORMALIZED_KINDS = ("cosine", "normalized_linear")
+
+
+def classifier_kind(method: Any) -> str:
+    """How the exported head applies to the pooled feature: a key of `CLASSIFIER_KINDS`."""
+    head = method.class_head
+    return "linear" if head is None else str(head.export_kind)
 
 
 @dataclass
@@ -49,7 +58,7 @@ class ExportSource:
         names = list(record.get("class_names") or [str(i) for i in range(num)])[:num]
         return cls(backbone=method.backbone, method=method, merged_backbone=merged,
                    head_weight=state["head.weight"], head_bias=state["head.bias"],
-                   classifier="cosine" if method.prototypes is not None else "linear", class_names=names,
+                   classifier=classifier_kind(method), class_names=names,
                    record=record, backbone_config={"name": run.cfg.backbone.name,
                                                    "options": dict(run.cfg.backbone.options)},
                    preprocess=run_preprocess(run.cfg) or {})

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModel
 
-from sdlora.export.common import EXPORT_FORMATS, ExportFormat, ExportSource, export_backbone
+from sdlora.export.common import EXPORT_FORMATS, NORMALIZED_KINDS, ExportFormat, ExportSource, export_backbone
 from sdlora.export.hf_remote.modeling_sdlora import CLASSIFIER_FILE, SDLoRAForSequenceClassification
 
 SEQUENCE_FOLDER = "sequence-classification"
@@ -70,14 +70,16 @@ def hf_encoder(source: ExportSource) -> Any:
 def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     encoder = hf_encoder(source)
     options = source.backbone.options
-    normalize = bool(options.normalize) or source.classifier == "cosine"
+    normalize = bool(options.normalize) or source.classifier in NORMALIZED_KINDS
     classifier = SDLoRAForSequenceClassification.from_encoder(encoder, source.head_weight, source.head_bias,
                                                               options.pooling, normalize)
     # config.json (+ auto_map), model.safetensors (the encoder's keys), classifier.safetensors, modeling_sdlora.py
     classifier.save_pretrained(folder)
     source.backbone.tokenizer.save_pretrained(folder)
     builder = SEQUENCE_HEADS.get(encoder.config.model_type)
-    sequence = options.pooling == "cls" and not options.normalize and builder is not None
+    # the stock class applies W to the un-normalised feature: the same argmax for a linear or cosine head only
+    sequence = (options.pooling == "cls" and not options.normalize and builder is not None
+                and source.classifier != "normalized_linear")
     if sequence:
         assert builder is not None  # part of `sequence`
         builder(encoder, source.head_weight, source.head_bias).save_pretrained(folder / SEQUENCE_FOLDER)
@@ -89,9 +91,10 @@ def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
 
 def hf_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
     pool = ("(h * m).sum(1) / m.sum(1)" if manifest["pooling"] == "mean" else "h[:, 0]")
-    norm = manifest["normalize"] or source.classifier == "cosine"
+    norm = manifest["normalize"] or source.classifier in NORMALIZED_KINDS
     normalize = "\n    f = F.normalize(f, dim=-1)" if norm else ""
-    kind = "cosine similarities to the class means" if source.classifier == "cosine" else "linear logits"
+    kind = {"cosine": "cosine similarities to the class means",
+            "normalized_linear": "LDA logits"}.get(source.classifier, "linear logits")
     return f"""One line with transformers (the run's {kind}):
 
 ```python

@@ -8,12 +8,13 @@ from typing import Any
 
 import torch
 
-from sdlora.export.common import check_target
+from sdlora.export.common import check_target, classifier_kind
 
 
 def export_run(run: Any, path: Path, overwrite: bool = False) -> dict[str, torch.Tensor]:
     """One safetensors file (a `RestoredRun`'s): merged backbone (`backbone.*`, a plain timm / transformers state
-    dict) + head (`head.*`), the backbone and its config in the metadata."""
+    dict) + head (`head.*`), the backbone, its config and the classifier kind in the metadata (`normalized_linear`:
+    L2-normalise the feature first)."""
     from safetensors.torch import save_file
 
     check_target(path, overwrite)
@@ -24,6 +25,7 @@ def export_run(run: Any, path: Path, overwrite: bool = False) -> dict[str, torch
         "backbone": json.dumps(run.method.backbone.info()),
         "config": json.dumps({"backbone": run.cfg.backbone.name, "options": run.cfg.backbone.options}),
         "num_classes": str(state["head.weight"].shape[0]),
+        "classifier": classifier_kind(run.method),  # how head.* applies (sdlora.export.common.CLASSIFIER_KINDS)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=meta)

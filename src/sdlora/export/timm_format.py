@@ -3,7 +3,8 @@
 Loads with `timm.create_model("local-dir:FOLDER")` or, by architecture name, with
 `timm.create_model(TAG, pretrained=True, num_classes=C, pretrained_cfg_overlay=dict(file=..., num_classes=C))`;
 timm loads the file with strict=True. A cosine (prototype) classifier becomes a linear head of unit-norm class
-means on the un-normalised feature: same argmax, logits scaled by ||f|| per sample.
+means on the un-normalised feature: same argmax, logits scaled by ||f|| per sample. The LDA head
+(`normalized_linear`: normalize(f) W^T + b) has no such form, its bias would change the argmax: refused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def timm_classifier(source: ExportSource) -> Any:
     if tag is None:
         raise ValueError(f"--format timm needs a timm backbone, this run uses {source.backbone_config.get('name')!r}"
                          "; use --format hf")
+    if source.classifier == "normalized_linear":
+        raise ValueError("a timm head applies W to the un-normalised feature, but this run's LDA head is "
+                         "normalize(f) W^T + b (the bias makes the argmax differ): use sdlora.load on the run folder, "
+                         "or the single-file export (sdlora export RUN --out FILE.safetensors)")
     kwargs = dict(source.backbone.options.model_kwargs)
     model = timm.create_model(tag, pretrained=False, num_classes=source.num_classes, **kwargs)
     head = model.get_classifier()  # type: ignore[operator]  # a timm model method, via nn.Module.__getattr__

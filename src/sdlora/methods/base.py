@@ -9,7 +9,8 @@
     loss(logits, labels, task)  the training loss
     training_step(batch, task)  one step's loss and named scalars (default: forward + loss); override to add
                                 auxiliary losses or extra passes (prompt methods' key pull, a frozen query)
-    end_task(task, loader)      freeze, fit prototypes, absorb...; returns a dict logged in results.json
+    end_task(task, loader)      freeze, fit the class statistics (prototypes, LDA), absorb...; returns a dict logged
+                                in results.json
     checkpoint_state()          (structure: JSON, tensors) - everything needed to rebuild and resume
     load_checkpoint_state(...)
     export_state_dict()         merged backbone + head, loadable by plain timm / transformers
@@ -33,6 +34,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.method_config import ClassifierConfig, ClassifierSupport
+from sdlora.methods.class_heads import ClassHead, build_class_head
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prototypes import ClassPrototypes, collect_features
 from sdlora.wrapping import plain_tensors
@@ -94,8 +96,8 @@ class Method(nn.Module):
         self.classifier_cfg = self.classifier_support.resolve(classifier)
         self.head = IncrementalHead(backbone.feature_dim)
         self.tasks_seen = 0
-        prototypes = self.classifier_cfg.kind == "prototypes"
-        self.prototypes = ClassPrototypes(backbone.feature_dim) if prototypes else None
+        # the classifier fitted from class statistics (`method.classifier.kind` prototypes / lda); None: linear head
+        self.class_head: ClassHead | None = build_class_head(backbone.feature_dim, self.classifier_cfg)
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
         self._start_features: tuple[torch.Tensor, torch.Tensor] | None = None  # before_task's pass
         self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
@@ -118,11 +120,11 @@ class Method(nn.Module):
     def before_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """Called right before `begin_task` (not when resuming mid-task) with the task's training data.
 
-        With drift compensation, records the task's features under the function that the stored prototypes
+        With drift compensation, records the task's features under the function that the stored statistics
         describe: drift that the task start itself causes (the official rebuild, a random new direction) is
         then compensated too, not only the drift of training (subclasses call super())."""
         self._start_features = None
-        if self.prototypes is not None and self.classifier_cfg.drift == "sdc" and task.index > 0:
+        if self.class_head is not None and self.classifier_cfg.drift == "sdc" and task.index > 0:
             self._start_features = self._task_features(train_loader)
             self.features_before = self._start_features[0]
 
@@ -161,8 +163,8 @@ class Method(nn.Module):
     def forward(self, inputs: Any) -> torch.Tensor:
         """Linear-head logits while training; at evaluation the configured classifier's."""
         features = self.features(inputs)
-        if self.prototypes is not None and not self.training:
-            return self.prototypes.cosine_logits(features)
+        if self.class_head is not None and not self.training:
+            return self.class_head.logits(features)
         return self.head(features)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
@@ -184,29 +186,31 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
-        """Counts the task; with the prototype classifier, moves old means (SDC) and adds the new ones.
+        """Counts the task; with a classifier from class statistics, moves old means (SDC) and adds the new
+        classes' statistics (results.json `prototype_shift`: SDC's mean shift, for either kind).
 
         Subclasses that change the function at the end of a task call this last."""
         self.tasks_seen = task.index + 1
         info: dict[str, Any] = {}
-        if self.prototypes is not None:
+        if self.class_head is not None:
             self.eval()
             after, labels = collect_features(self.features, train_loader, self._device())
             if self.features_before is not None:
                 sigma = self.classifier_cfg.sdc_sigma
-                info["prototype_shift"] = self.prototypes.compensate_drift(self.features_before, after,
+                info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after,
                                                                            task.known, sigma)
                 self.features_before = None
-            self.prototypes.fit(after, labels, task.known, task.total)
+            self.class_head.fit(after, labels, task.known, task.total)
         return info
 
     # -- persistence -----------------------------------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure = {"head_blocks": self.head.block_sizes(), "tasks_seen": self.tasks_seen}
         tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        if self.prototypes is not None:
-            structure["prototype_classes"] = self.prototypes.num_classes
-            tensors["prototypes"] = self.prototypes.means
+        if self.class_head is not None:
+            head_structure, head_tensors = self.class_head.checkpoint_state()
+            structure.update(head_structure)
+            tensors.update(head_tensors)
         if self.features_before is not None:
             tensors["features_before"] = self.features_before
         return structure, tensors
@@ -217,9 +221,8 @@ class Method(nn.Module):
         self.head.to(device)
         self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         self.tasks_seen = structure["tasks_seen"]
-        if self.prototypes is not None:
-            self.prototypes.resize_to(structure["prototype_classes"])
-            self.prototypes.means.copy_(tensors["prototypes"])
+        if self.class_head is not None:
+            self.class_head.load_checkpoint_state(structure, tensors)
         self.features_before = tensors.get("features_before")
 
     def restore_trainable_flags(self, task: TaskInfo) -> None:
@@ -242,12 +245,11 @@ class Method(nn.Module):
                              "plain backbone + linear head; use the run folder itself (sdlora predict/eval)")
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
-        """`backbone.*` + `head.*`; with the prototype classifier the head is the unit-norm class means
-        (logits = cosine: L2-normalise the features before the head)."""
+        """`backbone.*` + `head.*`; with a classifier from class statistics its (W, b), applied as its
+        `export_kind` says (prototypes: unit-norm class means, LDA: W and b; both on the L2-normalised feature)."""
         out = {f"backbone.{k}": v for k, v in self.export_backbone().items()}
-        if self.prototypes is not None:
-            out["head.weight"] = F.normalize(self.prototypes.means, dim=-1).clone()
-            out["head.bias"] = torch.zeros(self.prototypes.num_classes, device=self.prototypes.means.device)
+        if self.class_head is not None:
+            out["head.weight"], out["head.bias"] = self.class_head.export_head()
         else:
             out["head.weight"] = self.head.weight().detach().clone()
             out["head.bias"] = self.head.bias().detach().clone()
@@ -271,15 +273,16 @@ class Method(nn.Module):
     def inference_parameters(self) -> int:
         """Numbers stored to predict in the `deployed` form: the export's tensors (merged backbone + head)
         when exportable; else the plain backbone's and every other parameter of the method (prompts, keys,
-        heads, unmerged adapters), the class means replacing the linear head under the prototype classifier."""
+        heads, unmerged adapters), the stored numbers of a classifier from class statistics replacing the linear
+        head (prototypes: the class means; LDA: W and b)."""
         if self.exportable:
             return sum(v.numel() for v in self.export_state_dict().values())
         plain = set(plain_tensors(self.backbone.model))  # ids
-        if self.prototypes is not None:
+        if self.class_head is not None:
             plain |= {id(p) for p in self.head.parameters()}
         extra = sum(p.numel() for p in self.parameters() if id(p) not in plain)
-        if self.prototypes is not None:
-            extra += self.prototypes.means.numel()
+        if self.class_head is not None:
+            extra += self.class_head.stored_numel()
         return self.backbone.plain_numel() + extra
 
     def num_trainable(self) -> int:

@@ -7,6 +7,14 @@ Only the statistics are kept (no samples): for class c with training features f_
     kind 'variance' keeps only the diagonal of Sigma_c (D numbers per class instead of D^2)
     pseudo-feature of class c:  h = mu_c + L_c z,  z ~ N(0, I),  L_c L_c^T = Sigma_c   (Cholesky)
 
+`PooledGaussians` keeps what a shared-covariance classifier (LDA, `sdlora.methods.lda`) needs, as running sums:
+
+    n_c, s_c = sum_{i in c} f_i  (per class)      W = sum_c sum_{i in c} (f_i - mu_c)(f_i - mu_c)^T  (one D x D)
+    mu_c = s_c / n_c            S = W / N,  N = sum_c n_c  (the pooled within-class covariance, ddof 0)
+
+each task adding its classes' n_c, s_c and their within-class scatter, so the result is that of all data at once
+whatever the class order (D^2 + C (D + 1) numbers instead of C D^2).
+
 Kind 'multi_centroid' (`ClassMultiCentroids`, HiDe-Prompt's 'multi-centroid') splits each class into K
 clusters by k-means (`sdlora.methods.kmeans`) and keeps per cluster k its mean and per-dimension variance
 (ddof 0); a cluster whose variance is 0 (its points coincide) is skipped, every other one gives pseudo-features
@@ -29,6 +37,14 @@ from torch import nn
 from sdlora.methods.kmeans import kmeans
 
 StatsKind = Literal["covariance", "variance", "multi_centroid"]
+
+
+def class_rows(features: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
+    """The features of class `c` in float64; a ValueError when it has none."""
+    rows = features[labels == c].double()
+    if rows.shape[0] == 0:
+        raise ValueError(f"no training samples for class {c}")
+    return rows
 
 
 class ClassGaussians(nn.Module):
@@ -68,9 +84,7 @@ class ClassGaussians(nn.Module):
             self.means, self.spread = grown.means, grown.spread
         eye = torch.eye(self.dim, dtype=torch.float64, device=features.device)
         for c in range(low, high):
-            rows = features[labels == c].double()
-            if rows.shape[0] == 0:
-                raise ValueError(f"no training samples for class {c}")
+            rows = class_rows(features, labels, c)
             mean = rows.mean(0)
             centred = rows - mean
             cov = centred.T @ centred / max(rows.shape[0] - 1, 1) + self.eps * eye
@@ -102,6 +116,63 @@ class ClassGaussians(nn.Module):
             spread = z[rows] * factors[c] if self.kind == "variance" else z[rows] @ factors[c].T
             out[rows] = self.means[c] + spread
         return out
+
+
+class PooledGaussians(nn.Module):
+    """Running sums for class means and one shared covariance: `sums` [C, D], `counts` [C], `scatter` [D, D]
+    (float64, on the model's device). Classes arrive once each (class-incremental); nothing is kept per sample."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("sums", torch.zeros(0, dim, dtype=torch.float64))
+        self.register_buffer("counts", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("scatter", torch.zeros(dim, dim, dtype=torch.float64))
+
+    @property
+    def num_classes(self) -> int:
+        return self.sums.shape[0]
+
+    def resize_to(self, num_classes: int) -> None:
+        """Zeroed buffers for `num_classes` classes (before loading a checkpoint)."""
+        device = self.sums.device
+        self.sums = torch.zeros(num_classes, self.dim, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.scatter = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
+        """Add classes [low, high) from their features: n_c, s_c and sum_i (f_i - mu_c)(f_i - mu_c)^T (float64).
+        A class that already has statistics is a ValueError (its scatter would be centred on the wrong mean)."""
+        if self.num_classes < high:
+            sums, counts = self.sums, self.counts
+            self.sums = torch.zeros(high, self.dim, dtype=torch.float64, device=sums.device)
+            self.counts = torch.zeros(high, dtype=torch.float64, device=counts.device)
+            self.sums[: sums.shape[0]], self.counts[: counts.shape[0]] = sums, counts
+        seen = (self.counts[low:high] > 0).nonzero().flatten() + low
+        if seen.numel():
+            raise ValueError(f"classes {seen.tolist()} already have statistics (each class is learned once)")
+        for c in range(low, high):
+            rows = class_rows(features, labels, c).to(self.sums.device)
+            centred = rows - rows.mean(0)
+            self.sums[c] = rows.sum(0)
+            self.counts[c] = rows.shape[0]
+            self.scatter += centred.T @ centred
+
+    @property
+    def means(self) -> torch.Tensor:
+        """mu_c = s_c / n_c [C, D] (float64)."""
+        return self.sums / self.counts[:, None]
+
+    def covariance(self) -> torch.Tensor:
+        """S = W / N, the pooled within-class covariance [D, D] (float64)."""
+        return self.scatter / self.counts.sum()
+
+    @torch.no_grad()
+    def shift_means(self, shift: torch.Tensor) -> None:
+        """mu_c += shift_c for the first shift.shape[0] classes (s_c += n_c shift_c); the scatter is kept."""
+        upto = shift.shape[0]
+        self.sums[:upto] += self.counts[:upto, None] * shift.to(self.sums)
 
 
 class ClassMultiCentroids(nn.Module):

@@ -1,4 +1,7 @@
-"""SimpleCIL (Zhou et al., 2023): frozen backbone, class prototypes, cosine nearest-class-mean. No training."""
+"""SimpleCIL (Zhou et al., 2023): frozen backbone, class prototypes, cosine nearest-class-mean. No training.
+
+With `method.classifier.kind: lda` the same frozen features feed the LDA head from class statistics instead
+(`sdlora.methods.lda`): still no training, one shared covariance besides the class means."""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ class NCM(Method):
     """Frozen backbone + cosine nearest-class-mean over class prototypes (SimpleCIL); no training."""
 
     trains = False
-    classifier_support = ClassifierSupport(kinds=("prototypes",), drifts=("none",), head_inits=(), reasons={
-        "kind": "ncm has no trained head: it predicts with the class prototypes (kind 'prototypes')",
+    classifier_support = ClassifierSupport(kinds=("prototypes", "lda"), drifts=("none",), head_inits=(), reasons={
+        "kind": "ncm has no trained head: it predicts from class statistics (kind 'prototypes' or 'lda')",
         "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
         "head_init": "ncm has no head to initialise"})
 
@@ -26,7 +29,7 @@ class NCM(Method):
         pass
 
     def begin_task(self, task: TaskInfo) -> None:
-        """No head to grow: the prototypes are the classifier."""
+        """No head to grow: the class statistics are the classifier."""
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         return []

@@ -37,8 +37,21 @@ def collect_features(features_of: Callable[[Any], torch.Tensor], loader: DataLoa
     return gather_shards(feats_in_order), gather_shards(labels_in_order)
 
 
+@torch.no_grad()
+def sdc_shift(means: torch.Tensor, before: torch.Tensor, after: torch.Tensor, sigma: float) -> torch.Tensor:
+    """SDC's shift of each class mean [C, D]: sum_i w_ic (after_i - before_i) / sum_i w_ic, with
+    w_ic = exp(-||g(before_i) - g(mu_c)||^2 / (2 sigma^2)) (g = L2-normalise; float32)."""
+    means = means.float()
+    dist2 = torch.cdist(F.normalize(means, dim=-1), F.normalize(before, dim=-1)) ** 2
+    weights = torch.softmax(-dist2 / (2 * sigma**2), dim=1)  # = w_ic / sum_i w_ic, numerically safe
+    return weights @ (after - before)
+
+
 class ClassPrototypes(nn.Module):
-    """A growing [classes, dim] buffer of class means."""
+    """A growing [classes, dim] buffer of class means; as a classifier (`class_heads.ClassHead`), cosine NCM."""
+
+    #: exported as unit-norm class means applied to the L2-normalised feature
+    export_kind = "cosine"
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -72,12 +85,25 @@ class ClassPrototypes(nn.Module):
         mean shift of the prototypes (in feature units)."""
         if upto == 0:
             return 0.0
-        delta = after - before
-        dist2 = torch.cdist(F.normalize(self.means[:upto], dim=-1), F.normalize(before, dim=-1)) ** 2
-        weights = torch.softmax(-dist2 / (2 * sigma**2), dim=1)  # = w_ic / sum_i w_ic, numerically safe
-        shift = weights @ delta
+        shift = sdc_shift(self.means[:upto], before, after, sigma)
         self.means[:upto] += shift
         return float(shift.norm(dim=-1).mean())
 
     def cosine_logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=-1) @ F.normalize(self.means, dim=-1).T
+
+    logits = cosine_logits
+
+    def export_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unit-norm class means, zeros): logits = normalize(f) W^T."""
+        return F.normalize(self.means, dim=-1).clone(), torch.zeros(self.num_classes, device=self.means.device)
+
+    def stored_numel(self) -> int:
+        return self.means.numel()
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        return {"prototype_classes": self.num_classes}, {"prototypes": self.means}
+
+    def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.resize_to(structure["prototype_classes"])
+        self.means.copy_(tensors["prototypes"])

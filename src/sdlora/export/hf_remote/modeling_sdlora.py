@@ -7,7 +7,7 @@ points `AutoModelForSequenceClassification` here:
 
 Why custom code: the run pools the encoder's last hidden state its own way (mean over non-padding tokens for
 sentence encoders such as all-MiniLM-L6-v2, or the CLS token without BERT's tanh pooler) and, with a prototype
-classifier, L2-normalises the feature; no stock `*ForSequenceClassification` class does that.
+or LDA classifier, L2-normalises the feature; no stock `*ForSequenceClassification` class does that.
 
 Layout, chosen so that `AutoModel.from_pretrained(FOLDER)` (no custom code) also loads without a load report:
 * `config.json` stays the encoder's own config (`model_type` bert, ...) plus `id2label` / `label2id`,

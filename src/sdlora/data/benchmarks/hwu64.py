@@ -1,0 +1,102 @@
+"""HWU64 (Liu et al., IWSDS 2019): 64 home-assistant intents, fold 1 of the authors' 10-fold split.
+
+Files under `<data_root>/hwu64/`: `train.csv` (9,960 rows) and `test.csv` (1,076 rows), columns `text,label`
+(placed by hand; never downloaded). Labels index the intents sorted alphabetically. The data has no validation
+split: `val_fraction` of every intent's train rows (rounded, at least one) is held out as `val`, chosen by a
+fixed permutation (`split_seed`, independent of the run's seed), so every run and class order sees the same
+split. `val_fraction: 0` trains on all of train.csv and exposes no `val` split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdlora.data.base import DATA_ENV, BenchmarkData, ListDataset
+from sdlora.data.benchmarks.text_files import TextFileError, read_text_file
+from sdlora.data.download import sha256_file
+from sdlora.registry import BENCHMARKS
+
+FOLDER = "hwu64"
+FILES = {"train": "train.csv", "test": "test.csv"}
+SHA256 = {"train": "d6bf3228741464c2dfb7b012ec8537b9182b9f4245c063fcccb96e8318e16f24",
+          "test": "cfd3e8dd9eee92ab506bc94f33460b5ada8496a05587a483907e31e5d1b37610"}
+NUM_INTENTS = 64
+
+
+def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask over `labels`: per class, round(fraction * n) rows (at least one when fraction > 0, never
+    all of them), drawn by one fixed permutation of `seed`."""
+    mask = np.zeros(labels.shape[0], dtype=bool)
+    if fraction == 0:
+        return mask
+    order = np.random.default_rng(seed).permutation(labels.shape[0])
+    for c in np.unique(labels):
+        rows = order[labels[order] == c]
+        take = min(max(1, round(fraction * rows.shape[0])), rows.shape[0] - 1)
+        mask[rows[:take]] = True
+    return mask
+
+
+@BENCHMARKS.register("hwu64")
+class Hwu64:
+    """HWU64 intent classification: 64 intents; train (minus a held-out `val`), val, test."""
+
+    @dataclass
+    class Options:
+        val_fraction: float = 0.1  # of every intent's train.csv rows, held out as `val`
+        split_seed: int = 0  # the permutation that picks them (not the run's seed)
+        verify_checksum: bool = True
+
+        def __post_init__(self) -> None:
+            if not 0 <= self.val_fraction < 1:
+                raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def __init__(self, options: Options, data_root: Path | None) -> None:
+        if data_root is None:
+            raise FileNotFoundError(f"hwu64: no data root; set benchmark.data_root in the config or the {DATA_ENV} "
+                                    f"environment variable to the folder that holds {FOLDER}/train.csv")
+        self.options = options
+        self.folder = Path(data_root).expanduser() / FOLDER
+
+    def load(self) -> BenchmarkData:
+        opts = self.options
+        paths = {split: self.folder / name for split, name in FILES.items()}
+        sha = {split: sha256_file(path) if path.is_file() else None for split, path in paths.items()}
+        for split, path in paths.items():
+            if not path.is_file():
+                raise FileNotFoundError(f"hwu64: {path} not found; place the HWU64 fold-1 files {FILES['train']} "
+                                        f"and {FILES['test']} in {self.folder} (never downloaded)")
+            if opts.verify_checksum and sha[split] != SHA256[split]:
+                raise TextFileError(f"hwu64: checksum mismatch for {path}: expected sha256 {SHA256[split]}, actual "
+                                    f"{sha[split]} (set benchmark.options.verify_checksum: false to use it anyway)")
+        rows = {split: read_text_file(path, "csv", "text", "label") for split, path in paths.items()}
+        class_names = sorted(set(rows["train"][1]))
+        if len(class_names) != NUM_INTENTS or not set(rows["test"][1]) <= set(class_names):
+            raise TextFileError(f"hwu64: {paths['train']} has {len(class_names)} intents (expected {NUM_INTENTS}) "
+                                f"or {paths['test']} has intents absent from it")
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = {split: np.asarray([index[name] for name in names], dtype=np.int64)
+                  for split, (_, names) in rows.items()}
+        held = hold_out(labels["train"], opts.val_fraction, opts.split_seed)
+        texts = rows["train"][0]
+        train = ListDataset([t for t, h in zip(texts, held, strict=True) if not h], labels["train"][~held])
+        val = ListDataset([t for t, h in zip(texts, held, strict=True) if h], labels["train"][held]) \
+            if held.any() else None
+        test = ListDataset(rows["test"][0], labels["test"])
+        return BenchmarkData(
+            train=train, train_targets=train.labels, test=test, test_targets=test.labels,
+            val=val, val_targets=None if val is None else val.labels, class_names=class_names,
+            info={
+                "name": "hwu64",
+                "files": {split: str(path) for split, path in paths.items()},
+                "sha256": sha,
+                "checksum_verified": opts.verify_checksum,
+                "counts": {"train": len(train), "val": 0 if val is None else len(val), "test": len(test)},
+                "num_classes": len(class_names),
+                "val_fraction": opts.val_fraction,
+                "split_seed": opts.split_seed,
+            },
+        )

@@ -1,0 +1,215 @@
+"""The LDA head from class statistics (`method.classifier.kind: lda`): incremental statistics against the batch
+closed form, the head against scikit-learn, order independence, drift compensation, checkpoint / resume, export
+and the config's refusals."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+import sdlora
+from engine_helpers import check_resume_equals_uninterrupted, tiny
+from export_helpers import train, vit_run_config
+from sdlora.cli import main
+from sdlora.config import load_config
+from sdlora.engine import build
+from sdlora.engine.restore import restore_run
+from sdlora.engine.runner import run_config
+from sdlora.method_config import ClassifierConfig
+from sdlora.methods.class_stats import PooledGaussians
+from sdlora.methods.lda import LDAHead, lda_weights
+from sdlora.typed import ConfigError
+
+TASKS = [(0, 3), (3, 5), (5, 9)]  # classes [low, high) per task
+
+
+def class_data(seed: int = 0, dim: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of 9 classes with unequal counts (4..20 each), means apart, correlated noise."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(dim, dim, generator=g)
+    feats, labels = [], []
+    for c in range(9):
+        n = 4 + 2 * c
+        feats.append(torch.randn(dim, generator=g) * 2 + torch.randn(n, dim, generator=g) @ mix * 0.5)
+        labels.append(torch.full((n,), c))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_by_tasks(head, feats: torch.Tensor, labels: torch.Tensor, tasks=TASKS):
+    for low, high in tasks:
+        rows = (labels >= low) & (labels < high)
+        head.fit(feats[rows], labels[rows], low, high)
+    return head
+
+
+def test_incremental_statistics_equal_the_batch_closed_form():
+    feats, labels = class_data()
+    stats = fit_by_tasks(PooledGaussians(feats.shape[1]), feats, labels)
+    x, y = feats.double().numpy(), labels.numpy()
+    means = np.stack([x[y == c].mean(0) for c in range(9)])
+    centred = x - means[y]
+    np.testing.assert_allclose(stats.means.numpy(), means, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.covariance().numpy(), centred.T @ centred / len(y), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(stats.counts.numpy(), np.bincount(y))
+    with pytest.raises(ValueError, match=r"classes \[3, 4\] already have statistics"):
+        stats.fit(feats[labels == 3], labels[labels == 3], 3, 5)
+
+
+@pytest.mark.parametrize("shrinkage", [1e-3, 0.3, 1.0])
+def test_head_equals_scikit_learn_lda_on_normalised_features(shrinkage):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    feats, labels = class_data(1)
+    head = fit_by_tasks(LDAHead(feats.shape[1], shrinkage, priors="empirical"), feats, labels)
+    g = F.normalize(feats, dim=-1).double().numpy()
+    ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(g, labels.numpy())
+    weight, bias = lda_weights(head.stats.means, head.stats.covariance(), shrinkage, head.stats.counts.log() -
+                               head.stats.counts.sum().log())
+    np.testing.assert_allclose(weight.numpy(), ref.coef_, rtol=1e-8, atol=1e-8 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(bias.numpy(), ref.intercept_, rtol=1e-8, atol=1e-8 * np.abs(ref.intercept_).max())
+    # the head stores them centred over the classes: the same softmax (and argmax) as scikit-learn's
+    torch.testing.assert_close(head.weight, (weight - weight.mean(0)).float())
+    probe = torch.randn(50, feats.shape[1], generator=torch.Generator().manual_seed(5))
+    unit = F.normalize(probe, dim=-1).double().numpy()
+    np.testing.assert_allclose(head.logits(probe).softmax(-1).numpy(), ref.predict_proba(unit), atol=1e-4)
+    assert head.logits(probe).argmax(1).tolist() == ref.predict(unit).tolist()
+    # uniform priors: the same weights, the bias without log(n_c / N)
+    uniform = fit_by_tasks(LDAHead(feats.shape[1], shrinkage), feats, labels)
+    torch.testing.assert_close(uniform.weight, head.weight)
+    log_priors = (torch.bincount(labels) / labels.numel()).log()
+    torch.testing.assert_close(uniform.bias, head.bias - (log_priors - log_priors.mean()), atol=1e-5, rtol=1e-5)
+
+
+def test_lda_weights_solve_the_shrunk_system():
+    means, cov = torch.randn(4, 3, dtype=torch.float64), torch.eye(3, dtype=torch.float64) * 0.5
+    cov[0, 1] = cov[1, 0] = 0.2
+    weight, bias = lda_weights(means, cov, 0.1)
+    sigma = 0.9 * cov + 0.1 * cov.trace() / 3 * torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(weight @ sigma, means)
+    torch.testing.assert_close(bias, -0.5 * torch.einsum("cd,de,ce->c", means, torch.linalg.inv(sigma), means))
+
+
+def test_the_head_does_not_depend_on_the_class_order():
+    feats, labels = class_data(2)
+    first = fit_by_tasks(LDAHead(feats.shape[1], 1e-2), feats, labels)
+    order = torch.tensor([6, 2, 8, 0, 4, 1, 7, 3, 5])  # new label of class c: position of c in `order`
+    relabel = torch.empty_like(order)
+    relabel[order] = torch.arange(9)
+    second = fit_by_tasks(LDAHead(feats.shape[1], 1e-2), feats, relabel[labels], [(0, 4), (4, 6), (6, 9)])
+    torch.testing.assert_close(second.weight, first.weight[order], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(second.bias, first.bias[order], atol=1e-6, rtol=1e-6)
+
+
+def test_sdc_moves_the_means_by_the_drift_of_the_normalised_features_and_keeps_the_covariance():
+    feats, labels = class_data(3)
+    head = fit_by_tasks(LDAHead(feats.shape[1], 1e-2), feats, labels, TASKS[:2])
+    scatter, means = head.stats.scatter.clone(), head.stats.means.clone()
+    g = torch.Generator().manual_seed(7)
+    before = torch.randn(30, feats.shape[1], generator=g)
+    assert head.compensate_drift(before, before * 3.0, upto=3, sigma=0.3) == pytest.approx(0, abs=1e-6)  # norms only
+    after = before + 0.3 * torch.randn(30, feats.shape[1], generator=g)
+    moved = head.compensate_drift(before, after, upto=3, sigma=0.3)
+    # brute force: w_ic = exp(-||g(b_i) - g(mu_c)||^2 / (2 sigma^2)), shift_c = sum_i w_ic (g(a_i) - g(b_i)) / sum w_ic
+    b, a = (F.normalize(t, dim=-1).double().numpy() for t in (before, after))
+    mu = means[:3].numpy()
+    mu_unit = mu / np.linalg.norm(mu, axis=1, keepdims=True)
+    w = np.exp(-((mu_unit[:, None, :] - b[None]) ** 2).sum(-1) / (2 * 0.3**2))
+    shift = (w @ (a - b)) / w.sum(1, keepdims=True)
+    np.testing.assert_allclose(head.stats.means[:3].numpy(), mu + shift, atol=1e-6)
+    assert moved == pytest.approx(np.linalg.norm(shift, axis=1).mean(), rel=1e-5)
+    assert torch.equal(head.stats.means[3:], means[3:]) and torch.equal(head.stats.scatter, scatter)
+    expected_w, expected_b = lda_weights(head.stats.means, head.stats.covariance(), 1e-2)
+    torch.testing.assert_close(head.weight, (expected_w - expected_w.mean(0)).float())  # follows the moved means
+    torch.testing.assert_close(head.bias, (expected_b - expected_b.mean(0)).float())
+
+
+def test_checkpoint_state_round_trips_the_head():
+    feats, labels = class_data(4)
+    head = fit_by_tasks(LDAHead(feats.shape[1], 1e-2, "empirical"), feats, labels)
+    structure, tensors = head.checkpoint_state()
+    again = LDAHead(feats.shape[1], 1e-2, "empirical")
+    again.load_checkpoint_state(json.loads(json.dumps(structure)), {k: v.clone() for k, v in tensors.items()})
+    assert torch.equal(again.logits(feats), head.logits(feats))
+    assert again.stored_numel() == 9 * (feats.shape[1] + 1)
+
+
+# -- in the harness ------------------------------------------------------------------------------------
+
+
+def ncm_lda(class_order="sorted", **classifier):
+    return tiny(method={"name": "ncm", "classifier": {"kind": "lda", **classifier}},
+                benchmark={"class_order": class_order}, name="ncm-lda")
+
+
+def test_frozen_backbone_gives_the_same_head_for_two_class_orders(tmp_path):
+    order = [4, 5, 2, 3, 0, 1]
+    heads, results = [], []
+    for name, spec in (("sorted", "sorted"), ("other", order)):
+        run_config(load_config(data=ncm_lda(spec)), tmp_path / name, quiet=True, stream=io.StringIO())
+        head = restore_run(tmp_path / name / "seed-3").method.class_head
+        position = {c: i for i, c in enumerate(range(6) if spec == "sorted" else spec)}
+        rows = torch.tensor([position[c] for c in range(6)])  # row of original class c
+        heads.append((head.weight[rows], head.bias[rows]))
+        results.append(json.loads((tmp_path / name / "seed-3" / "results.json").read_text()))
+    torch.testing.assert_close(heads[0], heads[1], atol=1e-5, rtol=1e-5)
+    assert results[0]["metrics"]["final_accuracy"] == results[1]["metrics"]["final_accuracy"]
+    dim = heads[0][0].shape[1]
+    assert results[0]["inference_cost"]["extra_parameters"] == 6 * (dim + 1)  # W and b, nothing else
+
+
+def test_sdlora_with_the_lda_head_resumes_to_the_same_results(tmp_path):
+    data = tiny(method={"name": "sdlora", "options": {"rank": 2},
+                        "classifier": {"kind": "lda", "drift": "sdc", "head_init": "class_mean"}},
+                train={"epochs": 2})
+    result = check_resume_equals_uninterrupted(tmp_path, data, stop_at=(1, 1, False))
+    assert result["task_info"][1]["prototype_shift"] > 0  # SDC moved the LDA means
+    assert result["config"]["method"]["classifier"]["shrinkage"] == 1e-2
+
+
+def test_export_and_load_reproduce_the_lda_logits(tmp_path):
+    data = vit_run_config()
+    data["method"]["classifier"] = {"kind": "lda", "drift": "sdc"}
+    seed = train(data, tmp_path / "run")
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    run = restore_run(seed)
+    with torch.no_grad():
+        own = run.method.eval()(x)
+    loaded = sdlora.load(seed)
+    assert loaded.kind == "normalized_linear"
+    torch.testing.assert_close(loaded.logits(list(x)), own, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(seed), "--out", str(tmp_path / "m.safetensors")]) == 0
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata()["classifier"] == "normalized_linear"
+        weight, bias = f.get_tensor("head.weight"), f.get_tensor("head.bias")
+    with torch.no_grad():
+        features = run.method.features(x)
+    torch.testing.assert_close(F.normalize(features, dim=-1) @ weight.T + bias, own, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(seed), "--out", str(tmp_path / "t"), "--format", "timm"]) == 1
+
+
+@pytest.mark.parametrize(("method", "classifier", "message"), [
+    ("sdlora", {"kind": "prototypes", "shrinkage": 1e-2}, "method.classifier.shrinkage: 0.01 is refused: shrinkage "
+                                                          "tunes the LDA head"),
+    ("sdlora", {"priors": "empirical"}, "method.classifier.priors: 'empirical' is refused: priors tunes the LDA head"),
+    ("sdlora", {"kind": "lda", "shrinkage": 0}, "shrinkage must be in \\(0, 1\\]"),
+    ("sdlora", {"kind": "lda", "shrinkage": 1.5}, "shrinkage must be in \\(0, 1\\]"),
+    ("ncm", {"kind": "lda", "drift": "sdc"}, "method.classifier.drift: 'sdc' is refused: ncm's backbone is frozen"),
+    ("ncm", {"kind": "linear"}, "method.classifier.kind: 'linear' is refused: ncm has no trained head: it predicts "
+                                "from class statistics"),
+])
+def test_settings_that_make_no_sense_are_refused(method, classifier, message):
+    data = tiny(method={"name": method, **({"options": {"rank": 2}} if method == "sdlora" else {}),
+                        "classifier": classifier})
+    with pytest.raises(ConfigError, match=message):
+        build.validate_plugins(load_config(data=data))
+
+
+def test_lda_defaults_are_filled_only_for_the_lda_kind():
+    cfg = build.validate_plugins(load_config(data=ncm_lda())).method.classifier
+    assert cfg == ClassifierConfig("lda", "none", shrinkage=1e-2, priors="uniform")
+    sdlora_cfg = build.validate_plugins(load_config(data=tiny(method={"name": "sdlora"}))).method.classifier
+    assert sdlora_cfg.shrinkage is None and sdlora_cfg.priors is None
