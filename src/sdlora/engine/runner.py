@@ -204,11 +204,14 @@ def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, size
     classifier = cfg.method.classifier
     kind = getattr(classifier, "kind", None) if classifier is not None else None
     drift = getattr(classifier, "drift", None) if classifier is not None else None
+    drift = None if drift == "none" else drift
+    evaluated = getattr(data, f"{cfg.eval_split}_targets", None)
+    evaluated = evaluated if evaluated is not None else []
     model = cfg.backbone.options.get("model")
     per_class = b.options.get("max_per_class")
     lines = [f"{cfg.method.name} on {b.name}: {shape} ({sum(sizes)} of {data.num_classes} classes"
              + (f", at most {per_class} samples per class" if per_class else "") + "); the data holds "
-             f"{len(data.train_targets):,} training and {len(data.test_targets):,} test samples",
+             f"{len(data.train_targets):,} training and {len(evaluated):,} {cfg.eval_split} samples",
              f"  backbone {cfg.backbone.name}" + (f" ({model})" if model else "")
              + f"; classifier {kind or 'the method default'}" + (f" with {drift} drift compensation" if drift else ""),
              f"  {t.epochs} epochs per task, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, loss {t.loss}; seeds "
