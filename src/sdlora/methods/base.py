@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class StepOutput:
     0-dim tensors: those are summed on their device and read once per epoch, no host sync per step)."""
 
     loss: torch.Tensor
-    scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    scalars: Mapping[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class StepScalars:
@@ -56,7 +56,7 @@ class StepScalars:
         self.sums: dict[str, float | torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, scalars: dict[str, float | torch.Tensor]) -> None:
+    def add(self, scalars: Mapping[str, float | torch.Tensor]) -> None:
         for name, value in scalars.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self.sums[name] = self.sums.get(name, 0.0) + value
@@ -197,6 +197,7 @@ class Method(nn.Module):
             after, labels = collect_features(self.features, train_loader, self._device())
             if self.features_before is not None:
                 sigma = self.classifier_cfg.sdc_sigma
+                assert sigma is not None  # resolved: sdc's sigma is filled in wherever drift is taken
                 info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after,
                                                                            task.known, sigma)
                 self.features_before = None

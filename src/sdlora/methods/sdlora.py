@@ -114,7 +114,7 @@ class SDLoRA(Method):
         if lam and len(anchors):
             alpha = self.adapter.magnitudes.alpha[: len(anchors)].float()
             penalty = lam * (alpha - anchors.to(alpha.device)).square().sum()
-            step.scalars["magnitude_anchor_penalty"] = penalty.detach()
+            step.scalars = {**step.scalars, "magnitude_anchor_penalty": penalty.detach()}
             step.loss = step.loss + penalty
         return step
 
