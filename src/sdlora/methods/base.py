@@ -68,6 +68,11 @@ class StepScalars:
         return means
 
 
+def param_group(params: list[Any], lr: float | None = None, **extra: Any) -> dict[str, Any]:
+    """An optimiser param group; `lr` None leaves the optimiser's own (train.lr), `extra` adds other settings."""
+    return {"params": params, **({"lr": lr} if lr is not None else {}), **extra}
+
+
 def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     """Autocast off on the tensor's device: losses are computed in float32 outside mixed precision."""
     return torch.autocast(tensor.device.type, enabled=False)
@@ -154,8 +159,7 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         head = [p for p in self.head.parameters() if p.requires_grad]
-        lr = self.train_cfg.head_lr
-        return [{"params": head, **({"lr": lr} if lr is not None else {})}]
+        return [param_group(head, self.train_cfg.head_lr)]
 
     def features(self, inputs: Any) -> torch.Tensor:
         return self.backbone(inputs)

@@ -15,7 +15,7 @@ from torch import nn
 
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
-from sdlora.methods.base import Method
+from sdlora.methods.base import Method, param_group
 
 
 class PromptMethod(Method):
@@ -44,8 +44,7 @@ class PromptMethod(Method):
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         lr = getattr(self.options, "prompt_lr", None)
-        return [*super().trainable_parameters(),
-                {"params": self.prompt_parameters(), **({"lr": lr} if lr is not None else {})}]
+        return [*super().trainable_parameters(), param_group(self.prompt_parameters(), lr)]
 
     # -- persistence -----------------------------------------------------------------------------
     def prompt_structure(self) -> dict[str, Any]:
