@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ class StepOutput:
     0-dim tensors: those are summed on their device and read once per epoch, no host sync per step)."""
 
     loss: torch.Tensor
-    scalars: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    scalars: Mapping[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class StepScalars:
@@ -56,7 +56,7 @@ class StepScalars:
         self.sums: dict[str, float | torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
-    def add(self, scalars: dict[str, float | torch.Tensor]) -> None:
+    def add(self, scalars: Mapping[str, float | torch.Tensor]) -> None:
         for name, value in scalars.items():
             value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
             self.sums[name] = self.sums.get(name, 0.0) + value
@@ -66,6 +66,11 @@ class StepScalars:
         means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
         self.sums, self.counts = {}, {}
         return means
+
+
+def param_group(params: list[Any], lr: float | None = None, **extra: Any) -> dict[str, Any]:
+    """An optimiser param group; `lr` None leaves the optimiser's own (train.lr), `extra` adds other settings."""
+    return {"params": params, **({"lr": lr} if lr is not None else {}), **extra}
 
 
 def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -154,8 +159,7 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
         head = [p for p in self.head.parameters() if p.requires_grad]
-        lr = self.train_cfg.head_lr
-        return [{"params": head, **({"lr": lr} if lr is not None else {})}]
+        return [param_group(head, self.train_cfg.head_lr)]
 
     def features(self, inputs: Any) -> torch.Tensor:
         return self.backbone(inputs)
@@ -197,6 +201,7 @@ class Method(nn.Module):
             after, labels = collect_features(self.features, train_loader, self._device())
             if self.features_before is not None:
                 sigma = self.classifier_cfg.sdc_sigma
+                assert sigma is not None  # resolved: sdc's sigma is filled in wherever drift is taken
                 info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after,
                                                                            task.known, sigma)
                 self.features_before = None

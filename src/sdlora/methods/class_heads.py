@@ -51,10 +51,15 @@ class ClassHead(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+def lda_head(dim: int, cfg: ClassifierConfig) -> LDAHead:
+    assert cfg.shrinkage is not None and cfg.priors is not None  # `ClassifierSupport.resolve` fills them for lda
+    return LDAHead(dim, cfg.shrinkage, cfg.priors)
+
+
 #: kind -> builder(feature dim, resolved classifier settings); a kind not here (`linear`) has no such head
 CLASS_HEADS: dict[str, Callable[[int, ClassifierConfig], ClassHead]] = {
     "prototypes": lambda dim, cfg: ClassPrototypes(dim),
-    "lda": lambda dim, cfg: LDAHead(dim, cfg.shrinkage, cfg.priors),
+    "lda": lda_head,
 }
 
 

@@ -50,6 +50,9 @@ def class_rows(features: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Te
 class ClassGaussians(nn.Module):
     """Buffers `means` [C, D] and `spread` ([C, D, D] covariances, or [C, D] variances with kind='variance')."""
 
+    means: torch.Tensor
+    spread: torch.Tensor
+
     def __init__(self, dim: int, kind: StatsKind = "covariance", eps: float = 1e-4) -> None:
         super().__init__()
         if kind not in ("covariance", "variance"):
@@ -122,6 +125,10 @@ class PooledGaussians(nn.Module):
     """Running sums for class means and one shared covariance: `sums` [C, D], `counts` [C], `scatter` [D, D]
     (float64, on the model's device). Classes arrive once each (class-incremental); nothing is kept per sample."""
 
+    sums: torch.Tensor
+    counts: torch.Tensor
+    scatter: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
@@ -190,6 +197,9 @@ class ClassMultiCentroids(nn.Module):
     such clusters (e.g. with no more features than clusters) is left out of alignment: `fit` warns then."""
 
     kind = "multi_centroid"
+    means: torch.Tensor
+    variances: torch.Tensor
+    present: torch.Tensor
 
     def __init__(self, dim: int, centroids: int = 10, eps: float = 1e-4) -> None:
         super().__init__()

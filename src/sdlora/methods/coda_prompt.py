@@ -20,7 +20,7 @@ CODA-Prompt issue #12); components initialised orthogonally.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptMethod
+from sdlora.methods.prompting import PromptMethod, PromptOptions
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt
 
@@ -91,30 +91,28 @@ class Components(nn.Module):
 class CodaPrompt(PromptMethod):
     """CODA-Prompt: attention-weighted component pool, per-task component slices, orthogonal initialisation."""
 
+    prompts: Components
     #: the task start adds components, and every input's prompt assembles them
     task_start_keeps_features = False
 
     @dataclass
-    class Options:
+    class Options(PromptOptions):
+        LAYER_FIELDS = ("layers",)
+
         pool_size: PositiveInt = 100  # M, components per layer over all tasks
         prompt_length: PositiveInt = 8  # L (L/2 prefix keys, L/2 prefix values)
         layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
         ortho_weight: float = 0.0  # mu (release code: 0.0; paper: 0.1)
-        prompt_lr: float | None = None
 
         def __post_init__(self) -> None:
             if self.prompt_length % 2:
                 raise ValueError(f"prompt_length must be even (split into keys and values), got {self.prompt_length}")
-            if self.ortho_weight < 0:
-                raise ValueError(f"ortho_weight must be >= 0, got {self.ortho_weight}")
-            if not self.layers or any(i < 0 for i in self.layers):
-                raise ValueError(f"layers must be non-empty indices >= 0, got {self.layers}")
+            self.check_non_negative("ortho_weight")
+            super().__post_init__()
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
-        if max(options.layers) >= self.injector.depth:
-            raise ValueError(f"coda_prompt: layers {options.layers} exceed the backbone's {self.injector.depth}")
         self.prompts = Components(len(options.layers), options.prompt_length, backbone.feature_dim)
 
     def begin_task(self, task: TaskInfo) -> None:
@@ -146,8 +144,9 @@ class CodaPrompt(PromptMethod):
     def orthogonality(self) -> torch.Tensor:
         """sum over layers of the penalties of K, A and flattened P (all components so far)."""
         keys, attention, prompts = self.prompts.all()
-        return sum(ortho_penalty(k) + ortho_penalty(a) + ortho_penalty(p.flatten(1))
-                   for k, a, p in zip(keys, attention, prompts, strict=True))
+        # a tensor: the options keep at least one prompted layer
+        return cast(torch.Tensor, sum(ortho_penalty(k) + ortho_penalty(a) + ortho_penalty(p.flatten(1))
+                                      for k, a, p in zip(keys, attention, prompts, strict=True)))
 
     def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
         inputs, labels = batch

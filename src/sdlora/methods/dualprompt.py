@@ -26,8 +26,8 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptMethod
-from sdlora.prompts.pool import cosine_match
+from sdlora.methods.prompting import PromptOptions, TaskPromptMethod
+from sdlora.prompts.pool import TaskPrefixes, cosine_match, layer_prefixes
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt
 
@@ -36,64 +36,66 @@ def uniform(*shape: int, device: torch.device | None = None) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, device=device).uniform_(-1, 1))
 
 
-class DualPrompts(nn.Module):
-    """G: [len(g_layers), 2, L_g, D]; E^t: [len(e_layers), 2, L_e, D] and key k_t: [D], one per task."""
+class DualPrompts(TaskPrefixes):
+    """G: [len(g_layers), 2, L_g, D]; E^t: [len(e_layers), 2, L_e, D] (`TaskPrefixes`) and key k_t: [D], one
+    per task."""
 
-    def __init__(self, g_layers: int, g_length: int, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
+    def __init__(self, g_layers: int, g_length: int, e_layers: int, e_length: int, dim: int) -> None:
+        super().__init__(e_layers, e_length, dim)
         self.g = uniform(g_layers, 2, g_length, dim)
-        self.e = nn.ParameterList()
         self.keys = nn.ParameterList()
 
-    def add_task(self, e_layers: int, e_length: int, device: torch.device) -> None:
+    def add_task(self, device: torch.device, copy_previous: bool = False) -> None:
         """A new E-prompt and key for the next task; the earlier ones are frozen."""
-        for p in (*self.e, *self.keys):
+        for p in self.keys:
             p.requires_grad_(False)
-        self.e.append(uniform(e_layers, 2, e_length, self.dim, device=device))
+        super().add_task(device, copy_previous)
         self.keys.append(uniform(self.dim, device=device))
+
+    def resize(self, tasks: int, device: torch.device) -> None:
+        self.keys = nn.ParameterList()
+        super().resize(tasks, device)
+
+    def train_only(self, task: int) -> None:
+        super().train_only(task)
+        for i, key in enumerate(self.keys):
+            key.requires_grad_(i == task)
 
     def key_matrix(self) -> torch.Tensor:
         return torch.stack(list(self.keys))
 
 
 @METHODS.register("dualprompt")
-class DualPrompt(PromptMethod):
+class DualPrompt(TaskPromptMethod):
     """DualPrompt: G-prompt (shared) + per-task E-prompts with keys, prefix-tuning, task-key matching."""
 
-    #: the task start adds E^t and the task's features use it (the task is known), not the key-matched prompt
-    task_start_keeps_features = False
+    prompts: DualPrompts
 
     @dataclass
-    class Options:
+    class Options(PromptOptions):
+        LAYER_FIELDS = ("g_layers", "e_layers")
+
         g_layers: list[int] = field(default_factory=lambda: [0, 1])
         g_length: PositiveInt = 5
         e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
         e_length: PositiveInt = 20
         pull_weight: float = 1.0  # lambda
-        prompt_lr: float | None = None  # learning rate of prompts and keys (None: train.lr)
 
         def __post_init__(self) -> None:
             if set(self.g_layers) & set(self.e_layers):
                 raise ValueError(f"g_layers {self.g_layers} and e_layers {self.e_layers} overlap")
-            if any(i < 0 for i in (*self.g_layers, *self.e_layers)):
-                raise ValueError("prompt layer indices must be >= 0")
-            if self.pull_weight < 0:
-                raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
+            super().__post_init__()
+            self.check_non_negative("pull_weight")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
-        depth = self.injector.depth
-        if max(*options.g_layers, *options.e_layers) >= depth:
-            raise ValueError(f"dualprompt: prompt layers {options.g_layers + options.e_layers} exceed the "
-                             f"backbone's {depth} layers")
-        self.prompts = DualPrompts(len(options.g_layers), options.g_length, backbone.feature_dim)
-        self.current_task: int | None = None  # E-prompt used while training (the task is known)
+        self.prompts = DualPrompts(len(options.g_layers), options.g_length, len(options.e_layers),
+                                   options.e_length, backbone.feature_dim)
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
-        self.prompts.add_task(len(self.options.e_layers), self.options.e_length, self._device())
+        self.prompts.add_task(self._device())
         self.current_task = task.index
 
     def match(self, query: torch.Tensor) -> torch.Tensor:
@@ -102,9 +104,9 @@ class DualPrompt(PromptMethod):
 
     def prompted_features(self, inputs: Any, task_ids: torch.Tensor) -> torch.Tensor:
         """The pooled feature with G at g_layers and E^{t(x)} at e_layers (per-sample prefixes)."""
-        g, e = self.prompts.g, torch.stack(list(self.prompts.e))[task_ids]  # e: [B, layers, 2, L_e, D]
-        prefixes = {layer: (g[i, 0:1], g[i, 1:2]) for i, layer in enumerate(self.options.g_layers)}
-        prefixes.update({layer: (e[:, i, 0], e[:, i, 1]) for i, layer in enumerate(self.options.e_layers)})
+        e = self.prompts.stacked()[task_ids]  # [B, layers, 2, L_e, D]
+        prefixes = layer_prefixes(self.options.g_layers, self.prompts.g[None])
+        prefixes.update(layer_prefixes(self.options.e_layers, e))
         with self.injector.inject(prefixes):
             return self.backbone(inputs)
 
@@ -133,19 +135,3 @@ class DualPrompt(PromptMethod):
     def end_task(self, task: TaskInfo, train_loader: Any) -> dict[str, Any]:
         self.current_task = None  # from now on (prototypes, evaluation) the E-prompt is chosen by its key
         return super().end_task(task, train_loader)
-
-    def prompt_structure(self) -> dict[str, Any]:
-        return {"tasks": len(self.prompts.e), "current_task": self.current_task}
-
-    def resize_prompts(self, structure: dict[str, Any]) -> None:
-        self.prompts.e = nn.ParameterList()
-        self.prompts.keys = nn.ParameterList()
-        for _ in range(structure["tasks"]):
-            self.prompts.add_task(len(self.options.e_layers), self.options.e_length, self._device())
-        self.current_task = structure["current_task"]
-
-    def restore_trainable_flags(self, task: TaskInfo) -> None:
-        super().restore_trainable_flags(task)
-        for i, (e, key) in enumerate(zip(self.prompts.e, self.prompts.keys, strict=True)):
-            e.requires_grad_(i == task.index)
-            key.requires_grad_(i == task.index)

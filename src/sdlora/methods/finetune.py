@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from sdlora.data.scenario import TaskInfo
-from sdlora.methods.base import Method
+from sdlora.methods.base import Method, param_group
 from sdlora.registry import METHODS
 
 
@@ -33,10 +33,8 @@ class Finetune(Method):
         self._unfreeze()
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        lr = self.options.backbone_lr
         backbone = [p for p in self.backbone.model.parameters() if p.requires_grad]
-        group = {"params": backbone, **({"lr": lr} if lr is not None else {})}
-        return [*super().trainable_parameters(), group]
+        return [*super().trainable_parameters(), param_group(backbone, self.options.backbone_lr)]
 
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure, tensors = super().checkpoint_state()

@@ -15,6 +15,8 @@ class IncrementalHead(nn.Module):
     weight decay and Adam's moments from moving them.
     """
 
+    device_tag: torch.Tensor
+
     def __init__(self, in_features: int) -> None:
         super().__init__()
         self.in_features = in_features

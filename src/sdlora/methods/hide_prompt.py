@@ -51,8 +51,9 @@ from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.class_stats import StatsKind, align_classifier, class_statistics
 from sdlora.methods.head import IncrementalHead
-from sdlora.methods.prompting import PromptMethod
+from sdlora.methods.prompting import PromptOptions, TaskPromptMethod
 from sdlora.methods.prototypes import collect_features
+from sdlora.prompts.pool import TaskPrefixes, layer_prefixes
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt
 
@@ -96,34 +97,15 @@ class TaskIdentity(nn.Module):
         return self.head(mapped)
 
 
-class TaskPrompts(nn.Module):
-    """E^t: [len(e_layers), 2, L, D] per task (prefix keys and values); the earlier ones are frozen."""
-
-    def __init__(self, layers: int, length: int, dim: int) -> None:
-        super().__init__()
-        self.layers, self.length, self.dim = layers, length, dim
-        self.e = nn.ParameterList()
-
-    def add_task(self, copy_previous: bool, device: torch.device) -> None:
-        """A new E^t: a copy of E^{t-1} (`copy_previous`) or uniform(-1, 1); every earlier one is frozen."""
-        for p in self.e:
-            p.requires_grad_(False)
-        if copy_previous and len(self.e):
-            new = self.e[-1].detach().clone()
-        else:
-            new = torch.empty(self.layers, 2, self.length, self.dim, device=device).uniform_(-1, 1)
-        self.e.append(nn.Parameter(new))
-
-
 @METHODS.register("hide_prompt")
-class HiDePrompt(PromptMethod):
-    """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics."""
-
-    #: the task start adds E^t and the task's features use P^t (the task is known), not the inferred prompt
-    task_start_keeps_features = False
+class HiDePrompt(TaskPromptMethod):
+    """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics.
+    While a task trains its features use P^t (the task is known), afterwards the inferred task's E^t."""
 
     @dataclass
-    class Options:
+    class Options(PromptOptions):
+        LAYER_FIELDS = ("e_layers",)
+
         # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
         # train_imr_vit.sh (a TII run, then the prompt run), E = engines/hide_promtp_wtp_and_tap_engine.py,
         # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
@@ -133,7 +115,7 @@ class HiDePrompt(PromptMethod):
         prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
         contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
         contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
-        prompt_lr: float | None = None  # lr of the prompts (None: train.lr); the release's head gets lr / 10
+        # prompt_lr (PromptOptions): lr of the prompts (None: train.lr); the release's head gets lr / 10
         # C:151 --ca_storage_efficient_method (default multi-centroid, which no script overrides; the engines
         # E:398-415/459-470 and T:185-202/324-335 fit and sample both feature kinds with it); covariance is the
         # paper's Gaussian, variance its diagonal
@@ -158,8 +140,7 @@ class HiDePrompt(PromptMethod):
         tii_ca_batch_size: PositiveInt = 192
 
         def __post_init__(self) -> None:
-            if not self.e_layers or any(i < 0 for i in self.e_layers):
-                raise ValueError(f"e_layers must be non-empty indices >= 0, got {self.e_layers}")
+            super().__post_init__()
             if not 0 <= self.prompt_momentum < 1:
                 raise ValueError(f"prompt_momentum must be in [0, 1), got {self.prompt_momentum}")
             if self.contrast_weight < 0 or self.contrast_temperature <= 0:
@@ -172,16 +153,13 @@ class HiDePrompt(PromptMethod):
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
-        if max(options.e_layers) >= self.injector.depth:
-            raise ValueError(f"hide_prompt: e_layers {options.e_layers} exceed the backbone's {self.injector.depth}")
         dim = backbone.feature_dim
-        self.prompts = TaskPrompts(len(options.e_layers), options.e_length, dim)
+        self.prompts = TaskPrefixes(len(options.e_layers), options.e_length, dim)
         self.tii = TaskIdentity(dim, options.tii_hidden)
         stats = (options.statistics, options.covariance_eps, options.centroids)
         self.tii_stats = class_statistics(dim, *stats)  # frozen features
         self.tap_stats = class_statistics(dim, *stats)  # prompted features
         self.contrast_rows: tuple[int, torch.Tensor] | None = None  # (classes, the contrastive term's rows), cached
-        self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`
         self.seed = torch.initial_seed()  # the run's seed: end-of-task sampling is the same on every rank
 
     # -- tasks and prompts -----------------------------------------------------------------------
@@ -189,7 +167,7 @@ class HiDePrompt(PromptMethod):
         super().begin_task(task)
         with torch.no_grad():  # the release's head init (timm ViT: trunc normal 0.02, zero bias)
             nn.init.trunc_normal_(self.head.weights[-1], std=0.02)
-        self.prompts.add_task(self.options.init_from_previous, self._device())
+        self.prompts.add_task(self._device(), copy_previous=self.options.init_from_previous)
         self.tii.grow(task.size)
         self.current_task = task.index
 
@@ -202,8 +180,7 @@ class HiDePrompt(PromptMethod):
 
     def prompted_features(self, inputs: Any, prompts: torch.Tensor) -> torch.Tensor:
         """Pooled feature with prefixes `prompts` [B or 1, layers, 2, L, D] at e_layers."""
-        prefixes = {layer: (prompts[:, i, 0], prompts[:, i, 1]) for i, layer in enumerate(self.options.e_layers)}
-        with self.injector.inject(prefixes):
+        with self.injector.inject(layer_prefixes(self.options.e_layers, prompts)):
             return self.backbone(inputs)
 
     def infer_task(self, query: torch.Tensor) -> torch.Tensor:
@@ -218,7 +195,7 @@ class HiDePrompt(PromptMethod):
         if self.current_task is not None:
             return self.prompted_features(inputs, self.training_prompt(self.current_task)[None])
         ids = self.infer_task(self.query(inputs))
-        return self.prompted_features(inputs, torch.stack(list(self.prompts.e))[ids])
+        return self.prompted_features(inputs, self.prompts.stacked()[ids])
 
     def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
         inputs, labels = batch
@@ -326,16 +303,6 @@ class HiDePrompt(PromptMethod):
         """The trainer's parameters plus the TII head's (trained inside `end_task`)."""
         return super().num_trainable() + sum(p.numel() for p in self.tii.parameters())
 
-    def prompt_structure(self) -> dict[str, Any]:
-        return {"tasks": len(self.prompts.e), "current_task": self.current_task}
-
-    def resize_prompts(self, structure: dict[str, Any]) -> None:
-        p = self.prompts
-        self.prompts = TaskPrompts(p.layers, p.length, p.dim)
-        for _ in range(structure["tasks"]):
-            self.prompts.add_task(False, self._device())
-        self.current_task = structure["current_task"]
-
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure, tensors = super().checkpoint_state()
         structure["tii_blocks"] = self.tii.head.block_sizes()
@@ -355,8 +322,3 @@ class HiDePrompt(PromptMethod):
             module.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
             module.to(self._device())
         self.tii.requires_grad_(False)
-
-    def restore_trainable_flags(self, task: TaskInfo) -> None:
-        super().restore_trainable_flags(task)
-        for i, e in enumerate(self.prompts.e):
-            e.requires_grad_(i == task.index)

@@ -28,7 +28,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptMethod
+from sdlora.methods.prompting import PromptMethod, PromptOptions
 from sdlora.prompts.pool import KeyedPool, pull_loss
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt
@@ -38,21 +38,22 @@ from sdlora.typed import PositiveInt
 class L2P(PromptMethod):
     """L2P: keyed prompt pool, top-N cosine selection, key pull loss; classifier on the mean prompt output."""
 
+    prompts: KeyedPool
+
     @dataclass
-    class Options:
+    class Options(PromptOptions):
         pool_size: PositiveInt = 10  # M
         prompt_length: PositiveInt = 5  # L_p, tokens per prompt
         top_n: PositiveInt = 5  # N, prompts per input
         pull_weight: float = 0.1  # lambda, the key pull (surrogate) loss weight
         balance: bool = False  # prompt-frequency balancing while training
-        prompt_lr: float | None = None  # learning rate of prompts and keys (None: train.lr)
         readout: Literal["prompt", "backbone"] = "prompt"  # f(x): mean prompt output or the backbone's own
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             if self.top_n > self.pool_size:
                 raise ValueError(f"top_n ({self.top_n}) cannot exceed pool_size ({self.pool_size})")
-            if self.pull_weight < 0:
-                raise ValueError(f"pull_weight must be >= 0, got {self.pull_weight}")
+            self.check_non_negative("pull_weight")
 
     def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:

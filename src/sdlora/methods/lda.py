@@ -58,6 +58,8 @@ class LDAHead(nn.Module):
 
     #: how `sdlora export` describes it (sdlora.export.common.CLASSIFIER_KINDS)
     export_kind = "normalized_linear"
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, dim: int, shrinkage: float, priors: Priors = "uniform") -> None:
         super().__init__()

@@ -8,26 +8,62 @@ forward in eval mode, as the releases do with a separate `original_model.eval()`
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
-from sdlora.methods.base import Method
+from sdlora.data.scenario import TaskInfo
+from sdlora.methods.base import Method, param_group
+from sdlora.prompts.pool import TaskPrefixes
+
+
+@dataclass
+class PromptOptions:
+    """What the options of every prompt method share: the prompts' learning rate, and the layer indices the
+    prefixes enter (the fields `LAYER_FIELDS` name; together non-empty and >= 0 here, below the backbone's depth
+    when the method is built)."""
+
+    #: the fields holding backbone layer indices (none: L2P's prompts are tokens, not prefixes)
+    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    prompt_lr: float | None = None  # learning rate of the prompts and keys (None: train.lr)
+
+    def __post_init__(self) -> None:
+        layers = self.prompt_layers()
+        if self.LAYER_FIELDS and (not layers or any(i < 0 for i in layers)):
+            raise ValueError(f"{' + '.join(self.LAYER_FIELDS)} must be non-empty indices >= 0, got {layers}")
+
+    def prompt_layers(self) -> list[int]:
+        """Every layer index of `LAYER_FIELDS`, in their order."""
+        return [i for name in self.LAYER_FIELDS for i in getattr(self, name)]
+
+    def check_non_negative(self, *names: str) -> None:
+        """A ValueError naming the first field of `names` below 0 (loss weights)."""
+        for name in names:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 
 class PromptMethod(Method):
-    """Base of the prompt methods: subclasses set `self.prompts` and use `self.injector`."""
+    """Base of the prompt methods: subclasses set `self.prompts` and use `self.injector`; their options are
+    `PromptOptions` (prompted layers beyond the backbone's depth are a ValueError here)."""
 
     prompts: nn.Module
     exportable = False  # `export_state_dict` (the frozen backbone + head) serves `sdlora predict` on the run only
 
-    def __init__(self, backbone: Backbone, options: Any, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: PromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.injector = backbone.prompted()
+        layers, depth = options.prompt_layers(), self.injector.depth
+        if layers and max(layers) >= depth:
+            raise ValueError(f"{type(self).__name__}: {' + '.join(options.LAYER_FIELDS)} {layers} exceed the "
+                             f"backbone's {depth} layers")
 
     @torch.no_grad()
     def query(self, inputs: Any) -> torch.Tensor:
@@ -43,9 +79,7 @@ class PromptMethod(Method):
         return [p for p in self.prompts.parameters() if p.requires_grad]
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        lr = getattr(self.options, "prompt_lr", None)
-        return [*super().trainable_parameters(),
-                {"params": self.prompt_parameters(), **({"lr": lr} if lr is not None else {})}]
+        return [*super().trainable_parameters(), param_group(self.prompt_parameters(), self.options.prompt_lr)]
 
     # -- persistence -----------------------------------------------------------------------------
     def prompt_structure(self) -> dict[str, Any]:
@@ -66,3 +100,28 @@ class PromptMethod(Method):
         self.resize_prompts(structure["prompts"])
         self.prompts.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("prompts.")})
         self.prompts.to(self._device())
+
+
+class TaskPromptMethod(PromptMethod):
+    """Prompt methods with one prefix per task (`TaskPrefixes`: DualPrompt, HiDe-Prompt). While task t trains,
+    its prompt is known (`current_task`, from `begin_task` until `end_task`); afterwards each input's is inferred."""
+
+    prompts: TaskPrefixes
+    #: the task start adds E^t and the task's features use it (the task is known), not the inferred prompt
+    task_start_keeps_features = False
+
+    def __init__(self, backbone: Backbone, options: PromptOptions, train: TrainConfig,
+                 classifier: ClassifierConfig | None = None) -> None:
+        super().__init__(backbone, options, train, classifier)
+        self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`
+
+    def prompt_structure(self) -> dict[str, Any]:
+        return {"tasks": self.prompts.num_tasks, "current_task": self.current_task}
+
+    def resize_prompts(self, structure: dict[str, Any]) -> None:
+        self.prompts.resize(structure["tasks"], self._device())
+        self.current_task = structure["current_task"]
+
+    def restore_trainable_flags(self, task: TaskInfo) -> None:
+        super().restore_trainable_flags(task)
+        self.prompts.train_only(task.index)

@@ -52,6 +52,7 @@ class ClassPrototypes(nn.Module):
 
     #: exported as unit-norm class means applied to the L2-normalised feature
     export_kind = "cosine"
+    means: torch.Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()

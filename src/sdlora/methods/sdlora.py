@@ -38,7 +38,7 @@ from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
-from sdlora.methods.base import Method, StepOutput
+from sdlora.methods.base import Method, StepOutput, param_group
 from sdlora.registry import METHODS
 
 
@@ -114,7 +114,7 @@ class SDLoRA(Method):
         if lam and len(anchors):
             alpha = self.adapter.magnitudes.alpha[: len(anchors)].float()
             penalty = lam * (alpha - anchors.to(alpha.device)).square().sum()
-            step.scalars["magnitude_anchor_penalty"] = penalty.detach()
+            step.scalars = {**step.scalars, "magnitude_anchor_penalty": penalty.detach()}
             step.loss = step.loss + penalty
         return step
 
@@ -132,10 +132,9 @@ class SDLoRA(Method):
         magnitudes = list(self.adapter.magnitudes.parameters())
         ids = {id(p) for p in magnitudes}
         directions = [p for p in self.adapter.trainable_parameters() if id(p) not in ids]
-        lr = self.options.magnitude_lr
-        groups.append({"params": directions})
+        groups.append(param_group(directions))
         decay = 0.0 if self.options.ablation == "fixed_old" else self.options.magnitude_weight_decay
-        groups.append({"params": magnitudes, **({"lr": lr} if lr is not None else {}), "weight_decay": decay})
+        groups.append(param_group(magnitudes, self.options.magnitude_lr, weight_decay=decay))
         return groups
 
     @torch.no_grad()

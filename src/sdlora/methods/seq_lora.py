@@ -23,7 +23,7 @@ from sdlora.adapters.plain_lora import PlainLoRA
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
-from sdlora.methods.base import Method
+from sdlora.methods.base import Method, param_group
 from sdlora.registry import METHODS
 from sdlora.typed import PositiveInt
 
@@ -48,9 +48,7 @@ class SeqLoRA(Method):
                               magnitude_init=options.magnitude_init)
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        lr = self.options.lora_lr
-        return [*super().trainable_parameters(),
-                {"params": self.lora.trainable_parameters(), **({"lr": lr} if lr is not None else {})}]
+        return [*super().trainable_parameters(), param_group(self.lora.trainable_parameters(), self.options.lora_lr)]
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:

@@ -11,8 +11,8 @@ the plain one whenever no prompt is given.
 """
 
 from sdlora.prompts.bert import PrefixSelfAttention, PromptedBert
-from sdlora.prompts.pool import KeyedPool, cosine_match, pull_loss
+from sdlora.prompts.pool import KeyedPool, TaskPrefixes, cosine_match, layer_prefixes, pull_loss
 from sdlora.prompts.vit import PrefixAttention, PromptedViT
 
-__all__ = ["KeyedPool", "PrefixAttention", "PrefixSelfAttention", "PromptedBert", "PromptedViT", "cosine_match",
-           "pull_loss"]
+__all__ = ["KeyedPool", "PrefixAttention", "PrefixSelfAttention", "PromptedBert", "PromptedViT", "TaskPrefixes",
+           "cosine_match", "layer_prefixes", "pull_loss"]

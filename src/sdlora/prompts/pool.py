@@ -1,4 +1,4 @@
-"""Keyed prompt pools and the query-key matching of L2P / DualPrompt.
+"""Keyed prompt pools and the query-key matching of L2P / DualPrompt; per-task prefixes (DualPrompt, HiDe-Prompt).
 
     gamma(q, k_i) = 1 - cos(q, k_i)                      (the matching distance)
     select:   s(x) = the N indices with the smallest gamma(q(x), k_i) * h_i
@@ -64,3 +64,49 @@ class KeyedPool(nn.Module):
     def end_task(self) -> None:
         self.counts += self.current_counts
         self.current_counts.zero_()
+
+
+class TaskPrefixes(nn.Module):
+    """One prefix E^t: [layers, 2, length, dim] (prefix keys and values at each prompted layer) per task, the
+    parameters `e.<t>` (DualPrompt's E-prompts, HiDe-Prompt's task prompts). Adding a task freezes the earlier
+    ones; new ones start uniform(-1, 1) (or as a copy of the last, HiDe-Prompt's shared prompt pool)."""
+
+    def __init__(self, layers: int, length: int, dim: int) -> None:
+        super().__init__()
+        self.layers, self.length, self.dim = layers, length, dim
+        self.e = nn.ParameterList()
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.e)
+
+    def add_task(self, device: torch.device, copy_previous: bool = False) -> None:
+        """A new E^t: a copy of E^{t-1} (`copy_previous`, from the second task on) or uniform(-1, 1); every
+        earlier one is frozen."""
+        for p in self.e:
+            p.requires_grad_(False)
+        if copy_previous and len(self.e):
+            new = self.e[-1].detach().clone()
+        else:
+            new = torch.empty(self.layers, 2, self.length, self.dim, device=device).uniform_(-1, 1)
+        self.e.append(nn.Parameter(new))
+
+    def resize(self, tasks: int, device: torch.device) -> None:
+        """Rebuild `tasks` fresh per-task prompts (before loading a checkpoint's tensors)."""
+        self.e = nn.ParameterList()
+        for _ in range(tasks):
+            self.add_task(device)
+
+    def train_only(self, task: int) -> None:
+        """Task `task`'s prompt trainable, every other frozen (as `add_task` left them)."""
+        for i, e in enumerate(self.e):
+            e.requires_grad_(i == task)
+
+    def stacked(self) -> torch.Tensor:
+        """Every task's prefix: [tasks, layers, 2, length, dim]."""
+        return torch.stack(list(self.e))
+
+
+def layer_prefixes(layers: list[int], prompts: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """`inject`'s prefixes from `prompts` [B or 1, len(layers), 2, L, D]: layer -> (P_k, P_v), each [B or 1, L, D]."""
+    return {layer: (prompts[:, i, 0], prompts[:, i, 1]) for i, layer in enumerate(layers)}
