@@ -4,24 +4,18 @@ The full chaos run (random moments, N=10) is benchmarks/chaos_resume.py; this CI
 given checkpoint is on disk (event-driven, no timing), i.e. somewhere in the following epoch or evaluation.
 """
 
-import importlib.util
 import io
-from pathlib import Path
 
 import torch
 import yaml
 
+from scripts import load_benchmark_script
 from sdlora.config import load_config
 from sdlora.engine.runner import run_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "chaos_resume.py"
-
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("chaos_resume", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("chaos_resume")
 
 
 def test_killed_twice_and_resumed_equals_the_uninterrupted_run(tmp_path):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from scripts import load_benchmark_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 MICRO = ["--set", "benchmark.options.train_per_class=4", "--set", "benchmark.options.test_per_class=2",
@@ -15,14 +15,7 @@ MICRO = ["--set", "benchmark.options.train_per_class=4", "--set", "benchmark.opt
 
 
 def load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_benchmark_script(name)
 
 
 def test_engine_overhead_prints_every_phase_and_ratio(tmp_path, capsys):

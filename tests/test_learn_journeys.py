@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from PIL import Image
 
 import sdlora
 from export_helpers import no_library_warnings, text_run_config, train, write_text_files
+from scripts import load_benchmark_script
 from sdlora.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,10 +190,7 @@ def test_a_one_class_learn_is_refused_with_a_fix_that_works(tmp_path, capsys):
 # -- (c) the digits image_folder example with its defaults ---------------------------------------------------------
 
 def load_digits_script():
-    spec = importlib.util.spec_from_file_location("digits_folder", ROOT / "benchmarks" / "digits_folder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("digits_folder")
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +293,7 @@ def text_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def comparable(run: Path) -> dict:
-    spec = importlib.util.spec_from_file_location("chaos_resume", ROOT / "benchmarks" / "chaos_resume.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.comparable(run.parent)
+    return load_benchmark_script("chaos_resume").comparable(run.parent)
 
 
 def learn_command(run: Path, new: dict[str, str]) -> list[str]:

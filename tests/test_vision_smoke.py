@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_smoke.py"
+from scripts import load_benchmark_script
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("gpu_smoke")
 
 
 TINY_ARGS = ["--device", "cpu", "--tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--eval-batches", "2"]

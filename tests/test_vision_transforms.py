@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms as T
 
 from engine_helpers import TINY_VIT
+from scripts import load_benchmark_script
 from sdlora.backbones.timm_vit import TimmViT
 from sdlora.cli import main
 from sdlora.config import load_config, resolve_options
@@ -181,10 +181,7 @@ def test_grayscale_and_small_images_become_rgb_at_the_models_size(tmp_path):
 
 
 def load_digits_script():
-    spec = importlib.util.spec_from_file_location("digits_folder", ROOT / "benchmarks" / "digits_folder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("digits_folder")
 
 
 def first_task_accuracy(config: Path, out: Path, *overrides: str) -> tuple[float, dict]:
