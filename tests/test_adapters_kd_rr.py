@@ -8,17 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adapter_helpers import perturb
 from sdlora.adapters import RR_SCHEDULE, SDLoRAAdapter, SDLoRAConfig, rank_for_task
 from sdlora.testing import reference_delta, tiny_vit
 
 torch.set_num_threads(1)
 SCHEDULE = [[0, 2], [2, 4]]  # tasks 0, 1: rank 2; task 2+: rank 4 (room for a combination of both)
-
-
-def perturb(adapter: SDLoRAAdapter) -> None:
-    with torch.no_grad():
-        for p in adapter.trainable_parameters():
-            p.add_(torch.randn_like(p) * 0.3)
 
 
 def two_tasks(mode: str = "continuous", **kw: object) -> tuple[torch.nn.Module, SDLoRAAdapter]:

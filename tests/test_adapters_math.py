@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adapter_helpers import perturb
 from sdlora.adapters import KERNELS, SDLoRAAdapter, SDLoRAConfig, choose_kernel, lowrank_inner, product_norm
 from sdlora.adapters.norms import factors_norm
 from sdlora.testing import reference_delta, tiny_vit
@@ -13,13 +14,6 @@ from sdlora.testing import reference_delta, tiny_vit
 torch.set_num_threads(1)
 
 MIXED = [[0, 3], [1, 2], [2, 4]]  # ranks 3, 2, 4, 4, ...
-
-
-def perturb(adapter: SDLoRAAdapter, scale: float = 0.3) -> None:
-    """Stand-in for training: move every trainable tensor (alphas differ per task afterwards)."""
-    with torch.no_grad():
-        for p in adapter.trainable_parameters():
-            p.add_(torch.randn_like(p) * scale)
 
 
 def test_product_norm_matches_dense_frobenius_norm() -> None:

@@ -8,17 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from adapter_helpers import perturb
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.testing import reference_delta, tiny_bert, tiny_vit
 
 torch.set_num_threads(1)
 QV = ["*.attention.self.query", "*.attention.self.value"]
-
-
-def perturb(adapter: SDLoRAAdapter) -> None:
-    with torch.no_grad():
-        for p in adapter.trainable_parameters():
-            p.add_(torch.randn_like(p) * 0.3)
 
 
 def trained_vit(mode: str = "continuous", tasks: int = 3, open_task: bool = True, **kw: object):

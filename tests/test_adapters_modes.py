@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adapter_helpers import perturb
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.testing import reference_delta, tiny_vit
 
 torch.set_num_threads(1)
-
-
-def perturb(adapter: SDLoRAAdapter) -> None:
-    with torch.no_grad():
-        for p in adapter.trainable_parameters():
-            p.add_(torch.randn_like(p) * 0.3)
 
 
 def slice_norms(adapter: SDLoRAAdapter, name: str) -> list[float]:
