@@ -389,10 +389,13 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
     assert methods["seq_lora"].method.options["rank"] == methods["inflora"].method.options["rank"] == 8
     incremental = ("seq_lora", "inflora", "ncm", "linear_probe")
     assert all(methods[k].benchmark.init_classes == 15 for k in incremental)
-    for key in ("seq_lora", "inflora", "joint"):  # the same classifier: class-mean head init, prototypes, SDC
-        assert methods[key].method.classifier == main.method.classifier
+    shared = build.validate_plugins(main).method.classifier  # configs/clinc150.yaml's shared `classifier:`
+    for key in ("seq_lora", "inflora", "joint"):  # the same classifier: class-mean head init, prototypes, SDC,
+        assert methods[key].classifier == main.classifier  # inherited, not repeated in their files
+        assert build.validate_plugins(methods[key]).method.classifier == shared
     # a linear probe's and NCM's features never drift: no SDC; NCM has no head
-    assert methods["linear_probe"].method.classifier == dataclasses.replace(main.method.classifier, drift=None,
+    assert methods["linear_probe"].classifier is None and methods["ncm"].classifier is None
+    assert methods["linear_probe"].method.classifier == dataclasses.replace(main.classifier, drift=None,
                                                                             sdc_sigma=None)
     assert methods["ncm"].method.classifier == ClassifierConfig()
 

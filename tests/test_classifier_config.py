@@ -229,3 +229,30 @@ def test_an_old_run_folder_resumes_mid_task_to_the_uninterrupted_run(tmp_path):
 def test_method_constructors_take_the_classifier_settings():
     for name in METHODS.names():
         assert "classifier" in inspect.signature(METHODS.get(name)).parameters, name
+
+
+def test_a_shared_classifier_reaches_whatever_method_a_config_runs(tmp_path):
+    """configs/clinc150.yaml's top-level `classifier:` is inherited by a config that changes the method; the method's
+    own keys win; `classifier: null` gives a method its defaults; a key the method refuses names where it came from."""
+    import yaml
+
+    from sdlora.typed import ConfigError
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny(method={"name": "sdlora", "options": {"rank": 2}},
+                                        classifier={"kind": "prototypes", "drift": "sdc", "head_init": "class_mean"})))
+
+    def resolved(extra):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump({"base": "base.yaml", **extra}))
+        return build.validate_plugins(load_config(tmp_path / "c.yaml"))
+
+    seq = resolved({"method": {"name": "seq_lora", "options": {"rank": 2}}})
+    assert (seq.method.classifier.kind, seq.method.classifier.drift, seq.method.classifier.head_init) == (
+        "prototypes", "sdc", "class_mean") and seq.classifier is None  # folded into method.classifier
+    own = resolved({"method": {"name": "seq_lora", "options": {"rank": 2}, "classifier": {"kind": "linear",
+                                                                                          "drift": "none"}}})
+    assert (own.method.classifier.kind, own.method.classifier.head_init) == ("linear", "class_mean")
+    plain = resolved({"method": {"name": "seq_lora", "options": {"rank": 2}}, "classifier": None})
+    assert (plain.method.classifier.kind, plain.method.classifier.head_init) == ("linear", "random")
+    with pytest.raises(ConfigError, match=r"^classifier.drift: 'sdc' is refused: ncm"):
+        resolved({"method": {"name": "ncm"}})

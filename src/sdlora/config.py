@@ -239,6 +239,10 @@ class RunConfig:
     # 0: the last task only). Rows not evaluated are null in results.json, and so are the metrics that need
     # them (sdlora.engine.metrics.EXACT_UNDER_SCHEDULE)
     eval_every: int = 1
+    # classifier settings shared by whatever method the config runs (`method.classifier` keys win over them), so
+    # a config that changes the method keeps its base's classifier; null: the method's own defaults. Resolved into
+    # `method.classifier` (and null here) before a run records its config
+    classifier: ClassifierConfig | None = None
 
     def __post_init__(self) -> None:
         if self.eval_every < 0:

@@ -14,6 +14,7 @@ from sdlora.data.scenario import Scenario
 from sdlora.data.transforms import TransformOptions, transform_spec
 from sdlora.engine.loggers import check_loggers
 from sdlora.engine.seeding import seed_everything
+from sdlora.method_config import ClassifierConfig
 from sdlora.methods.base import Method
 from sdlora.registry import BACKBONES, BENCHMARKS, METHODS
 from sdlora.typed import ConfigError, to_dict
@@ -96,12 +97,26 @@ def validate_plugins(cfg: RunConfig) -> RunConfig:
         options = resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
         resolved[section] = dataclasses.replace(plugin, options=to_dict(options))
     method = METHODS.get(cfg.method.name)
-    classifier = method.classifier_support.resolve(cfg.method.classifier)
+    given, key = shared_classifier(cfg)
+    classifier = method.classifier_support.resolve(given, key)
     resolved["method"] = dataclasses.replace(resolved["method"], classifier=classifier)
-    cfg = dataclasses.replace(cfg, **resolved)
+    cfg = dataclasses.replace(cfg, **resolved, classifier=None)
     check_loggers(cfg.train.loggers)
     check_degenerate(cfg)
     return cfg
+
+
+def shared_classifier(cfg: RunConfig) -> tuple[ClassifierConfig | None, str]:
+    """The method's classifier settings over the config's shared `classifier:` (a method key wins), and the key
+    that a refusal names: `classifier` when the method's own section sets none of them."""
+    own, shared = cfg.method.classifier, cfg.classifier
+    if shared is None:
+        return own, "method.classifier"
+    if own is None or all(getattr(own, f.name) is None for f in dataclasses.fields(ClassifierConfig)):
+        return shared, "classifier"
+    merged = {f.name: getattr(own, f.name) if getattr(own, f.name) is not None else getattr(shared, f.name)
+              for f in dataclasses.fields(ClassifierConfig)}
+    return ClassifierConfig(**merged), "method.classifier (over classifier)"
 
 
 def check_degenerate(cfg: RunConfig) -> None:
