@@ -120,6 +120,12 @@ def save_checkpoint(folder: Path, meta: dict[str, Any], tensors: dict[str, torch
     return folder / name
 
 
+def latest_meta(folder: Path) -> dict[str, Any] | None:
+    """The newest checkpoint's metadata (position, counter...) without reading its tensors; None when there is
+    none. `load_checkpoint` verifies and loads the tensors when they are needed."""
+    return _read_pointer(folder, POINTER) or _read_pointer(folder, PREVIOUS)
+
+
 def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
     """The newest intact checkpoint (latest, else previous with a warning); None when there is none at all."""
     if not (folder / POINTER).exists() and not (folder / PREVIOUS).exists():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from sdlora.config import RunConfig, load_config, parse_yaml
-from sdlora.engine.checkpoint import load_checkpoint
+from sdlora.engine.checkpoint import latest_meta, load_checkpoint
 from sdlora.engine.seed_folder import find_seed_folder
 
 LEARNED = "learned.json"
@@ -60,6 +60,13 @@ class RunFolder:
         if loaded is None:
             raise FileNotFoundError(f"{self.folder / 'checkpoints'} has no checkpoint")
         return loaded
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The last checkpoint's metadata (position, counter) without loading its tensors."""
+        meta = latest_meta(self.folder / "checkpoints")
+        if meta is None:
+            raise FileNotFoundError(f"{self.folder / 'checkpoints'} has no checkpoint")
+        return meta
 
     # -- learned tasks -----------------------------------------------------------------------------
     def learned_file(self) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def check_new_task(run: RunFolder, cfg: RunConfig, new: NewTask, test: NewTask, 
 def _start(run: RunFolder, train_file: Path | None, test_file: Path | None, text_column: str, label_column: str,
            overrides: list[str]) -> tuple[dict[str, Any], NewTask, RunConfig]:
     """A new learned task: checked, the run backed up, then recorded as running in learned.json."""
-    meta, _ = run.checkpoint()
+    meta = run.checkpoint_meta()
     if not meta["position"]["finished"] or run.record.get("status") != "complete":
         raise ValueError(f"{run.folder}: the run is not finished; finish it with `sdlora train ... --resume` first")
     if run.cfg.eval_split != "test":
@@ -200,7 +200,7 @@ def _train(run: RunFolder, cfg: RunConfig, entry: dict[str, Any], new: NewTask, 
            on_checkpoint: CheckpointHook | None, fresh: bool) -> dict[str, Any]:
     """The engine's trainer over the grown scenario, resumed from the run's last checkpoint. A `fresh` learn that
     fails before its first checkpoint puts the run back as it was."""
-    meta, _ = run.checkpoint()
+    counter = run.checkpoint_meta()["counter"]
     try:
         learned = run.learned_file()
         data, sizes = combined_data(cfg, learned["base"], learned["tasks"], new)
@@ -212,7 +212,7 @@ def _train(run: RunFolder, cfg: RunConfig, entry: dict[str, Any], new: NewTask, 
         trainer.record.config = config_to_dict(run.cfg)  # results.json keeps the run's config; learned.json the --set
         return trainer.run(resume=True)
     except BaseException as err:
-        if fresh and run.checkpoint()[0]["counter"] == meta["counter"]:  # nothing trained yet
+        if fresh and run.checkpoint_meta()["counter"] == counter:  # nothing trained yet
             restore_backup(run.folder, run.out)
             log.error("learn failed before its first checkpoint; the run is left as it was")
         else:

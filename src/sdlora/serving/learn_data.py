@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from sdlora.config import RunConfig
 from sdlora.data.base import BenchmarkData, ListDataset
-from sdlora.data.scenario import Scenario
+from sdlora.data.scenario import RemappedSubset, Scenario
 from sdlora.engine import build
 
 log = logging.getLogger("sdlora")
@@ -79,22 +79,6 @@ def task_dataset(task: NewTask, labels: np.ndarray, cfg: RunConfig, train: bool)
                       transforms["train" if train else "test"], on_corrupt)
 
 
-class Relabeled(Dataset):
-    """The items of `base` whose label `mapping` keeps (>= 0), labels mapped through it."""
-
-    def __init__(self, base: Dataset, targets: np.ndarray, mapping: np.ndarray) -> None:
-        self.base, self.mapping = base, mapping
-        self.indices = np.flatnonzero(mapping[targets] >= 0)
-        self.targets = mapping[targets[self.indices]]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        item, label = self.base[int(self.indices[i])]
-        return item, int(self.mapping[label])
-
-
 class GrowingScenario(Scenario):
     """A scenario over data already in label order, with explicit task sizes (the run's, then learned ones)."""
 
@@ -120,7 +104,8 @@ def original_part(cfg: RunConfig, base: dict[str, Any]) -> tuple[Sequence[Datase
     trained = np.asarray(base["class_order"][:sum(base["task_sizes"])], dtype=np.int64)
     mapping = np.full(data.num_classes, -1, dtype=np.int64)
     mapping[trained] = np.arange(len(trained))
-    parts = [Relabeled(data.train, data.train_targets, mapping), Relabeled(data.test, data.test_targets, mapping)]
+    parts = [RemappedSubset(base, np.flatnonzero(mapping[targets] >= 0), targets, mapping)
+             for base, targets in ((data.train, data.train_targets), (data.test, data.test_targets))]
     return parts, [p.targets for p in parts], True
 
 
