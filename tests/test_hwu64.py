@@ -44,6 +44,9 @@ def test_hwu64_reads_the_shared_data_with_a_held_out_val(data_root):
         full_texts = [row["text"] for row in csv.DictReader(f)]
     assert sorted(data.train.inputs + data.val.inputs) == sorted(full_texts)  # a partition of train.csv
     assert data.info["checksum_verified"]
+    scenarios = [data.class_names[c].split("_", 1)[0] for c in data.class_orders["scenario"]]
+    assert sorted(data.class_orders["scenario"]) == list(range(64))
+    assert scenarios == sorted(scenarios) and scenarios[:8] == ["alarm"] * 3 + ["audio"] * 3 + ["calendar"] * 2
     full = Hwu64(Hwu64.Options(val_fraction=0), data_root).load()
     assert full.val is None and len(full.train) == 9960
 

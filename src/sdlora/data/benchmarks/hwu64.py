@@ -5,6 +5,9 @@ Files under `<data_root>/hwu64/`: `train.csv` (9,960 rows) and `test.csv` (1,076
 split: `val_fraction` of every intent's train rows (rounded, at least one) is held out as `val`, chosen by a
 fixed permutation (`split_seed`, independent of the run's seed), so every run and class order sees the same
 split. `val_fraction: 0` trains on all of train.csv and exposes no `val` split.
+
+Named class order `scenario`: the intents grouped by their scenario (the name before the first `_`, e.g. `alarm`
+in `alarm_query`), scenarios alphabetical, so a task holds one or two home-assistant scenarios instead of a mix.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ FILES = {"train": "train.csv", "test": "test.csv"}
 SHA256 = {"train": "d6bf3228741464c2dfb7b012ec8537b9182b9f4245c063fcccb96e8318e16f24",
           "test": "cfd3e8dd9eee92ab506bc94f33460b5ada8496a05587a483907e31e5d1b37610"}
 NUM_INTENTS = 64
+
+
+def scenario_order(class_names: list[str]) -> list[int]:
+    """Class ids grouped by scenario (the prefix before the first `_`), scenarios and intents alphabetical."""
+    return sorted(range(len(class_names)), key=lambda i: (class_names[i].split("_", 1)[0], class_names[i]))
 
 
 def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -89,6 +97,7 @@ class Hwu64:
         return BenchmarkData(
             train=train, train_targets=train.labels, test=test, test_targets=test.labels,
             val=val, val_targets=None if val is None else val.labels, class_names=class_names,
+            class_orders={"scenario": scenario_order(class_names)},
             info={
                 "name": "hwu64",
                 "files": {split: str(path) for split, path in paths.items()},
