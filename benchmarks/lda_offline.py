@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from sdlora.backbones.base import move_to
 from sdlora.config import load_config
+from sdlora.devices import move_to
 from sdlora.engine import build
 from sdlora.methods.lda import lda_weights
 

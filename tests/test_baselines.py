@@ -395,8 +395,13 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
         assert build.validate_plugins(methods[key]).method.classifier == shared
     # a linear probe's and NCM's features never drift: no SDC; NCM has no head
     assert methods["linear_probe"].classifier is None and methods["ncm"].classifier is None
-    assert methods["linear_probe"].method.classifier == dataclasses.replace(main.classifier, drift=None,
-                                                                            sdc_sigma=None)
+    # the linear probe keeps the cosine prototypes its tables were run with (with LDA on features that never move,
+    # it would be configs/baselines/clinc150_frozen_lda.yaml)
+    assert methods["linear_probe"].method.classifier == dataclasses.replace(main.classifier, kind="prototypes",
+                                                                            drift=None, sdc_sigma=None)
+    frozen_lda = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_lda.yaml"))
+    assert frozen_lda.method.name == "ncm" and frozen_lda.train == main.train
+    assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage=0.01, priors="uniform")
     assert methods["ncm"].method.classifier == ClassifierConfig()
 
 
