@@ -401,7 +401,7 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
                                                                             drift=None, sdc_sigma=None)
     frozen_lda = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_lda.yaml"))
     assert frozen_lda.method.name == "ncm" and frozen_lda.train == main.train
-    assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage=0.01, priors="uniform")
+    assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform")
     assert methods["ncm"].method.classifier == ClassifierConfig()
 
 

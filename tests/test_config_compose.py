@@ -25,7 +25,7 @@ BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").r
 #: changes of a resolved setting made on purpose since the fixture (config -> {dotted key: value now}): the
 #: shared classifier of configs/clinc150.yaml became LDA (chosen on the validation splits of CLINC150 and HWU64,
 #: benchmarks/README.md), so every config that inherits it predicts through LDA (its default shrinkage and priors)
-LDA_DEFAULT = {"method.classifier.kind": "lda", "method.classifier.shrinkage": 0.01,
+LDA_DEFAULT = {"method.classifier.kind": "lda", "method.classifier.shrinkage": "oas",
                "method.classifier.priors": "uniform"}
 CHANGED = {name: LDA_DEFAULT for name in ("configs/clinc150.yaml", "configs/baselines/clinc150_inflora.yaml",
                                           "configs/baselines/clinc150_joint.yaml",

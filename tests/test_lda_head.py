@@ -14,6 +14,7 @@ from safetensors import safe_open
 import sdlora
 from engine_helpers import check_resume_equals_uninterrupted, tiny
 from export_helpers import train, vit_run_config
+from scripts import load_benchmark_script
 from sdlora.cli import main
 from sdlora.config import load_config
 from sdlora.engine import build
@@ -21,7 +22,7 @@ from sdlora.engine.restore import restore_run
 from sdlora.engine.runner import run_config
 from sdlora.method_config import ClassifierConfig
 from sdlora.methods.class_stats import PooledGaussians
-from sdlora.methods.lda import LDAHead, lda_weights
+from sdlora.methods.lda import LDAHead, lda_weights, oas_shrinkage
 from sdlora.typed import ConfigError
 
 TASKS = [(0, 3), (3, 5), (5, 9)]  # classes [low, high) per task
@@ -82,6 +83,39 @@ def test_head_equals_scikit_learn_lda_on_normalised_features(shrinkage):
     torch.testing.assert_close(uniform.weight, head.weight)
     log_priors = (torch.bincount(labels) / labels.numel()).log()
     torch.testing.assert_close(uniform.bias, head.bias - (log_priors - log_priors.mean()), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("per_class", [3, 8, 60])
+def test_oas_shrinkage_equals_scikit_learns_on_the_class_centred_features(per_class):
+    from sklearn.covariance import oas
+
+    g = torch.Generator().manual_seed(per_class)
+    labels = torch.arange(5).repeat_interleave(per_class)
+    feats = torch.randn(5, 12, generator=g)[labels] + torch.randn(labels.numel(), 12, generator=g) @ \
+        torch.randn(12, 12, generator=g) * 0.3
+    head = fit_by_tasks(LDAHead(12, "oas"), feats, labels, [(0, 2), (2, 5)])
+    x, y = F.normalize(feats, dim=-1).double().numpy(), labels.numpy()
+    centred = x - np.stack([x[y == c].mean(0) for c in range(5)])[y]
+    expected = oas(centred, assume_centered=True)[1]
+    assert head.current_shrinkage() == pytest.approx(expected, rel=1e-9)
+    assert oas_shrinkage(torch.eye(4), 10) == 1.0  # S already a multiple of I: nothing to estimate
+    # the head is the fixed-shrinkage head at that value, and fewer samples per class shrink more
+    fixed = fit_by_tasks(LDAHead(12, float(expected)), feats, labels, [(0, 2), (2, 5)])
+    torch.testing.assert_close(head.weight, fixed.weight)
+    torch.testing.assert_close(head.bias, fixed.bias)
+    assert (expected > 0.2) == (per_class <= 8)
+
+
+def test_the_shrinkage_script_agrees_with_the_incremental_head():
+    """benchmarks/lda_shrinkage.py (all data at once) and LDAHead('oas') fitted task by task: the same accuracy."""
+    feats, labels = class_data(4)
+    unit = F.normalize(feats, dim=-1)
+    row = load_benchmark_script("lda_shrinkage").row(unit, labels, unit, labels, None, 9)
+    head = fit_by_tasks(LDAHead(feats.shape[1], "oas"), feats, labels)
+    assert row["a_oas"] == pytest.approx(head.current_shrinkage(), rel=1e-9) and row["n"] == labels.numel()
+    assert row["oas"] == pytest.approx(100 * float((head.logits(feats).argmax(1) == labels).double().mean()))
+    capped = load_benchmark_script("lda_shrinkage").row(unit, labels, unit, labels, 4, 9)
+    assert capped["n"] == 36 and capped["a_oas"] > row["a_oas"]  # fewer samples: more shrinkage
 
 
 def test_lda_weights_solve_the_shrunk_system():
@@ -167,7 +201,8 @@ def test_sdlora_with_the_lda_head_resumes_to_the_same_results(tmp_path):
                 train={"epochs": 2})
     result = check_resume_equals_uninterrupted(tmp_path, data, stop_at=(1, 1, False))
     assert result["task_info"][1]["prototype_shift"] > 0  # SDC moved the LDA means
-    assert result["config"]["method"]["classifier"]["shrinkage"] == 1e-2
+    assert result["config"]["method"]["classifier"]["shrinkage"] == "oas"
+    assert all(0 < info["lda_shrinkage"] <= 1 for info in result["task_info"])  # what OAS chose after each task
 
 
 def test_export_and_load_reproduce_the_lda_logits(tmp_path):
@@ -195,8 +230,8 @@ def test_export_and_load_reproduce_the_lda_logits(tmp_path):
     ("sdlora", {"kind": "prototypes", "shrinkage": 1e-2}, "method.classifier.shrinkage: 0.01 is refused: shrinkage "
                                                           "tunes the LDA head"),
     ("sdlora", {"priors": "empirical"}, "method.classifier.priors: 'empirical' is refused: priors tunes the LDA head"),
-    ("sdlora", {"kind": "lda", "shrinkage": 0}, "shrinkage must be in \\(0, 1\\]"),
-    ("sdlora", {"kind": "lda", "shrinkage": 1.5}, "shrinkage must be in \\(0, 1\\]"),
+    ("sdlora", {"kind": "lda", "shrinkage": 0}, "shrinkage must be in \\(0, 1\\] or .oas."),
+    ("sdlora", {"kind": "lda", "shrinkage": 1.5}, "shrinkage must be in \\(0, 1\\] or .oas."),
     ("ncm", {"kind": "lda", "drift": "sdc"}, "method.classifier.drift: 'sdc' is refused: ncm's backbone is frozen"),
     ("ncm", {"kind": "linear"}, "method.classifier.kind: 'linear' is refused: ncm has no trained head: it predicts "
                                 "from class statistics"),
@@ -210,6 +245,6 @@ def test_settings_that_make_no_sense_are_refused(method, classifier, message):
 
 def test_lda_defaults_are_filled_only_for_the_lda_kind():
     cfg = build.validate_plugins(load_config(data=ncm_lda())).method.classifier
-    assert cfg == ClassifierConfig("lda", "none", shrinkage=1e-2, priors="uniform")
+    assert cfg == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform")
     sdlora_cfg = build.validate_plugins(load_config(data=tiny(method={"name": "sdlora"}))).method.classifier
     assert sdlora_cfg.shrinkage is None and sdlora_cfg.priors is None

@@ -191,7 +191,7 @@ class Method(nn.Module):
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
         """Counts the task; with a classifier from class statistics, moves old means (SDC) and adds the new
-        classes' statistics (results.json `prototype_shift`: SDC's mean shift, for either kind).
+        classes' statistics (results.json `prototype_shift`: SDC's mean shift, for either kind; `lda_shrinkage`).
 
         Subclasses that change the function at the end of a task call this last."""
         self.tasks_seen = task.index + 1
@@ -205,7 +205,7 @@ class Method(nn.Module):
                 info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after,
                                                                            task.known, sigma)
                 self.features_before = None
-            self.class_head.fit(after, labels, task.known, task.total)
+            info.update(self.class_head.fit(after, labels, task.known, task.total))
         return info
 
     # -- persistence -----------------------------------------------------------------------------

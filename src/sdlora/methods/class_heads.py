@@ -30,8 +30,9 @@ class ClassHead(Protocol):
     @property
     def num_classes(self) -> int: ...
 
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
-        """Statistics of classes [low, high) from their features (labels in [low, high))."""
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> dict[str, Any]:
+        """Statistics of classes [low, high) from their features (labels in [low, high)); returns what the task's
+        results.json `task_info` records of the fit (e.g. LDA's shrinkage)."""
 
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:
         """SDC on classes [0, upto) from the same samples' features before and after; returns the mean shift."""

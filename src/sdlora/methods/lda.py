@@ -3,6 +3,7 @@
     g(x) = f(x) / ||f(x)||                                       (L2-normalised feature)
     S = pooled within-class covariance of g  (class_stats.PooledGaussians: running sums, ddof 0)
     Sigma = (1 - a) S + a (tr S / D) I                           (a = `shrinkage`, scikit-learn's shrunk_covariance)
+    a_OAS = min(1, (tr S^2 + (tr S)^2) / ((N + 1) (tr S^2 - (tr S)^2 / D)))   (`shrinkage: oas`)
     logit_c(x) = w_c^T g(x) + b_c,   w_c = Sigma^{-1} mu_c,   b_c = -1/2 mu_c^T Sigma^{-1} mu_c  [+ log(n_c / N)]
 
 The bracketed log prior is added with `priors: empirical` (scikit-learn's LinearDiscriminantAnalysis with
@@ -11,6 +12,11 @@ The head stores w_c - mean_k w_k and b_c - mean_k b_k: that subtracts the same n
 so argmax and softmax are unchanged, and it removes the large common part of the logits (float32 keeps their
 differences when Sigma is small and the class means are close).
 Each task adds its classes' sums, counts and within-class scatter; nothing is recomputed from old data.
+
+`shrinkage: oas` picks a from the data at every refit: the Oracle Approximating Shrinkage (Chen et al., IEEE TSP
+2010; scikit-learn's `covariance.oas` on the class-centred features), a function of S and N alone, so it stays exact
+under class-incremental updates. It is large while few samples per class are seen (where a small fixed a overfits
+S: below nearest-class-mean with 12 samples per class) and small on full benchmarks.
 
 When the adapted features move (SD-LoRA, InfLoRA, ...), `drift: sdc` moves the stored means of old classes by SDC's
 estimate from the current task's samples (`prototypes.sdc_shift`, computed on g), mu_c += shift_c. The covariance
@@ -30,6 +36,16 @@ from sdlora.methods.class_stats import PooledGaussians
 from sdlora.methods.prototypes import sdc_shift
 
 Priors = Literal["uniform", "empirical"]
+Shrinkage = float | Literal["oas"]
+
+
+def oas_shrinkage(covariance: torch.Tensor, num_samples: float) -> float:
+    """a_OAS = min(1, (tr S^2 + (tr S)^2) / ((N + 1) (tr S^2 - (tr S)^2 / D))) for S = `covariance` (ddof 0) of
+    N samples (scikit-learn's `oas` on those samples, centred); 1 when S is a multiple of I."""
+    s = covariance.double()
+    trace, trace_sq = s.diagonal().sum(), (s * s).sum()
+    denominator = (num_samples + 1) * (trace_sq - trace ** 2 / s.shape[0])
+    return 1.0 if denominator <= 0 else min(1.0, float((trace_sq + trace ** 2) / denominator))
 
 
 def shrunk(covariance: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -61,10 +77,10 @@ class LDAHead(nn.Module):
     weight: torch.Tensor
     bias: torch.Tensor
 
-    def __init__(self, dim: int, shrinkage: float, priors: Priors = "uniform") -> None:
+    def __init__(self, dim: int, shrinkage: Shrinkage, priors: Priors = "uniform") -> None:
         super().__init__()
-        if not 0 < shrinkage <= 1:
-            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+        if shrinkage != "oas" and not 0 < float(shrinkage) <= 1:
+            raise ValueError(f"shrinkage must be in (0, 1] or 'oas', got {shrinkage!r}")
         self.shrinkage, self.priors = shrinkage, priors
         self.stats = PooledGaussians(dim)
         self.register_buffer("weight", torch.zeros(0, dim))
@@ -89,14 +105,23 @@ class LDAHead(nn.Module):
         """Recompute `weight` and `bias` from the statistics."""
         counts = self.stats.counts
         log_priors = (counts / counts.sum()).log() if self.priors == "empirical" else None
-        weight, bias = lda_weights(self.stats.means, self.stats.covariance(), self.shrinkage, log_priors)
+        covariance = self.stats.covariance()
+        weight, bias = lda_weights(self.stats.means, covariance, self.current_shrinkage(covariance), log_priors)
         self.weight, self.bias = (weight - weight.mean(0)).float(), (bias - bias.mean(0)).float()
 
+    def current_shrinkage(self, covariance: torch.Tensor | None = None) -> float:
+        """a as used now: the fixed value, or OAS's from the statistics seen so far."""
+        if self.shrinkage != "oas":
+            return float(self.shrinkage)
+        covariance = self.stats.covariance() if covariance is None else covariance
+        return oas_shrinkage(covariance, float(self.stats.counts.sum()))
+
     @torch.no_grad()
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
-        """Add classes [low, high) from their (unnormalised) features."""
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> dict[str, Any]:
+        """Add classes [low, high) from their (unnormalised) features; returns the shrinkage now in use."""
         self.stats.fit(self.embed(features), labels, low, high)
         self.refresh()
+        return {"lda_shrinkage": self.current_shrinkage()}
 
     @torch.no_grad()
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:

@@ -66,8 +66,8 @@ class ClassPrototypes(nn.Module):
         self.means = torch.zeros(num_classes, self.means.shape[1], device=self.means.device)
 
     @torch.no_grad()
-    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> None:
-        """Set the means of classes [low, high) from features with (remapped) labels."""
+    def fit(self, features: torch.Tensor, labels: torch.Tensor, low: int, high: int) -> dict[str, Any]:
+        """Set the means of classes [low, high) from features with (remapped) labels; nothing to report."""
         idx = labels - low
         sums = torch.zeros(high - low, features.shape[1], device=features.device).index_add_(0, idx, features)
         counts = torch.bincount(idx, minlength=high - low).to(features.dtype)
@@ -79,6 +79,7 @@ class ClassPrototypes(nn.Module):
             grown[: self.num_classes] = self.means
             self.means = grown
         self.means[low:high] = (sums / counts[:, None]).to(self.means.device)
+        return {}
 
     @torch.no_grad()
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:
