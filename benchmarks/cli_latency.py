@@ -6,12 +6,15 @@ this checkout's `src/`), stdout and stderr to pipes as in a script or CI log:
 * `--version`;
 * `list` (methods, benchmarks, backbones, loggers, export formats);
 * `predict` with a missing input file (a wrong argument);
-* `train configs/clinc150.yaml --set train.lrr=1` (a bad config key).
+* `train configs/clinc150.yaml --set train.lrr=1` (a bad config key);
+* `train configs/clinc150.yaml --set method.options.rankk=3` (an unknown option of a registered plugin);
+* `learn RUN --data missing.csv --test missing.csv` (a missing new-task file; RUN is a stand-in run folder,
+  checkpoints/ and a config.yaml, which the check reads before the files).
 
 Rounds are interleaved (every command once per round, rotating order, one warm-up round); each ratio is the
 median over rounds of the per-round ratio to that round's `import torch`, which cancels the load drift of a
 shared machine. The goal is every ratio <= 1.5. The exit codes are printed too (0; 1 for the missing
-input; 2 for the config error); `--src` on an older tree measures it before this work (where `--version`
+input and file; 2 for the config errors); `--src` on an older tree measures it before this work (where `--version`
 is a usage error, exit code 2). No test asserts these times.
 
 Run:  python benchmarks/cli_latency.py [--rounds 7] [--src OTHER_CHECKOUT/src]
@@ -42,7 +45,20 @@ def commands(scratch: Path) -> dict[str, list[str]]:
         "sdlora predict RUN missing.txt": [*sdlora, "predict", str(scratch), str(scratch / "missing.txt")],
         "sdlora train CONFIG --set train.lrr=1": [*sdlora, "train", str(ROOT / "configs" / "clinc150.yaml"),
                                                   "--set", "train.lrr=1", "--out", str(scratch / "run")],
+        "sdlora train CONFIG --set method.options.rankk=3": [
+            *sdlora, "train", str(ROOT / "configs" / "clinc150.yaml"), "--set", "method.options.rankk=3", "--out",
+            str(scratch / "run")],
+        "sdlora learn RUN --data missing.csv": [*sdlora, "learn", str(stand_in_run(scratch)), "--data",
+                                                str(scratch / "missing.csv"), "--test", str(scratch / "missing.csv")],
     }
+
+
+def stand_in_run(scratch: Path) -> Path:
+    """A folder that opens as a run (checkpoints/, config.yaml on configs/clinc150.yaml) without being one."""
+    run = scratch / "stand-in-run"
+    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(f"base: {ROOT / 'configs' / 'clinc150.yaml'}\n")
+    return run
 
 
 def wall_time(argv: list[str], env: dict[str, str]) -> tuple[float, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 import sdlora
-from engine_helpers import tiny
+from engine_helpers import TINY_VIT, tiny
 from sdlora.catalog import builtin_catalog, imported_catalog, source_catalog
 from sdlora.cli import HelpFormatter, build_parser, main
 from sdlora.cli_checks import EXPORT_MANIFEST, PREDICT_INPUTS, PREDICT_OUTPUTS
@@ -121,9 +122,167 @@ def test_unknown_plugins_fail_before_torch_with_the_registry_message(tmp_path):
     assert "train.loggers: unknown logger 'tensorbord' (did you mean 'tensorboard'?)" in err
 
 
-def test_learn_without_files_says_so_before_looking_at_the_run(tmp_path, capsys):
-    assert main(["learn", str(tmp_path / "no-run")]) == 1  # the command's own first check, as before
-    assert "give the new task's files with --data and --test" in capsys.readouterr().err
+PLUGIN_SECTIONS = {"METHODS": "method", "BACKBONES": "backbone", "BENCHMARKS": "benchmark"}
+
+#: (config sections over `tiny()`, --set overrides): a bad option of a method, a backbone or a benchmark
+BAD_OPTIONS = {
+    "unknown method key": ({"method": {"name": "sdlora"}}, ["method.options.rankk=3"]),
+    "method range": ({"method": {"name": "sdlora"}}, ["method.options.rank=-1"]),
+    "method choice": ({"method": {"name": "sdlora"}}, ["method.options.current_mode=offical"]),
+    "prompt method check": ({"method": {"name": "l2p"}}, ["method.options.top_n=20"]),
+    "timm backbone type": ({}, ["backbone.options.pretrained=maybe"]),
+    "hf backbone literal": ({"backbone": {"name": "hf_encoder", "options": {"pooling": "bogus"}}}, []),
+    "hf backbone check": ({"backbone": {"name": "hf_encoder", "options": {}}}, ["backbone.options.max_length=1"]),
+    "synthetic type": ({}, ["benchmark.options.shape=x"]),
+    "clinc150 check": ({"benchmark": {"name": "clinc150", "options": {"max_per_class": 0}}}, []),
+    "text files missing key": ({"benchmark": {"name": "text_files", "options": {"test_file": "t.csv"}}}, []),
+    "image folder nested": ({"benchmark": {"name": "image_folder", "options": {"root": "x", "augment": "timm",
+                                                                                "timm": {"scale": [1, 0.5]}}}}, []),
+    # the timm model name is checked with timm after every section's options: the method's key is refused first
+    "after a bad timm model": ({"backbone": {"options": {**TINY_VIT, "model": "vit_nope"}},
+                                "method": {"name": "sdlora"}}, ["method.options.rankk=3"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_a_bad_plugin_option_is_refused_before_torch_as_the_run_refuses_it(tmp_path, case):
+    from sdlora.config import load_config
+    from sdlora.engine.build import validate_plugins
+    from sdlora.typed import ConfigError
+
+    sections, overrides = BAD_OPTIONS[case]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny(**sections)))
+    with pytest.raises(ConfigError) as real:  # what `sdlora train` refuses once torch and the plugins are loaded
+        validate_plugins(load_config(cfg, overrides))
+    sets = [word for o in overrides for word in ("--set", o)]
+    rc, heavy, err = heavy_modules_after(["train", str(cfg), *sets, "--out", str(tmp_path / "run")], tmp_path)
+    assert (rc, heavy) == (2, [])
+    assert err == f"sdlora: error: {real.value}\n"
+    assert "options" in str(real.value) and not (tmp_path / "run").exists()
+
+
+def test_every_plugin_s_options_are_the_run_s_class_from_a_torch_free_module():
+    from sdlora import registry
+
+    catalog = source_catalog()
+    imported = imported_catalog()
+    modules = set()
+    for variable in PLUGIN_SECTIONS:
+        plugins = getattr(registry, variable)
+        for name in plugins.names():
+            found = catalog.options(variable, name)
+            assert found is plugins.get(name).Options, (variable, name)  # one definition, not a copy
+            assert catalog.entries[variable][name].options == imported.entries[variable][name].options
+            modules.add(found.__module__)
+    assert modules == {"sdlora.methods.options", "sdlora.backbones.options", "sdlora.data.benchmarks.options"}
+    code = f"import sys\nimport {', '.join(sorted(modules))}\nprint(*sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.split() == []
+
+
+def test_the_catalog_finds_options_nested_defined_or_imported_relatively():
+    from sdlora.catalog import Catalog, scan_module
+
+    source = (
+        "from .opts import Imported as Renamed\n"
+        "class Here: ...\n"
+        "@METHODS.register('nested')\nclass A:\n    class Options: ...\n"
+        "@METHODS.register('imported')\nclass B:\n    Options = Renamed\n"
+        "@METHODS.register('defined')\nclass C:\n    Options: type = Here\n"
+        "@METHODS.register('none')\nclass D: ...\n"
+    )
+    catalog = Catalog()
+    scan_module(ast.parse(source), "pkg.sub.mod", catalog)
+    assert {n: e.options for n, e in catalog.entries["METHODS"].items()} == {
+        "nested": ("pkg.sub.mod", "A.Options"), "imported": ("pkg.sub.opts", "Imported"),
+        "defined": ("pkg.sub.mod", "Here"), "none": None}
+
+
+def test_the_torch_free_tables_match_the_torch_code():
+    import typing
+
+    from sdlora.adapters import MODES, NORMS
+    from sdlora.adapters.choices import MODE_DEFAULTS, NORM_NAMES
+    from sdlora.data.benchmarks.options import TextFilesOptions
+    from sdlora.data.benchmarks.text_files import READERS
+    from sdlora.data.text_format import SUFFIX_FORMATS
+
+    assert list(MODES) == list(MODE_DEFAULTS) and tuple(NORMS) == NORM_NAMES
+    assert set(READERS) == set(SUFFIX_FORMATS.values())
+    assert typing.get_args(typing.get_type_hints(TextFilesOptions)["format"]) == ("auto", *READERS)
+
+
+def test_the_adapters_package_loads_its_names_on_use():
+    import importlib
+
+    import sdlora.adapters as adapters
+
+    for name, module in adapters._HOMES.items():
+        assert getattr(adapters, name) is getattr(importlib.import_module(f"sdlora.adapters.{module}"), name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        adapters.nope  # noqa: B018
+
+
+def learn_run(tmp_path: Path, pending: bool = False) -> Path:
+    """A run folder as `RunFolder.open` reads it (no checkpoint: the learn stops before it needs one)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny()))
+    if pending:
+        (run / "learned.json").write_text(json.dumps({"base": {}, "tasks": [
+            {"task": 3, "train": str(tmp_path / "earlier.csv"), "status": "running"}]}))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("files", "error"),
+    [
+        (["--data", "missing.csv", "--test", "t.csv"], "missing.csv not found"),
+        (["--data", "t.csv", "--test", "missing.jsonl"], "missing.jsonl not found"),
+        (["--data", "notes.txt", "--test", "t.csv"],
+         "notes.txt: cannot tell the format from the extension '.txt' (known: .csv, .tsv, .jsonl, .ndjson); give "
+         "--data / --test a .csv, .tsv, .jsonl, .ndjson file, or a folder with one sub-folder of images per class"),
+        (["--resume", "--data", "missing.csv"], "missing.csv not found"),
+    ],
+)
+def test_learn_s_files_are_refused_before_torch_as_learn_refuses_them(tmp_path, monkeypatch, files, error):
+    from sdlora.cli_checks import check_args
+    from sdlora.serving.learn import learn
+
+    run = learn_run(tmp_path)
+    for name in ("t.csv", "notes.txt"):
+        (tmp_path / name).write_text("text,label\nhello,greet\n")
+    rc, heavy, err = heavy_modules_after(["learn", str(run), *files], tmp_path)
+    assert (rc, heavy, err) == (1, [], f"sdlora: error: {error}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception) as light:
+        check_args(build_parser().parse_args(["learn", str(run), *files]))
+    given = {k: Path(v) for k, v in zip(files, files[1:]) if k in ("--data", "--test")}
+    with pytest.raises(Exception) as real:  # the command itself, torch and all
+        learn(run, given.get("--data"), given.get("--test"))
+    assert (type(light.value), str(light.value)) == (type(real.value), str(real.value)) == (type(real.value), error)
+    assert isinstance(real.value, FileNotFoundError | ValueError) and not (run / "learned.json").exists()
+
+
+def test_learn_s_argument_errors_come_before_torch(tmp_path):
+    for args, error in ((["learn", str(tmp_path / "no-run")], "give the new task's files with --data and --test"),
+                        (["learn", str(tmp_path / "no-run"), "--abandon", "--data", "x.csv"], "--abandon takes no")):
+        rc, heavy, err = heavy_modules_after(args, tmp_path)
+        assert (rc, heavy) == (1, []) and err.startswith(f"sdlora: error: {error}")
+
+
+def test_an_interrupted_learn_is_left_to_the_command(tmp_path):
+    from sdlora.cli_checks import check_args
+
+    run = learn_run(tmp_path, pending=True)
+    args = build_parser().parse_args(["learn", str(run), "--data", str(tmp_path / "missing.csv"), "--test", "x.csv"])
+    check_args(args)  # the learn continues the interrupted task (or says it was interrupted): not the light check's
+    fresh = learn_run(tmp_path / "fresh")
+    args = build_parser().parse_args(["learn", str(fresh), "--data", str(tmp_path / "missing.csv"), "--test", "x.csv"])
+    with pytest.raises(FileNotFoundError, match="missing.csv not found"):
+        check_args(args)
 
 
 def test_data_check_still_reports_an_unknown_benchmark_itself(tmp_path, capsys):

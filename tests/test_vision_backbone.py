@@ -86,3 +86,12 @@ def test_hub_failure_says_how_to_work_offline(monkeypatch):
     with pytest.raises(RuntimeError, match="pretrained_file") as err:
         TimmViT(TimmViT.Options(model="vit_base_patch16_224.dino", model_kwargs=TINY))
     assert "vit_base_patch16_224.dino" in str(err.value) and isinstance(err.value.__cause__, OSError)
+
+
+def test_an_unknown_timm_model_is_refused_by_the_backbone_not_its_options():
+    options = TimmViT.Options(model="vit_tiny_patch16_2244")  # torch-free options: any name
+    with pytest.raises(ValueError, match=r"does not know the model 'vit_tiny_patch16_2244'.*did you mean "
+                                         r"'vit_tiny_patch16_224'"):
+        TimmViT.check_options(options)
+    with pytest.raises(ValueError, match="does not know the model"):
+        TimmViT(options)

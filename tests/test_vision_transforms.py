@@ -18,7 +18,7 @@ from scripts import load_benchmark_script
 from sdlora.backbones.timm_vit import TimmViT
 from sdlora.cli import main
 from sdlora.config import load_config, resolve_options
-from sdlora.data.transforms import TimmAugment, TransformOptions, build_transforms, describe
+from sdlora.data.transforms import TimmAugment, TransformOptions, build_transforms, describe, resolve_transforms
 from sdlora.engine.build import make_benchmark
 from sdlora.registry import BENCHMARKS
 from sdlora.typed import ConfigError
@@ -88,7 +88,7 @@ def test_the_engine_binds_the_backbones_data_config_only_when_asked(tmp_path):
     data = {"benchmark": {"name": "image_folder", "options": {"root": str(tmp_path)}},
             "backbone": {"name": "timm_vit", "options": TINY_VIT}, "method": {"name": "linear_probe"}}
     bound = make_benchmark(load_config(data=data)).options
-    assert bound.model_data["input_size"] == (3, 32, 32) and bound.resolve().image_size == 32
+    assert bound.model_data["input_size"] == (3, 32, 32) and resolve_transforms(bound).image_size == 32
     data["benchmark"]["options"].update(image_size=16, normalize="none")
     assert make_benchmark(load_config(data=data)).options.model_data == {}
 

@@ -98,17 +98,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    from sdlora.engine.runner import print_table
-    from sdlora.serving.learn import abandon, learn
-
+    """The arguments are checked before torch is imported (and the files, `cli_checks.check_learn`)."""
     if args.abandon:
         if args.data or args.test or args.resume or args.set:
             raise ValueError("--abandon takes no --data, --test, --resume or --set: it only puts the run back")
+        from sdlora.serving.learn import abandon
+
         abandon(Path(args.run_dir), args.seed)
         print(f"the interrupted learn is abandoned: {args.run_dir} is as it was before it")
         return 0
     if (args.data is None or args.test is None) and not args.resume:
         raise ValueError("give the new task's files with --data and --test (or --resume an interrupted learn)")
+    from sdlora.engine.runner import print_table
+    from sdlora.serving.learn import learn
+
     result = learn(Path(args.run_dir), Path(args.data) if args.data else None, Path(args.test) if args.test else None,
                    seed=args.seed, device=args.device or "cpu", text_column=args.text_column,
                    label_column=args.label_column, overrides=args.set, quiet=args.quiet)

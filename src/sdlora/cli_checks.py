@@ -32,15 +32,21 @@ def load_config_file(args: argparse.Namespace) -> None:
 
 
 def check_config(args: argparse.Namespace) -> None:
-    """`load_config_file`, then the plugin and logger names against the built-in catalog (what `sdlora train`
-    would refuse after importing them)."""
+    """`load_config_file`, then each plugin's name and options, then the logger names, against the built-in
+    catalog: what `sdlora train` would refuse after importing torch (`engine.build.validate_plugins`), in its
+    order, with the same `Options` classes (imported from their torch-free modules)."""
     from sdlora.catalog import builtin_catalog
+    from sdlora.config import plugin_options
 
     load_config_file(args)
     cfg = args.loaded_config
     catalog = builtin_catalog()
     for section, registry in PLUGIN_SECTIONS:
-        catalog.check(registry, getattr(cfg, section).name)
+        name = getattr(cfg, section).name
+        catalog.check(registry, name)
+        options = catalog.options(registry, name)
+        if options is not None:
+            plugin_options(options, cfg, section)
     for name in cfg.train.loggers:
         try:
             catalog.check("LOGGERS", name)
@@ -60,9 +66,17 @@ def check_run(args: argparse.Namespace) -> None:
 
 
 def check_learn(args: argparse.Namespace) -> None:
-    """The run folder, once the new task's files are given (`sdlora learn` refuses their absence first)."""
-    if (args.data is not None and args.test is not None) or args.resume:
-        check_run(args)
+    """The run folder, then, when a new task starts (no interrupted learn to continue), its --data and --test as
+    `sdlora learn` checks them first (`serving.learn_files`). `--abandon` and missing files without `--resume`
+    are the command's own first refusals."""
+    from sdlora.engine.run_folder import RunFolder
+    from sdlora.serving.learn_files import check_task_files
+
+    if args.abandon or (not args.resume and (args.data is None or args.test is None)):
+        return
+    run = RunFolder.open(Path(args.run_dir), args.seed)
+    if run.pending is None:
+        check_task_files(*(Path(p) if p is not None else None for p in (args.data, args.test)))
 
 
 def check_predict(args: argparse.Namespace) -> None:

@@ -296,5 +296,12 @@ def resolve_options(options_cls: type, options: dict[str, Any], key: str) -> Any
     return from_dict(options_cls, options, key)
 
 
+def plugin_options(options_cls: type, cfg: RunConfig, section: str) -> Any:
+    """The options of the config's `section` ("benchmark", "backbone", "method") resolved against the plugin's
+    `Options`: what a run records (`engine.build.validate_plugins`) and what the command line checks before
+    torch is imported (`sdlora.cli_checks`, the same class found through `sdlora.catalog`)."""
+    return resolve_options(options_cls, getattr(cfg, section).options, f"{section}.options")
+
+
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return to_dict(cfg)

@@ -49,12 +49,12 @@ def collect_runs(paths: list[Path]) -> list[dict]:
 
 
 def _default_option(method: str, key: str) -> Any:
-    """The registered method's default for an option; None when the method or option is unknown."""
-    from sdlora.registry import METHODS
+    """The registered method's default for an option (its `Options`, found without torch through the source
+    catalog); None when the method or option is unknown."""
+    from sdlora.catalog import builtin_catalog
 
-    try:
-        options = METHODS.get(method).Options
-    except (KeyError, ImportError, AttributeError):
+    options = builtin_catalog().options("METHODS", method)
+    if options is None:
         return None
     return next((f.default for f in dataclasses.fields(options) if f.name == key), None)
 

@@ -1,7 +1,8 @@
 """SDLoRAConfig: every knob of SD-LoRA, declared once and validated on construction (errors name field and values).
 
-The method's options (`sdlora.methods.sdlora.SDLoRA.Options`) extend this class with the training-only keys;
-`adapter_fields` picks the part the adapter layer stores.
+The method's options (`sdlora.methods.options.SDLoRAOptions`) extend this class with the training-only keys;
+`adapter_fields` picks the part the adapter layer stores. No torch here: the names it checks are the tables of
+`sdlora.adapters.choices`, so the command line validates a method's options before torch is imported.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sdlora.adapters.kernels import KERNELS
-from sdlora.adapters.modes import MODES
-from sdlora.adapters.norms import NORMS
+from sdlora.adapters.choices import KERNEL_KINDS, MODE_DEFAULTS, NORM_NAMES
 from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
 from sdlora.typed import PositiveInt
 
@@ -69,16 +68,16 @@ class SDLoRAConfig:
             self.rank_schedule = "rr"
         if self.rank_schedule is not None:
             self.rank_schedule = normalize_schedule(self.rank_schedule)
-        _choice("current_mode", self.current_mode, list(MODES))
+        _choice("current_mode", self.current_mode, list(MODE_DEFAULTS))
         if self.norm is not None:
-            _choice("norm", self.norm, list(NORMS))
-            if MODES[self.current_mode].default_norm is None:
+            _choice("norm", self.norm, list(NORM_NAMES))
+            if MODE_DEFAULTS[self.current_mode].norm is None:
                 raise ValueError(f"norm {self.norm!r} has no effect with current_mode {self.current_mode!r} "
                                  "(stored terms are never normalised, n_k = 1): remove `norm`, or use "
                                  "current_mode 'official' or 'paper'")
         _choice("kd_fit", self.kd_fit, KD_FITS)
         _choice("kd_residual", self.kd_residual, KD_RESIDUALS)
-        _choice("kernel", self.kernel, ["auto", *KERNELS])
+        _choice("kernel", self.kernel, ["auto", *KERNEL_KINDS])
         if self.magnitude_init is not None:
             if isinstance(self.magnitude_init, bool) or not isinstance(self.magnitude_init, int | float):
                 raise ValueError(f"magnitude_init must be a number or None, got {self.magnitude_init!r}")
@@ -100,7 +99,7 @@ class SDLoRAConfig:
     @property
     def resolved_norm(self) -> str:
         """The normaliser in use ('product' for continuous, where it only serves diagnostics)."""
-        return self.norm or MODES[self.current_mode].default_norm or "product"
+        return self.norm or MODE_DEFAULTS[self.current_mode].norm or "product"
 
     def rank_for_task(self, task: int) -> int:
         """Rank of 0-indexed `task` (schedule, else the constant `rank`)."""
@@ -110,7 +109,7 @@ class SDLoRAConfig:
     def resolved_magnitude_init(self) -> float:
         if self.magnitude_init is not None:
             return self.magnitude_init
-        return MODES[self.current_mode].default_magnitude_init
+        return MODE_DEFAULTS[self.current_mode].magnitude_init
 
     def adapter_fields(self, **changes: Any) -> SDLoRAConfig:
         """A plain SDLoRAConfig with this object's adapter fields (drops a subclass's training-only keys)."""
@@ -127,8 +126,8 @@ class SDLoRAConfig:
         if "kd" in data:  # written before `variant` (v0.1 checkpoints): kd=true was variant kd
             kd = data.pop("kd")
             data.setdefault("variant", "kd" if kd else ("rr" if data.get("rank_schedule") else "plain"))
-        mode = MODES.get(data.get("current_mode", "continuous"))
-        if mode is not None and mode.default_norm is None:
+        mode = MODE_DEFAULTS.get(data.get("current_mode", "continuous"))
+        if mode is not None and mode.norm is None:
             data.pop("norm", None)  # v0.1 recorded an (inert) norm for continuous mode
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

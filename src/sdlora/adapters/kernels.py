@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdlora.adapters.choices import KERNEL_KINDS
+
 
 @dataclass
 class Terms:
@@ -209,11 +211,7 @@ def _kernel(fold: bool, grad_kind: str) -> Callable[..., Tensor]:
 
 
 KernelFn = Callable[[Tensor, Tensor, Tensor | None, Terms, Slices], Tensor]
-KERNELS: dict[str, KernelFn] = {
-    "factored": _kernel(False, "proj"),
-    "fused_proj": _kernel(True, "proj"),
-    "fused_wgrad": _kernel(True, "wgrad"),
-}
+KERNELS: dict[str, KernelFn] = {name: _kernel(fold, grad_kind) for name, (fold, grad_kind) in KERNEL_KINDS.items()}
 
 #: multiply-accumulates that copying one weight element is worth (memory traffic vs arithmetic), used to
 #: charge the folded kernels for their per-call copy of W0; a rough constant, right within a factor of ~2

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from sdlora.adapters.choices import MODE_DEFAULTS
 from sdlora.adapters.magnitudes import Magnitudes
 from sdlora.adapters.norms import NormFn, safe_divisor
 
@@ -47,6 +48,10 @@ MODES: dict[str, type[CurrentMode]] = {}
 
 
 def register_mode(cls: type[CurrentMode]) -> type[CurrentMode]:
+    """Register a mode under its `name`; its defaults (magnitude_init, norm) are `choices.MODE_DEFAULTS[name]`,
+    which the config validates against without torch."""
+    if cls.name not in MODE_DEFAULTS:
+        raise ValueError(f"current mode {cls.name!r} has no entry in sdlora.adapters.choices.MODE_DEFAULTS")
     MODES[cls.name] = cls
     return cls
 
@@ -60,10 +65,7 @@ def kaiming_uniform_down(down: Tensor) -> None:
 class CurrentMode:
     """Base class: zero-start current direction, normalised when frozen, magnitudes carried over."""
 
-    name: ClassVar[str]
-    default_magnitude_init: ClassVar[float] = 0.8
-    #: the normaliser the mode uses by default (None: the mode never normalises, `norm` has no role)
-    default_norm: ClassVar[str | None] = "product"
+    name: ClassVar[str]  # its defaults: sdlora.adapters.choices.MODE_DEFAULTS[name]
 
     @torch.no_grad()
     def init_factors(self, up: Tensor, down: Tensor) -> None:
@@ -94,7 +96,6 @@ def unit_divisor(up: Tensor) -> Tensor:
 @register_mode
 class OfficialMode(CurrentMode):
     name = "official"
-    default_norm = "factors"
 
     def start_task(self, banks: list[DirectionBank], magnitudes: Magnitudes, num_stored: int, init: float,
                    new_slot: bool, norm: NormFn) -> None:
@@ -111,7 +112,6 @@ class OfficialMode(CurrentMode):
 @register_mode
 class PaperMode(CurrentMode):
     name = "paper"
-    default_magnitude_init = 1.0
 
     @torch.no_grad()
     def init_factors(self, up: Tensor, down: Tensor) -> None:
@@ -127,7 +127,6 @@ class PaperMode(CurrentMode):
 @register_mode
 class ContinuousMode(CurrentMode):
     name = "continuous"
-    default_norm = None
 
     def frozen_divisor(self, up: Tensor, down: Tensor, norm: NormFn) -> Tensor:
         """n_t = 1: the frozen term equals the trained term, the function is continuous."""

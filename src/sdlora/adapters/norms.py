@@ -33,6 +33,7 @@ def factors_norm(up: Tensor, down: Tensor) -> Tensor:
     return up.flatten(-2).norm(dim=-1) * down.flatten(-2).norm(dim=-1)
 
 
+#: the config checks names against `sdlora.adapters.choices.NORM_NAMES` (no torch; a test keeps the two equal)
 NORMS: dict[str, NormFn] = {"product": product_norm, "factors": factors_norm}
 
 

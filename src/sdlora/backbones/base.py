@@ -25,7 +25,8 @@ class Backbone(nn.Module):
 
     Subclasses set `feature_dim`, `default_targets` (adapter target patterns, relative to `self.model`)
     and implement `forward`; `collate` turns a list of dataset samples into (inputs, labels).
-    Registered classes also carry an `Options` dataclass and are built as `cls(options)`.
+    Registered classes also carry an `Options` dataclass (defined in the torch-free `sdlora.backbones.options`)
+    and are built as `cls(options)`.
     """
 
     feature_dim: int
@@ -39,6 +40,12 @@ class Backbone(nn.Module):
         """The layers SD-LoRA adapts on a model of this backbone's kind (adapter target patterns), or None when
         `model` is not of its kind: the one table `get_sdlora_model` and the methods read their defaults from."""
         return None
+
+    @classmethod
+    def check_options(cls, options: Any) -> None:
+        """Checks of valid options that need the backbone's own library (a ValueError says what is wrong): run by
+        `engine.build.validate_plugins` after every plugin's options are resolved, so the torch-free checks of
+        the command line refuse the same configs first."""
 
     @classmethod
     def data_config(cls, options: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import partial
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
+from sdlora.backbones.options import HFEncoderOptions
 from sdlora.backbones.token_cache import TokenCache
 from sdlora.prompts.bert import PromptedBert
 from sdlora.registry import BACKBONES
@@ -132,22 +133,9 @@ class HFEncoder(Backbone):
     modality = "text"
     model: PreTrainedModel
 
-    @dataclass
-    class Options:
-        model: str = "all-MiniLM-L6-v2"  # an alias (MODEL_ALIASES), a local folder or a hub id
-        pooling: Literal["mean", "cls"] = "mean"
-        max_length: int = 64  # tokens per text after truncation (CLS and SEP included)
-        normalize: bool = False  # L2-normalise the pooled feature
-        tokenizer: str | None = None  # None: the tokenizer of `model`
-        random_init_config: dict[str, Any] | None = None  # {model_type: bert, ...}: random weights (tests)
-        init_seed: int = 0  # seed of the random init
-        config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden_dropout_prob: 0.0}
+    Options = HFEncoderOptions
 
-        def __post_init__(self) -> None:
-            if self.max_length < 2:
-                raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: HFEncoderOptions) -> None:
         super().__init__()
         self.options = options
         self.path: str | None

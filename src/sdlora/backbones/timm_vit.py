@@ -7,7 +7,6 @@ Adapters target `blocks.*.attn.qkv[q,v]`: the q and v slices of timm's fused qkv
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from timm.data import resolve_model_data_config
 from timm.models import get_deprecated_models, get_pretrained_cfg
 
 from sdlora.backbones.base import Backbone, BackboneUnavailable, first_line, weights_sha256
+from sdlora.backbones.options import TimmViTOptions
 from sdlora.prompts.vit import PromptedViT
 from sdlora.registry import BACKBONES
 from sdlora.typed import did_you_mean
@@ -97,18 +97,16 @@ def check_model_name(model: str) -> None:
 class TimmViT(Backbone):
     """A timm ViT; pretrained from the hub (online), from `pretrained_file`, or random init for tests."""
 
-    @dataclass
-    class Options:
-        model: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-        pretrained: bool = True
-        pretrained_file: str | None = None
-        model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. img_size, depth (tiny test models)
+    Options = TimmViTOptions
 
-        def __post_init__(self) -> None:
-            check_model_name(self.model)
+    @classmethod
+    def check_options(cls, options: TimmViTOptions) -> None:
+        """The model's architecture is one timm knows (timm's registry: needs timm, so not in the options)."""
+        check_model_name(options.model)
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: TimmViTOptions) -> None:
         super().__init__()
+        self.check_options(options)
         self.options = options
         hub_or_random = "hub" if options.pretrained else "random"
         self.weights_source = "file" if options.pretrained_file else hub_or_random
@@ -135,7 +133,7 @@ class TimmViT(Backbone):
         return ["blocks.*.attn.qkv[q,v]"] if fused else None
 
     @classmethod
-    def data_config(cls, options: Options) -> dict[str, Any]:
+    def data_config(cls, options: TimmViTOptions) -> dict[str, Any]:
         """timm's `resolve_model_data_config` of the model built on the meta device (no weights, no download).
 
         The input size is the model's own (`model_kwargs.img_size` included); timm's pretrained config

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,9 +21,8 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from sdlora.data.base import BenchmarkData, resolve_folder
-from sdlora.data.transforms import TransformOptions, build_transforms, describe
-
-OnCorrupt = Literal["skip", "stop"]
+from sdlora.data.image_options import FileOptions, FolderSplitOptions, NamedFolderOptions, OnCorrupt
+from sdlora.data.transforms import build_transforms, describe
 
 #: what PIL raises for missing, truncated or undecodable files
 READ_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError)
@@ -31,29 +30,6 @@ READ_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError
 
 class CorruptImageError(OSError):
     """An image file could not be read; the message names the file."""
-
-
-@dataclass
-class FileOptions(TransformOptions):
-    """Options of every benchmark that reads image files."""
-
-    on_corrupt: OnCorrupt = "stop"  # stop the run with the path, or skip the file with a warning
-
-
-@dataclass
-class FolderSplitOptions(FileOptions):
-    """Pre-split trees: `<root>/<train_dir>/<class>/*`, `<root>/<test_dir>/<class>/*` (PILOT layout)."""
-
-    train_dir: str = "train"
-    test_dir: str = "test"
-    val_dir: str | None = None  # optional validation split, same layout
-
-
-@dataclass
-class NamedFolderOptions(FolderSplitOptions):
-    """A pre-split tree in `<data_root>/<folder>` (an absolute `folder` is used as it is)."""
-
-    folder: str = ""
 
 
 def open_rgb(path: str | Path) -> Image.Image:

@@ -15,13 +15,16 @@ config), or explicit `{mean: [...], std: [...]}`. `image_size: model` takes the 
 `model` values need the backbone's data config, bound with `TransformOptions.bind_model` by the engine.
 Images reach the transforms as RGB (`open_rgb` converts grayscale, palette and RGBA files), and every
 pipeline resizes to `image_size`, so small and grayscale images need nothing special.
+
+The options (`TransformOptions`, `MeanStd`, `TimmAugment`) live in the torch-free `sdlora.data.image_options`,
+so the command line checks them before torch is imported; they are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from timm.data import (
     IMAGENET_DEFAULT_MEAN,
@@ -32,10 +35,9 @@ from timm.data import (
 )
 from torchvision import transforms as T
 
+from sdlora.data.image_options import Augment, MeanStd, Normalize, TimmAugment, TransformOptions
 from sdlora.typed import to_dict
 
-Normalize = Literal["none", "imagenet", "inception", "model"]
-Augment = Literal["official", "none", "timm"]
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
 #: mean and std per named `normalize` option (None: pixels stay in [0, 1], as the official code);
@@ -51,41 +53,6 @@ TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 @dataclass
-class MeanStd:
-    """Explicit normalisation statistics, one value per channel."""
-
-    mean: list[float]
-    std: list[float]
-
-    def __post_init__(self) -> None:
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"normalize: mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
-
-
-@dataclass
-class TimmAugment:
-    """Arguments of `timm.data.create_transform` (training side); the defaults are timm's own."""
-
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # area range of the random crop
-    ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])  # aspect-ratio range
-    hflip: float = 0.5  # horizontal flip probability (0 for text, digits, anything orientation-sensitive)
-    vflip: float = 0.0
-    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
-    auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1" (RandAugment), "augmix-m5-w4-d2"
-    re_prob: float = 0.0  # random erasing probability
-    re_mode: str = "const"
-    re_count: int = 1
-    interpolation: str | None = None  # None: the backbone's (bicubic for ViTs), else timm's "bilinear"
-    crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's, else 224/256
-
-    def __post_init__(self) -> None:
-        for name in ("scale", "ratio"):
-            value = getattr(self, name)
-            if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
-                raise ValueError(f"timm.{name}: expected [low, high] with 0 < low <= high, got {value}")
-
-
-@dataclass
 class Resolved:
     """Transform settings with every `model` value replaced by the backbone's."""
 
@@ -97,56 +64,26 @@ class Resolved:
     timm: TimmAugment | None
 
 
-@dataclass
-class TransformOptions:
-    """Benchmark options shared by every image benchmark."""
-
-    image_size: int | Literal["model"] = 224  # crop size; `model`: the backbone's input size
-    normalize: Normalize | MeanStd = "none"  # none (official code: [0, 1] pixels) | imagenet | inception | model
-    augment: Augment = "official"  # training augmentation: official | none | timm
-    timm: TimmAugment | None = None  # create_transform arguments, only with augment: timm
-    #: the backbone's timm data config (input_size, mean, std, interpolation, crop_pct); not a config key
-    model_data: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.image_size, int) and self.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if self.timm is not None and self.augment != "timm":
-            raise ValueError(f"timm: options are only used with augment: timm (augment is {self.augment!r})")
-
-    def needs_model(self) -> bool:
-        """Whether any value comes from the backbone (`model`, or timm's interpolation and crop_pct)."""
-        return "model" in (self.image_size, self.normalize) or self.augment == "timm"
-
-    def bind_model(self, data_config: dict[str, Any]) -> None:
-        """Give `model` values their meaning: the backbone's timm data config (`resolve_model_data_config`)."""
-        self.model_data = dict(data_config)
-
-    def _model(self, key: str, option: str) -> Any:
-        if key not in self.model_data:
-            raise ValueError(f"benchmark.options.{option}: 'model' needs the backbone's data config ({key}), and "
-                             "none is bound (a timm backbone gives one; else set explicit values)")
-        return self.model_data[key]
-
-    def resolve(self) -> Resolved:
-        """Settings with `model` replaced by the backbone's input size, mean/std, interpolation and crop_pct."""
-        size = self.image_size
-        if size == "model":
-            height, width = self._model("input_size", "image_size")[-2:]
-            if height != width:
-                raise ValueError(f"image_size: model: the backbone's input is {height}x{width}; set a square size")
-            size = int(height)
-        stats: Stats | None
-        if isinstance(self.normalize, MeanStd):
-            stats = (tuple(self.normalize.mean), tuple(self.normalize.std))
-        elif self.normalize == "model":
-            stats = (tuple(self._model("mean", "normalize")), tuple(self._model("std", "normalize")))
-        else:
-            stats = NORMALIZATIONS[self.normalize]
-        tim = self.timm if self.timm is not None or self.augment != "timm" else TimmAugment()
-        interpolation = (tim and tim.interpolation) or self.model_data.get("interpolation", "bilinear")
-        crop_pct = (tim and tim.crop_pct) or self.model_data.get("crop_pct", 224 / 256)
-        return Resolved(self.augment, int(size), stats, interpolation, float(crop_pct), tim)
+def resolve_transforms(options: TransformOptions) -> Resolved:
+    """The settings of `options` with `model` replaced by the backbone's input size, mean/std, interpolation and
+    crop_pct (its bound data config, `TransformOptions.bind_model`)."""
+    size = options.image_size
+    if size == "model":
+        height, width = options.model_value("input_size", "image_size")[-2:]
+        if height != width:
+            raise ValueError(f"image_size: model: the backbone's input is {height}x{width}; set a square size")
+        size = int(height)
+    stats: Stats | None
+    if isinstance(options.normalize, MeanStd):
+        stats = (tuple(options.normalize.mean), tuple(options.normalize.std))
+    elif options.normalize == "model":
+        stats = (tuple(options.model_value("mean", "normalize")), tuple(options.model_value("std", "normalize")))
+    else:
+        stats = NORMALIZATIONS[options.normalize]
+    tim = options.timm if options.timm is not None or options.augment != "timm" else TimmAugment()
+    interpolation = (tim and tim.interpolation) or options.model_data.get("interpolation", "bilinear")
+    crop_pct = (tim and tim.crop_pct) or options.model_data.get("crop_pct", 224 / 256)
+    return Resolved(options.augment, int(size), stats, interpolation, float(crop_pct), tim)
 
 
 def _finish(steps: list, stats: Stats | None) -> T.Compose:
@@ -219,13 +156,13 @@ AUGMENTS: dict[str, Callable[[Resolved], dict[str, T.Compose]]] = {
 
 def build_transforms(options: TransformOptions) -> dict[str, T.Compose]:
     """`{"train": ..., "test": ...}` for the options (the test transform also serves val)."""
-    resolved = options.resolve()
+    resolved = resolve_transforms(options)
     return AUGMENTS[resolved.augment](resolved)
 
 
 def describe(options: TransformOptions, transforms: dict[str, T.Compose] | None = None) -> dict[str, Any]:
     """The resolved transforms as text and values, recorded in results.json."""
-    r = options.resolve()
+    r = resolve_transforms(options)
     built = transforms if transforms is not None else AUGMENTS[r.augment](r)
     return {"augment": r.augment, "normalize": to_dict(options.normalize), "image_size": r.image_size,
             "mean": None if r.stats is None else list(r.stats[0]), "std": None if r.stats is None else list(r.stats[1]),
@@ -262,7 +199,7 @@ def timm_eval_config(options: TransformOptions) -> dict[str, Any]:
     """The timm data config whose `create_transform(**config)` is this evaluation transform: timm resizes to
     floor(size / crop_pct), so the official Resize(int(size * 256 / 224)) takes crop_pct = size / (resize + 0.5)
     (size / resize itself can floor one pixel short)."""
-    r = options.resolve()
+    r = resolve_transforms(options)
     if r.augment == "timm":
         crop_pct, interpolation = r.crop_pct, r.interpolation
     else:
@@ -276,5 +213,6 @@ __all__ = [
     "AUGMENTS", "TRANSFORM_KEYS", "Augment", "MeanStd", "NORMALIZATIONS", "Normalize", "Resolved", "TimmAugment",
     "TransformOptions",
     "build_transforms", "describe", "eval_resize", "eval_transform", "official_eval", "official_train",
-    "options_from_spec", "timm_eval_config", "train_transform", "transform_spec", "transforms_from_spec",
+    "options_from_spec", "resolve_transforms", "timm_eval_config", "train_transform", "transform_spec",
+    "transforms_from_spec",
 ]

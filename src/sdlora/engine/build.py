@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import RunConfig, resolve_options
+from sdlora.config import RunConfig, plugin_options
 from sdlora.data.base import BenchmarkData, resolve_data_root
 from sdlora.data.scenario import Scenario
 from sdlora.data.transforms import TransformOptions, transform_spec
@@ -23,13 +23,13 @@ from sdlora.typed import ConfigError, to_dict
 def backbone_data_config(cfg: RunConfig) -> dict[str, Any]:
     """The backbone's expected input (timm data config), without loading its weights."""
     entry = BACKBONES.get(cfg.backbone.name)
-    return entry.data_config(resolve_options(entry.Options, cfg.backbone.options, "backbone.options"))
+    return entry.data_config(plugin_options(entry.Options, cfg, "backbone"))
 
 
 def benchmark_options(cfg: RunConfig) -> Any:
     """The benchmark's options; image benchmarks' `model` values bound to the backbone's data config."""
     entry = BENCHMARKS.get(cfg.benchmark.name)
-    options = resolve_options(entry.Options, cfg.benchmark.options, "benchmark.options")
+    options = plugin_options(entry.Options, cfg, "benchmark")
     if isinstance(options, TransformOptions) and options.needs_model():  # a paper config needs no backbone
         options.bind_model(backbone_data_config(cfg))
     return options
@@ -65,7 +65,7 @@ def build_scenario(cfg: RunConfig, data: BenchmarkData, seed: int) -> Scenario:
 
 def build_backbone(cfg: RunConfig) -> Backbone:
     entry = BACKBONES.get(cfg.backbone.name)
-    return entry(resolve_options(entry.Options, cfg.backbone.options, "backbone.options"))
+    return entry(plugin_options(entry.Options, cfg, "backbone"))
 
 
 def build_model(cfg: RunConfig, seed: int, device: torch.device | str) -> Method:
@@ -79,7 +79,7 @@ def build_model(cfg: RunConfig, seed: int, device: torch.device | str) -> Method
 def build_method(cfg: RunConfig, backbone: Backbone) -> Method:
     """The method with its options, the train settings and its classifier settings (`method.classifier`)."""
     entry = METHODS.get(cfg.method.name)
-    options = resolve_options(entry.Options, cfg.method.options, "method.options")
+    options = plugin_options(entry.Options, cfg, "method")
     return entry(backbone, options, cfg.train, cfg.method.classifier)
 
 
@@ -91,11 +91,12 @@ def validate_plugins(cfg: RunConfig) -> RunConfig:
     names, bad options, classifier settings the method refuses and degenerate settings; returns `cfg` with
     every plugin's options and the method's classifier resolved (defaults filled in), which is what
     config.yaml and results.json record."""
-    resolved = {}
+    resolved, options = {}, {}
     for section, registry in PLUGIN_SECTIONS:
         plugin = getattr(cfg, section)
-        options = resolve_options(registry.get(plugin.name).Options, plugin.options, f"{section}.options")
-        resolved[section] = dataclasses.replace(plugin, options=to_dict(options))
+        options[section] = plugin_options(registry.get(plugin.name).Options, cfg, section)
+        resolved[section] = dataclasses.replace(plugin, options=to_dict(options[section]))
+    check_backbone_options(cfg.backbone.name, options["backbone"])
     method = METHODS.get(cfg.method.name)
     given, key = shared_classifier(cfg)
     classifier = method.classifier_support.resolve(given, key)
@@ -104,6 +105,16 @@ def validate_plugins(cfg: RunConfig) -> RunConfig:
     check_loggers(cfg.train.loggers)
     check_degenerate(cfg)
     return cfg
+
+
+def check_backbone_options(name: str, options: Any) -> None:
+    """The backbone's own checks of its valid options (`Backbone.check_options`: timm's model registry), worded
+    as an options error. After every section's options: the torch-free checks of the command line, which cannot
+    run these, then refuse the same configs first."""
+    try:
+        BACKBONES.get(name).check_options(options)
+    except ValueError as err:
+        raise ConfigError(f"backbone.options: {err}") from err
 
 
 def shared_classifier(cfg: RunConfig) -> tuple[ClassifierConfig | None, str]:

@@ -1,5 +1,8 @@
 """One reader of a run's seed folder: its config, results, checkpoint and the tasks `sdlora learn` added.
 
+Opening a folder and reading its config, results and learned tasks imports no torch (the command line's early
+checks of `sdlora learn` use it); only the checkpoint's tensors need it.
+
 A seed folder (`OUT/seed-N/`) holds results.json, checkpoints/, and learned.json once `learn` ran; config.yaml
 lies beside it in OUT (or in the folder itself). What the model was *trained* on is not the benchmark's class
 list: a run cut down with `benchmark.num_tasks` trained only the first `sum(task_sizes)` classes of its order,
@@ -11,13 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sdlora.config import RunConfig, load_config, parse_yaml
-from sdlora.engine.checkpoint import latest_meta, load_checkpoint
 from sdlora.engine.seed_folder import find_seed_folder
+
+if TYPE_CHECKING:
+    import torch
 
 LEARNED = "learned.json"
 
@@ -56,6 +59,8 @@ class RunFolder:
         return int(name.split("-", 1)[1]) if name.startswith("seed-") else self.cfg.seeds[0]
 
     def checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        from sdlora.engine.checkpoint import load_checkpoint  # torch: the reading above runs without it
+
         loaded = load_checkpoint(self.folder / "checkpoints")
         if loaded is None:
             raise FileNotFoundError(f"{self.folder / 'checkpoints'} has no checkpoint")
@@ -63,6 +68,8 @@ class RunFolder:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The last checkpoint's metadata (position, counter) without loading its tensors."""
+        from sdlora.engine.checkpoint import latest_meta
+
         meta = latest_meta(self.folder / "checkpoints")
         if meta is None:
             raise FileNotFoundError(f"{self.folder / 'checkpoints'} has no checkpoint")

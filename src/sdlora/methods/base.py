@@ -81,6 +81,7 @@ def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
 class Method(nn.Module):
     """Default behaviour: frozen backbone + growing linear head trained with cross-entropy."""
 
+    #: the options dataclass (`method.options`), defined in the torch-free `sdlora.methods.options`
     Options: type
     #: the trainer trains only when this is true (prototype methods set it to False)
     trains: bool = True

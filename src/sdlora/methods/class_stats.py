@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sdlora.methods.kmeans import kmeans
-
-StatsKind = Literal["covariance", "variance", "multi_centroid"]
+from sdlora.methods.options import StatsKind
 
 
 def class_rows(features: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:

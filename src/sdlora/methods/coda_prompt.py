@@ -19,7 +19,6 @@ CODA-Prompt issue #12); components initialised orthogonally.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -30,9 +29,9 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptMethod, PromptOptions
+from sdlora.methods.options import CodaPromptOptions
+from sdlora.methods.prompting import PromptMethod
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 
 def orthogonal_to(old: torch.Tensor, count: int) -> torch.Tensor:
@@ -95,22 +94,9 @@ class CodaPrompt(PromptMethod):
     #: the task start adds components, and every input's prompt assembles them
     task_start_keeps_features = False
 
-    @dataclass
-    class Options(PromptOptions):
-        LAYER_FIELDS = ("layers",)
+    Options = CodaPromptOptions
 
-        pool_size: PositiveInt = 100  # M, components per layer over all tasks
-        prompt_length: PositiveInt = 8  # L (L/2 prefix keys, L/2 prefix values)
-        layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-        ortho_weight: float = 0.0  # mu (release code: 0.0; paper: 0.1)
-
-        def __post_init__(self) -> None:
-            if self.prompt_length % 2:
-                raise ValueError(f"prompt_length must be even (split into keys and values), got {self.prompt_length}")
-            self.check_non_negative("ortho_weight")
-            super().__post_init__()
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: CodaPromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.prompts = Components(len(options.layers), options.prompt_length, backbone.feature_dim)

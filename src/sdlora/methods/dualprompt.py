@@ -16,7 +16,6 @@ A finished task's E-prompt and key are frozen (requires_grad off, not in the opt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,10 +25,10 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptOptions, TaskPromptMethod
+from sdlora.methods.options import DualPromptOptions
+from sdlora.methods.prompting import TaskPromptMethod
 from sdlora.prompts.pool import TaskPrefixes, cosine_match, layer_prefixes
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 
 def uniform(*shape: int, device: torch.device | None = None) -> nn.Parameter:
@@ -71,23 +70,9 @@ class DualPrompt(TaskPromptMethod):
 
     prompts: DualPrompts
 
-    @dataclass
-    class Options(PromptOptions):
-        LAYER_FIELDS = ("g_layers", "e_layers")
+    Options = DualPromptOptions
 
-        g_layers: list[int] = field(default_factory=lambda: [0, 1])
-        g_length: PositiveInt = 5
-        e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
-        e_length: PositiveInt = 20
-        pull_weight: float = 1.0  # lambda
-
-        def __post_init__(self) -> None:
-            if set(self.g_layers) & set(self.e_layers):
-                raise ValueError(f"g_layers {self.g_layers} and e_layers {self.e_layers} overlap")
-            super().__post_init__()
-            self.check_non_negative("pull_weight")
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: DualPromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.prompts = DualPrompts(len(options.g_layers), options.g_length, len(options.e_layers),

@@ -6,13 +6,13 @@ so a run resumes bit for bit; the export is the fine-tuned backbone as a plain t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, param_group
+from sdlora.methods.options import FinetuneOptions
 from sdlora.registry import METHODS
 
 
@@ -20,9 +20,7 @@ from sdlora.registry import METHODS
 class Finetune(Method):
     """Unfrozen backbone + growing linear head, trained with cross-entropy."""
 
-    @dataclass
-    class Options:
-        backbone_lr: float | None = None  # learning rate of the backbone (None: train.lr)
+    Options = FinetuneOptions
 
     def _unfreeze(self) -> None:
         for p in self.backbone.model.parameters():

@@ -37,7 +37,6 @@ and both alignments train with the method's own optimisers inside `end_task`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,13 +48,13 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.class_stats import StatsKind, align_classifier, class_statistics
+from sdlora.methods.class_stats import align_classifier, class_statistics
 from sdlora.methods.head import IncrementalHead
-from sdlora.methods.prompting import PromptOptions, TaskPromptMethod
+from sdlora.methods.options import HiDePromptOptions
+from sdlora.methods.prompting import TaskPromptMethod
 from sdlora.methods.prototypes import collect_features
 from sdlora.prompts.pool import TaskPrefixes, layer_prefixes
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 GRAD_CLIP = 1.0  # release: configs/imr_hideprompt_5e.py:24 (--clip-grad 1.0), also for the TII stage
 
@@ -102,55 +101,9 @@ class HiDePrompt(TaskPromptMethod):
     """HiDe-Prompt: per-task prefixes (WTP), a TII head on frozen features, heads aligned from class statistics.
     While a task trains its features use P^t (the task is known), afterwards the inferred task's E^t."""
 
-    @dataclass
-    class Options(PromptOptions):
-        LAYER_FIELDS = ("e_layers",)
+    Options = HiDePromptOptions
 
-        # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
-        # train_imr_vit.sh (a TII run, then the prompt run), E = engines/hide_promtp_wtp_and_tap_engine.py,
-        # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
-        e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # C:106 --e_prompt_layer_idx
-        e_length: PositiveInt = 20  # C:115 --length (S passes 20)
-        init_from_previous: bool = True  # C:122 --shared_prompt_pool: E^t starts as a copy of E^{t-1} (E:257)
-        prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
-        contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
-        contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
-        # prompt_lr (PromptOptions): lr of the prompts (None: train.lr); the release's head gets lr / 10
-        # C:151 --ca_storage_efficient_method (default multi-centroid, which no script overrides; the engines
-        # E:398-415/459-470 and T:185-202/324-335 fit and sample both feature kinds with it); covariance is the
-        # paper's Gaussian, variance its diagonal
-        statistics: StatsKind = "multi_centroid"
-        centroids: PositiveInt = 10  # C:152 --n_centroids: k-means clusters per class (multi_centroid only)
-        covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I; multi_centroid: diag(var) + 1e-4 I, E:467)
-        tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
-        tii_epochs: int = 20  # S, TII run: --epochs 20
-        tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
-        tii_batch_size: PositiveInt = 192  # 8 x 24
-        ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
-        ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
-        tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
-        ca_momentum: float = 0.9  # SGD momentum, E:427 and T:292
-        # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
-        # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
-        ca_weight_decay: float = 0.0
-        # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: 8 processes x 24 x 5
-        # (E:440; DDP averages) and 8 x 24 (T:305). main.py:104 seeds every process with the same --seed, so the
-        # processes' pools and shuffles are probably the same draws, an effective 120 and 24 (not verified)
-        ca_batch_size: PositiveInt = 960
-        tii_ca_batch_size: PositiveInt = 192
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not 0 <= self.prompt_momentum < 1:
-                raise ValueError(f"prompt_momentum must be in [0, 1), got {self.prompt_momentum}")
-            if self.contrast_weight < 0 or self.contrast_temperature <= 0:
-                raise ValueError("contrast_weight must be >= 0 and contrast_temperature > 0")
-            if any(k < 1 for k in self.tii_hidden) or min(self.tii_epochs, self.ca_epochs) < 0:
-                raise ValueError("tii_hidden widths must be >= 1; tii_epochs and ca_epochs >= 0")
-            if self.centroids < 1:
-                raise ValueError(f"centroids (k-means clusters per class) must be >= 1, got {self.centroids}")
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: HiDePromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         dim = backbone.feature_dim

@@ -16,9 +16,7 @@ from the inputs of each adapted Linear collected with forward hooks; text paddin
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,8 +35,8 @@ from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.devices import move_to
 from sdlora.methods.base import Method
+from sdlora.methods.options import InfLoRAOptions
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 #: default query Linear name -> the key Linear beside it (the backbones' default targets are q and v)
 QUERY_TO_KEY: dict[str, str] = {
@@ -72,26 +70,9 @@ def key_value_targets(default_targets: list[str]) -> list[str]:
 class InfLoRA(Method):
     """InfLoRA: designed A (orthogonal to old tasks' input subspace), trained B, merged after each task."""
 
-    @dataclass
-    class Options:
-        rank: PositiveInt = 10
-        targets: list[str] | None = None  # None: the backbone's q/v targets mapped to k/v
-        # DualGPM energy threshold after the first task (released code: lamb), rising linearly to threshold_end
-        # (lame): lamb + (lame - lamb) * t / T after 0-indexed task t of T (release methods/inflora.py
-        # update_DualGPM). Default 0.95 -> 1.0: the InfLoRA release's configs/cifar100_inflora.json and
-        # configs/domainnet_inflora.json; its ImageNet-R configs (mimg5/10/20_inflora.json) use 0.98 -> 1.0
-        # (configs/vision/inflora/ has each benchmark's setting).
-        threshold: float = 0.95
-        threshold_end: float = 1.0
-        spectrum: Literal["official", "paper"] = "official"  # G = C^2 (released code) or C (paper)
-        down_scale: float = 1.0 / math.sqrt(3.0)  # A = eigenvectors * down_scale (released code)
+    Options = InfLoRAOptions
 
-        def __post_init__(self) -> None:
-            if not 0.0 < self.threshold <= 1.0 or not 0.0 < self.threshold_end <= 1.0:
-                raise ValueError(f"threshold and threshold_end must lie in (0, 1], got {self.threshold}, "
-                                 f"{self.threshold_end}")
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: InfLoRAOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         targets = options.targets or key_value_targets(backbone.default_targets)

@@ -18,8 +18,7 @@ l2p-pytorch `configs/`); lambda = 0.1 (`pull_constraint_coeff` of l2p-pytorch's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,10 +27,10 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
-from sdlora.methods.prompting import PromptMethod, PromptOptions
+from sdlora.methods.options import L2POptions
+from sdlora.methods.prompting import PromptMethod
 from sdlora.prompts.pool import KeyedPool, pull_loss
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 
 @METHODS.register("l2p")
@@ -40,22 +39,9 @@ class L2P(PromptMethod):
 
     prompts: KeyedPool
 
-    @dataclass
-    class Options(PromptOptions):
-        pool_size: PositiveInt = 10  # M
-        prompt_length: PositiveInt = 5  # L_p, tokens per prompt
-        top_n: PositiveInt = 5  # N, prompts per input
-        pull_weight: float = 0.1  # lambda, the key pull (surrogate) loss weight
-        balance: bool = False  # prompt-frequency balancing while training
-        readout: Literal["prompt", "backbone"] = "prompt"  # f(x): mean prompt output or the backbone's own
+    Options = L2POptions
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.top_n > self.pool_size:
-                raise ValueError(f"top_n ({self.top_n}) cannot exceed pool_size ({self.pool_size})")
-            self.check_non_negative("pull_weight")
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: L2POptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         dim = backbone.feature_dim

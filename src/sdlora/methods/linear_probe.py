@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sdlora.method_config import ClassifierSupport
 from sdlora.methods.base import Method
+from sdlora.methods.options import NoOptions
 from sdlora.registry import METHODS
 
 
@@ -17,6 +16,4 @@ class LinearProbe(Method):
         "drift": "linear_probe trains the head only, so the backbone's features never drift (SDC would move "
                  "every mean by 0)"})
 
-    @dataclass
-    class Options:
-        pass
+    Options = NoOptions

@@ -5,12 +5,12 @@ With `method.classifier.kind: lda` the same frozen features feed the LDA head fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sdlora.data.scenario import TaskInfo
 from sdlora.method_config import ClassifierSupport
 from sdlora.methods.base import Method
+from sdlora.methods.options import NoOptions
 from sdlora.registry import METHODS
 
 
@@ -24,9 +24,7 @@ class NCM(Method):
         "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
         "head_init": "ncm has no head to initialise"})
 
-    @dataclass
-    class Options:
-        pass
+    Options = NoOptions
 
     def begin_task(self, task: TaskInfo) -> None:
         """No head to grow: the class statistics are the classifier."""

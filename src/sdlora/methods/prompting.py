@@ -8,8 +8,7 @@ forward in eval mode, as the releases do with a separate `original_model.eval()`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,35 +17,8 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, param_group
+from sdlora.methods.options import PromptOptions
 from sdlora.prompts.pool import TaskPrefixes
-
-
-@dataclass
-class PromptOptions:
-    """What the options of every prompt method share: the prompts' learning rate, and the layer indices the
-    prefixes enter (the fields `LAYER_FIELDS` name; together non-empty and >= 0 here, below the backbone's depth
-    when the method is built)."""
-
-    #: the fields holding backbone layer indices (none: L2P's prompts are tokens, not prefixes)
-    LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
-
-    prompt_lr: float | None = None  # learning rate of the prompts and keys (None: train.lr)
-
-    def __post_init__(self) -> None:
-        layers = self.prompt_layers()
-        if self.LAYER_FIELDS and (not layers or any(i < 0 for i in layers)):
-            raise ValueError(f"{' + '.join(self.LAYER_FIELDS)} must be non-empty indices >= 0, got {layers}")
-
-    def prompt_layers(self) -> list[int]:
-        """Every layer index of `LAYER_FIELDS`, in their order."""
-        return [i for name in self.LAYER_FIELDS for i in getattr(self, name)]
-
-    def check_non_negative(self, *names: str) -> None:
-        """A ValueError naming the first field of `names` below 0 (loss weights)."""
-        for name in names:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
 
 
 class PromptMethod(Method):

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.adapters import SDLoRAAdapter
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, StepOutput, param_group
+from sdlora.methods.options import SDLoRAOptions
 from sdlora.registry import METHODS
 
 
@@ -46,31 +46,9 @@ from sdlora.registry import METHODS
 class SDLoRA(Method):
     """SD-LoRA: frozen past directions, magnitudes that keep learning; RR and KD by options."""
 
-    @dataclass
-    class Options(SDLoRAConfig):
-        """The adapter's keys (`SDLoRAConfig`, declared there once) plus the training-only ones below."""
+    Options = SDLoRAOptions
 
-        magnitude_lr: float | None = None  # learning rate of the magnitudes (None: train.lr)
-        # weight decay of the magnitudes: none by default (the released code uses none; decaying alpha pulls
-        # every old task's term towards zero, i.e. it is forgetting by construction)
-        magnitude_weight_decay: float = 0.0
-        ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
-        # lambda of the pull of each old magnitude towards its value at the end of its task (module docstring)
-        magnitude_anchor: float = 0.0
-
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if self.ablation != "none" and self.variant != "plain":
-                raise ValueError(f"ablation {self.ablation!r} needs variant 'plain', got {self.variant!r}")
-            if self.magnitude_weight_decay < 0:
-                raise ValueError(f"magnitude_weight_decay must be >= 0, got {self.magnitude_weight_decay}")
-            if not self.magnitude_anchor >= 0:
-                raise ValueError(f"magnitude_anchor must be >= 0, got {self.magnitude_anchor}")
-            if self.magnitude_anchor and self.ablation == "fixed_old":
-                raise ValueError("magnitude_anchor has no effect with ablation 'fixed_old' (old magnitudes are "
-                                 "frozen): remove one of them")
-
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: SDLoRAOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         config = options.adapter_fields(targets=options.targets or backbone.default_targets)

@@ -13,7 +13,6 @@ together).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,23 +23,17 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, param_group
+from sdlora.methods.options import SeqLoRAOptions
 from sdlora.registry import METHODS
-from sdlora.typed import PositiveInt
 
 
 @METHODS.register("seq_lora")
 class SeqLoRA(Method):
     """One LoRA for every task (plain or decoupled), plus the growing head."""
 
-    @dataclass
-    class Options:
-        rank: PositiveInt = 10  # SD-LoRA's default rank
-        targets: list[str] | None = None  # None: the backbone's default (q and v)
-        decoupled: bool = False
-        magnitude_init: float = 0.0  # decoupled only
-        lora_lr: float | None = None  # learning rate of the LoRA parameters (None: train.lr)
+    Options = SeqLoRAOptions
 
-    def __init__(self, backbone: Backbone, options: Options, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: SeqLoRAOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.lora = PlainLoRA(backbone.model, options.targets or backbone.default_targets, options.rank,

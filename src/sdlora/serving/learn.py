@@ -41,6 +41,7 @@ from sdlora.engine.trainer import CheckpointHook, Trainer
 from sdlora.registry import BACKBONES, METHODS
 from sdlora.serving.backup import drop_backup, has_backup, restore_backup, take_backup
 from sdlora.serving.learn_data import GrowingScenario, NewTask, combined_data, read_task
+from sdlora.serving.learn_files import check_task_files
 from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
@@ -118,6 +119,7 @@ def check_new_task(run: RunFolder, cfg: RunConfig, new: NewTask, test: NewTask, 
 def _start(run: RunFolder, train_file: Path | None, test_file: Path | None, text_column: str, label_column: str,
            overrides: list[str]) -> tuple[dict[str, Any], NewTask, RunConfig]:
     """A new learned task: checked, the run backed up, then recorded as running in learned.json."""
+    check_task_files(train_file, test_file)  # first, as the command line does before importing torch
     meta = run.checkpoint_meta()
     if not meta["position"]["finished"] or run.record.get("status") != "complete":
         raise ValueError(f"{run.folder}: the run is not finished; finish it with `sdlora train ... --resume` first")

@@ -20,6 +20,7 @@ from sdlora.config import RunConfig
 from sdlora.data.base import BenchmarkData, ListDataset
 from sdlora.data.scenario import RemappedSubset, Scenario
 from sdlora.engine import build
+from sdlora.serving.learn_files import check_task_path
 
 log = logging.getLogger("sdlora")
 
@@ -58,8 +59,8 @@ def read_image_task(path: Path, text_column: str, label_column: str) -> NewTask:
 
 
 def read_task(path: Path, text_column: str = "text", label_column: str = "label") -> NewTask:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
+    """A new task's file (text rows) or folder (images), once `check_task_path` accepts it."""
+    check_task_path(path)
     return (read_image_task if path.is_dir() else read_text_task)(path, text_column, label_column)
 
 

@@ -33,7 +33,8 @@ def read_lines(path: Path, column: str) -> list[tuple[str, Columns]]:
 
 def read_table(path: Path, column: str) -> list[tuple[str, Columns]]:
     """CSV / TSV / JSON lines: the `column` of every row, with the row's other columns."""
-    from sdlora.data.benchmarks.text_files import READERS, SUFFIX_FORMATS
+    from sdlora.data.benchmarks.text_files import READERS
+    from sdlora.data.text_format import SUFFIX_FORMATS
 
     out = []
     for line, row in READERS[SUFFIX_FORMATS[path.suffix.lower()]](path):

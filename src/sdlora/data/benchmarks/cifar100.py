@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torchvision.datasets import CIFAR100 as TorchvisionCIFAR100
 
 from sdlora.data.base import BenchmarkData, resolve_folder
-from sdlora.data.transforms import TransformOptions, build_transforms, describe
+from sdlora.data.benchmarks.options import CIFAR100Options
+from sdlora.data.transforms import build_transforms, describe
 from sdlora.registry import BENCHMARKS
 
 
@@ -19,12 +19,9 @@ class CIFAR100:
 
     title = "CIFAR-100"
 
-    @dataclass
-    class Options(TransformOptions):
-        folder: str = "cifar100"  # torchvision's root, under the data root (or absolute)
-        download: bool = True  # fetch the archive when it is missing (needs the internet)
+    Options = CIFAR100Options
 
-    def __init__(self, options: Options, data_root: Path | None) -> None:
+    def __init__(self, options: CIFAR100Options, data_root: Path | None) -> None:
         self.options = options
         self.data_root = data_root
 

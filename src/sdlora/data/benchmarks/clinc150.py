@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sdlora.data.base import DATA_ENV, BenchmarkData, ListDataset
+from sdlora.data.benchmarks.options import Clinc150Options
 from sdlora.data.download import DownloadError, download_file, sha256_file
 from sdlora.registry import BENCHMARKS
 
@@ -127,18 +127,9 @@ PUBLISHED_SPLIT = "Larson et al., EMNLP 2019: 150 intents x (100 train, 20 val, 
 class Clinc150:
     """CLINC150 intent classification: 150 intents, 10 domains; train / val / test (in-scope queries)."""
 
-    @dataclass
-    class Options:
-        verify_checksum: bool = True
-        include_val_in_train: bool = False  # then no `val` split is exposed
-        max_per_class: int | None = None  # first N queries per intent of every split (smoke runs, tests)
-        download: bool = True  # fetch missing files from clinc/oos-eval when online
+    Options = Clinc150Options
 
-        def __post_init__(self) -> None:
-            if self.max_per_class is not None and self.max_per_class < 1:
-                raise ValueError(f"max_per_class must be positive, got {self.max_per_class}")
-
-    def __init__(self, options: Options, data_root: Path | None) -> None:
+    def __init__(self, options: Clinc150Options, data_root: Path | None) -> None:
         self.options = options
         self.folder = clinc_folder(data_root)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sdlora.data.image_folder import NamedFolderOptions, SplitFolderBenchmark
+from sdlora.data.benchmarks.options import CUB200Options
+from sdlora.data.image_folder import SplitFolderBenchmark
 from sdlora.registry import BENCHMARKS
 
 
@@ -14,6 +13,4 @@ class CUB200(SplitFolderBenchmark):
 
     title = "CUB-200"
 
-    @dataclass
-    class Options(NamedFolderOptions):
-        folder: str = "cub"
+    Options = CUB200Options

@@ -7,18 +7,16 @@ zips). The class-incremental protocol of CODA-Prompt / InfLoRA / SD-LoRA: 345 cl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from sdlora.data.base import BenchmarkData, resolve_folder
-from sdlora.data.image_folder import FileOptions, Inventory, checked_data
+from sdlora.data.benchmarks.options import DomainNetOptions
+from sdlora.data.image_folder import Inventory, checked_data
 from sdlora.registry import BENCHMARKS
 
 if TYPE_CHECKING:
     from sdlora.data.check import KnownCounts
-
-DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 
 #: images per domain in the official (cleaned) split lists, DomainNet paper (Peng et al., ICCV 2019)
 #: Table 1 as commonly cited; `sdlora data check` treats them as approximate.
@@ -70,18 +68,9 @@ class DomainNet:
 
     title = "DomainNet"
 
-    @dataclass
-    class Options(FileOptions):
-        folder: str = "domainnet"  # under the data root (or absolute); list paths are relative to it
-        domains: list[str] = field(default_factory=lambda: list(DOMAINS))
-        list_pattern: str = "{domain}_{split}.txt"  # split list file names inside `folder`
+    Options = DomainNetOptions
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not self.domains:
-                raise ValueError("domains: at least one domain is required")
-
-    def __init__(self, options: Options, data_root: Path | None) -> None:
+    def __init__(self, options: DomainNetOptions, data_root: Path | None) -> None:
         self.options = options
         self.data_root = data_root
 

@@ -12,12 +12,12 @@ in `alarm_query`), scenarios alphabetical, so a task holds one or two home-assis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sdlora.data.base import DATA_ENV, BenchmarkData, ListDataset
+from sdlora.data.benchmarks.options import Hwu64Options
 from sdlora.data.benchmarks.text_files import TextFileError, read_text_file
 from sdlora.data.download import sha256_file
 from sdlora.registry import BENCHMARKS
@@ -52,17 +52,9 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 class Hwu64:
     """HWU64 intent classification: 64 intents; train (minus a held-out `val`), val, test."""
 
-    @dataclass
-    class Options:
-        val_fraction: float = 0.1  # of every intent's train.csv rows, held out as `val`
-        split_seed: int = 0  # the permutation that picks them (not the run's seed)
-        verify_checksum: bool = True
+    Options = Hwu64Options
 
-        def __post_init__(self) -> None:
-            if not 0 <= self.val_fraction < 1:
-                raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-
-    def __init__(self, options: Options, data_root: Path | None) -> None:
+    def __init__(self, options: Hwu64Options, data_root: Path | None) -> None:
         if data_root is None:
             raise FileNotFoundError(f"hwu64: no data root; set benchmark.data_root in the config or the {DATA_ENV} "
                                     f"environment variable to the folder that holds {FOLDER}/train.csv")

@@ -7,12 +7,10 @@ objects), the backbone's own input size and mean/std (`model`), which is what it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from sdlora.data.image_folder import FolderSplitOptions, SplitFolderBenchmark
-from sdlora.data.transforms import Augment, MeanStd, Normalize
+from sdlora.data.benchmarks.options import ImageFolderOptions
+from sdlora.data.image_folder import SplitFolderBenchmark
 from sdlora.registry import BENCHMARKS
 
 
@@ -22,19 +20,9 @@ class ImageFolderBenchmark(SplitFolderBenchmark):
 
     title = "image folder"
 
-    @dataclass
-    class Options(FolderSplitOptions):
-        root: str | None = None  # the tree; relative to the data root when one is set, else to the cwd
-        image_size: int | Literal["model"] = "model"  # the backbone's input size
-        normalize: Normalize | MeanStd = "model"  # the backbone's pretrained mean/std
-        augment: Augment = "none"  # no assumption about the images' invariances (see docs/vision.md)
+    Options = ImageFolderOptions
 
-        def __post_init__(self) -> None:
-            super().__post_init__()
-            if not self.root:
-                raise ValueError("root is required: the folder holding the train/ and test/ class folders")
-
-    options: Options
+    options: ImageFolderOptions
 
     def location(self) -> Path:
         assert self.options.root is not None  # required by Options.__post_init__

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from sdlora.data.image_folder import NamedFolderOptions, SplitFolderBenchmark
+from sdlora.data.benchmarks.options import ImageNetROptions
+from sdlora.data.image_folder import SplitFolderBenchmark
 from sdlora.registry import BENCHMARKS
 
 
@@ -14,6 +13,4 @@ class ImageNetR(SplitFolderBenchmark):
 
     title = "ImageNet-R"
 
-    @dataclass
-    class Options(NamedFolderOptions):
-        folder: str = "imagenet-r"
+    Options = ImageNetROptions

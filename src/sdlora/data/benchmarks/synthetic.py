@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sdlora.data.base import BenchmarkData, ListDataset
+from sdlora.data.benchmarks.options import SyntheticOptions
 from sdlora.registry import BENCHMARKS
-from sdlora.typed import PositiveInt
 
 
 @BENCHMARKS.register("synthetic")
 class Synthetic:
     """Random tensors of `shape` whose mean depends on the class (tests and smoke runs only)."""
 
-    @dataclass
-    class Options:
-        num_classes: PositiveInt = 6
-        train_per_class: PositiveInt = 8
-        test_per_class: PositiveInt = 4
-        shape: list[int] = field(default_factory=lambda: [3, 32, 32])
-        separation: float = 1.0  # how far apart the class means are
-        seed: int = 0  # the data itself does not depend on the run's seed
+    Options = SyntheticOptions
 
-    def __init__(self, options: Options, data_root: Path | None = None) -> None:
+    def __init__(self, options: SyntheticOptions, data_root: Path | None = None) -> None:
         self.options = options
 
     def _split(self, per_class: int, gen: torch.Generator) -> tuple[list[torch.Tensor], np.ndarray]:

@@ -10,22 +10,19 @@ import csv
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from sdlora.data.base import DATA_ENV, BenchmarkData, ListDataset
+from sdlora.data.benchmarks.options import TextFilesOptions
 from sdlora.data.download import sha256_file
+from sdlora.data.text_format import TextFileError, file_format
 from sdlora.registry import BENCHMARKS
 
 Row = tuple[int, dict[str, Any]]  # (line number, column -> value)
-
-
-class TextFileError(ValueError):
-    """A text data file is missing a column, empty, or has an unusable row; the message names the file."""
 
 
 def read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
@@ -54,21 +51,6 @@ READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "tsv": partial(read_delimited, delimiter="\t"),
     "jsonl": read_jsonl,
 }
-SUFFIX_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def file_format(path: Path, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    try:
-        return SUFFIX_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise TextFileError(
-            f"{path}: cannot tell the format from the extension {path.suffix!r} (known: "
-            f"{', '.join(SUFFIX_FORMATS)}); set benchmark.options.format to one of {', '.join(READERS)}"
-        ) from None
-
-
 def label_text(value: Any, path: Path, line: int) -> str:
     """A label as a string: JSON ints and strings are accepted ("3" and 3 are the same class)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -146,16 +128,9 @@ def resolve_file(name: str, data_root: Path | None) -> Path:
 class TextFiles:
     """Your own text data: CSV / TSV / JSON-lines files of (text, label) rows; train, test, optional val."""
 
-    @dataclass
-    class Options:
-        train_file: str  # relative to the data root, or absolute
-        test_file: str
-        val_file: str | None = None
-        format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"  # auto: from the file extension
-        text_column: str = "text"
-        label_column: str = "label"
+    Options = TextFilesOptions
 
-    def __init__(self, options: Options, data_root: Path | None) -> None:
+    def __init__(self, options: TextFilesOptions, data_root: Path | None) -> None:
         self.options = options
         names = {"train": options.train_file, "test": options.test_file, "val": options.val_file}
         self.files = {split: resolve_file(name, data_root)
