@@ -59,6 +59,7 @@ from typing import Any
 import torch
 
 from sdlora.config import RunConfig, load_config, read_config_file, set_override
+from sdlora.data.length_order import LengthBatches, LengthsOf
 from sdlora.data.scenario import Scenario, TaskInfo
 from sdlora.devices import move_to
 from sdlora.engine import build
@@ -182,13 +183,29 @@ Batch = tuple[Any, torch.Tensor]
 def collate_all(dataset: Any, indices: list[int], size: int, collate: Callable[[list[Any]], Batch],
                 pin: bool) -> list[Batch]:
     """`dataset[indices]` in consecutive batches of `size`, collated (what a DataLoader would yield)."""
-    batches = []
-    for i in range(0, len(indices), size):
-        inputs, labels = collate([dataset[j] for j in indices[i:i + size]])
+    return collate_batches(dataset, [indices[i:i + size] for i in range(0, len(indices), size)], collate, pin)
+
+
+def collate_batches(dataset: Any, batches: list[list[int]], collate: Callable[[list[Any]], Batch],
+                    pin: bool) -> list[Batch]:
+    """Each list of `batches` collated from `dataset` (pinned for a CUDA device)."""
+    out = []
+    for batch in batches:
+        inputs, labels = collate([dataset[j] for j in batch])
         if pin:
             inputs, labels = pin_all(inputs), labels.pin_memory()
-        batches.append((inputs, labels))
-    return batches
+        out.append((inputs, labels))
+    return out
+
+
+def pass_batches(dataset: Any, size: int, lengths_of: LengthsOf | None) -> list[list[int]]:
+    """The batches of a pass without gradient as the engine forms them (`sdlora.data.length_order.pass_loader`):
+    similar lengths, longest first, when the backbone gives lengths; else consecutive batches of `size`. The
+    floor reads them in that order and never restores it: its passes only feed order-free statistics."""
+    lengths = lengths_of(dataset) if lengths_of is not None else None
+    if lengths:
+        return LengthBatches(lengths, size).batches
+    return [list(range(i, min(i + size, len(dataset)))) for i in range(0, len(dataset), size)]
 
 
 class UnseededPasses(list):
@@ -213,14 +230,15 @@ class TaskBatches:
     """Every batch one task's passes read, made before the clock starts (outside the floor)."""
 
     def __init__(self, cfg: RunConfig, scenario: Scenario, collate: Callable[[list[Any]], Batch], t: int,
-                 seed: int, pin: bool) -> None:
+                 seed: int, pin: bool, lengths_of: LengthsOf | None = None) -> None:
+        """`lengths_of`: the backbone's `sample_lengths` when the run's passes are length-aware (as the engine's)."""
         train_set = scenario.train_set(t)
         eval_set = scenario.eval_set(t, cfg.eval_split)
         micro = micro_batch_size(cfg.train, 1)
-        whole = list(range(len(train_set)))
-        self.passes = UnseededPasses(collate_all(train_set, whole, cfg.train.eval_batch_size, collate, pin))
-        self.eval = UnseededPasses(collate_all(eval_set, list(range(len(eval_set))), cfg.train.eval_batch_size,
-                                               collate, pin))
+        size = cfg.train.eval_batch_size
+        self.passes = UnseededPasses(collate_batches(train_set, pass_batches(train_set, size, lengths_of), collate,
+                                                     pin))
+        self.eval = UnseededPasses(collate_batches(eval_set, pass_batches(eval_set, size, lengths_of), collate, pin))
         self.epochs = []
         for epoch in range(task_schedule(cfg.train, t).epochs):
             # the engine's order: one draw for the loader's base seed, then randperm (EpochShareSampler)
@@ -278,7 +296,8 @@ def build_bare(cfg: RunConfig, device: torch.device) -> Method:
 def make_batches(cfg: RunConfig, data: Any, method: Method, device: torch.device) -> list[TaskBatches]:
     scenario = build.build_scenario(cfg, data, cfg.seeds[0])
     pin = device.type == "cuda"
-    return [TaskBatches(cfg, scenario, method.backbone.collate, t, cfg.seeds[0], pin)
+    lengths_of = method.backbone.sample_lengths if cfg.train.length_aware_passes else None
+    return [TaskBatches(cfg, scenario, method.backbone.collate, t, cfg.seeds[0], pin, lengths_of)
             for t in range(scenario.num_tasks)]
 
 

@@ -45,3 +45,23 @@ def test_main_job_floor_runs_the_job_and_its_floor(tmp_path, capsys):
     assert out["floor"]["seconds"]["total"] > 0 and out["engine"]["wall_s"] > 0 and out["ratio"] > 0
     assert out["floor"]["accuracy_curve"] == out["engine"]["accuracy_curve"]
     assert "job / floor" in capsys.readouterr().out
+
+
+def test_the_floor_forms_the_engines_length_aware_batches():
+    """The bare loop's no-gradient passes read the batches the engine's `pass_loader` reads (length-aware when the
+    backbone gives lengths, dataset order when it does not), so the floor is not slowed by padding the engine
+    avoids."""
+    from sdlora.data.length_order import pass_loader
+
+    script = load("engine_overhead")
+    texts = [f"w{i} " * (1 + (7 * i) % 11) for i in range(50)]  # uneven lengths in words
+
+    def lengths_of(dataset):
+        return [len(t.split()) for t in dataset]
+
+    engine = pass_loader(texts, list, 8, lengths_of).batch_sampler
+    floor = script.pass_batches(texts, 8, lengths_of)
+    assert floor == list(engine) and sorted(i for b in floor for i in b) == list(range(50))
+    first = lengths_of(texts[i] for i in floor[0])
+    assert first[0] == 11 and first == sorted(first, reverse=True) and len(floor) > 7  # longest first, short batches
+    assert script.pass_batches(texts, 8, None) == [list(range(i, min(i + 8, 50))) for i in range(0, 50, 8)]
