@@ -78,7 +78,7 @@ def test_class_mean_head_rows_are_scaled_cosines():
     method.begin_task(task)
     feats = torch.randn(6, 32) + 3
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    method._init_head_rows(feats, labels, task)
+    method.classifier.init_rows(feats, labels, task)
     means = torch.stack([feats[:3].mean(0), feats[3:].mean(0)])
     expected = F.normalize(means, dim=-1) * 5.0 / feats.norm(dim=-1).mean()
     assert torch.allclose(method.head.weight(), expected, atol=1e-6)

@@ -1,4 +1,5 @@
-"""The method interface: one trainer loop calls these hooks (the Mammoth pattern).
+"""The method interface: one trainer loop calls these hooks (the Mammoth pattern). The head and what predicts
+are the method's `classifier` component (`sdlora.methods.classifier`), which these hooks drive.
 
     before_task(task, loader)   optional: look at the task's data with the model as the last task left it
                                 (SDC's reference features)
@@ -26,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -34,9 +34,10 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.method_config import ClassifierConfig, ClassifierSupport
-from sdlora.methods.class_heads import ClassHead, build_class_head
+from sdlora.methods.class_heads import ClassHead
+from sdlora.methods.classifier import Classifier
 from sdlora.methods.head import IncrementalHead
-from sdlora.methods.prototypes import ClassPrototypes, collect_features
+from sdlora.methods.prototypes import collect_features
 from sdlora.wrapping import plain_tensors
 
 
@@ -99,14 +100,30 @@ class Method(nn.Module):
         self.backbone = backbone
         self.options = options
         self.train_cfg = train
-        self.classifier_cfg = self.classifier_support.resolve(classifier)
-        self.head = IncrementalHead(backbone.feature_dim)
+        # the linear head, the head from class statistics (`method.classifier.kind` prototypes / lda) and their hooks
+        self.classifier = Classifier(backbone.feature_dim, self.classifier_support.resolve(classifier), train)
         self.tasks_seen = 0
-        # the classifier fitted from class statistics (`method.classifier.kind` prototypes / lda); None: linear head
-        self.class_head: ClassHead | None = build_class_head(backbone.feature_dim, self.classifier_cfg)
-        self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
-        self._start_features: tuple[torch.Tensor, torch.Tensor] | None = None  # before_task's pass
         self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
+
+    @property
+    def classifier_cfg(self) -> ClassifierConfig:
+        """The resolved `method.classifier` settings."""
+        return self.classifier.cfg
+
+    @property
+    def head(self) -> IncrementalHead:
+        """The growing linear head that carries the training loss."""
+        return self.classifier.head
+
+    @property
+    def class_head(self) -> ClassHead | None:
+        """The head fitted from class statistics that predicts at evaluation (None: the linear head predicts)."""
+        return self.classifier.class_head
+
+    @property
+    def features_before(self) -> torch.Tensor | None:
+        """SDC's reference features of the current task (taken by `before_task`)."""
+        return self.classifier.features_before
 
     # -- lifecycle -------------------------------------------------------------------------------
     #: whether `begin_task` leaves `features(x)` unchanged (new head rows, a zero-initialised new term). When
@@ -121,7 +138,7 @@ class Method(nn.Module):
         return features, labels
 
     def begin_task(self, task: TaskInfo) -> None:
-        self.head.grow(task.size, freeze_old=self.train_cfg.freeze_old_head)
+        self.classifier.begin_task(task)
 
     def before_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """Called right before `begin_task` (not when resuming mid-task) with the task's training data.
@@ -129,10 +146,7 @@ class Method(nn.Module):
         With drift compensation, records the task's features under the function that the stored statistics
         describe: drift that the task start itself causes (the official rebuild, a random new direction) is
         then compensated too, not only the drift of training (subclasses call super())."""
-        self._start_features = None
-        if self.class_head is not None and self.classifier_cfg.drift == "sdc" and task.index > 0:
-            self._start_features = self._task_features(train_loader)
-            self.features_before = self._start_features[0]
+        self.classifier.before_task(task, lambda: self._task_features(train_loader))
 
     def prepare_task(self, task: TaskInfo, train_loader: DataLoader) -> None:
         """Called right after `begin_task` (not when resuming mid-task) with the task's training data.
@@ -140,43 +154,24 @@ class Method(nn.Module):
         With `method.classifier.head_init: class_mean`, sets the new head rows from the class means of the features the
         training starts from (reusing `before_task`'s pass when the task start kept them; subclasses call
         super())."""
-        reusable = self._start_features if self.task_start_keeps_features else None
-        self._start_features = None
-        if self.classifier_cfg.head_init == "class_mean" and self.head.num_classes == task.total:
-            self._init_head_rows(*(reusable or self._task_features(train_loader)), task)
-
-    @torch.no_grad()
-    def _init_head_rows(self, features: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> None:
-        """Rows of the new task = scale * mu_c / (||mu_c|| * mean ||f||): logits start as scaled cosines."""
-        means = ClassPrototypes(features.shape[1]).to(features.device)
-        means.fit(features, labels, task.known, task.total)
-        rows = F.normalize(means.means[task.known:task.total], dim=-1)
-        rows *= self.classifier_cfg.head_init_scale / features.norm(dim=-1).mean()
-        self.head.weights[-1].copy_(rows.to(self.head.weights[-1]))
-        self.head.biases[-1].zero_()
+        self.classifier.prepare_task(task, lambda: self._task_features(train_loader), self.task_start_keeps_features)
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        head = [p for p in self.head.parameters() if p.requires_grad]
-        return [param_group(head, self.train_cfg.head_lr)]
+        return [param_group(self.classifier.trainable_head(), self.train_cfg.head_lr)]
 
     def features(self, inputs: Any) -> torch.Tensor:
         return self.backbone(inputs)
 
     def forward(self, inputs: Any) -> torch.Tensor:
         """Linear-head logits while training; at evaluation the configured classifier's."""
-        features = self.features(inputs)
-        if self.class_head is not None and not self.training:
-            return self.class_head.logits(features)
-        return self.head(features)
+        return self.classifier.logits(self.features(inputs), self.training)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
-        """CE over the current task's logits only (`train.loss: current`, the official code) or all seen."""
-        if self.train_cfg.loss == "current":
-            return F.cross_entropy(logits[:, task.known:task.total], labels - task.known)
-        return F.cross_entropy(logits[:, : task.total], labels)
+        """The classifier's: CE over the current task's logits (`train.loss: current`) or all seen."""
+        return self.classifier.loss(logits, labels, task)
 
     def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:
         """One step on `(inputs, labels)` (already on the device, called under the engine's autocast).
@@ -196,49 +191,23 @@ class Method(nn.Module):
 
         Subclasses that change the function at the end of a task call this last."""
         self.tasks_seen = task.index + 1
-        info: dict[str, Any] = {}
-        if self.class_head is not None:
-            self.eval()
-            after, labels = collect_features(self.features, train_loader, self._device())
-            if self.features_before is not None:
-                sigma = self.classifier_cfg.sdc_sigma
-                assert sigma is not None  # resolved: sdc's sigma is filled in wherever drift is taken
-                info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after,
-                                                                           task.known, sigma)
-                self.features_before = None
-            info.update(self.class_head.fit(after, labels, task.known, task.total))
-        return info
+        if self.class_head is None:
+            return {}
+        self.eval()
+        return self.classifier.end_task(task, *collect_features(self.features, train_loader, self._device()))
 
     # -- persistence -----------------------------------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        structure = {"head_blocks": self.head.block_sizes(), "tasks_seen": self.tasks_seen}
-        tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        if self.class_head is not None:
-            head_structure, head_tensors = self.class_head.checkpoint_state()
-            structure.update(head_structure)
-            tensors.update(head_tensors)
-        if self.features_before is not None:
-            tensors["features_before"] = self.features_before
-        return structure, tensors
+        structure, tensors = self.classifier.checkpoint_state()
+        return {**structure, "tasks_seen": self.tasks_seen}, tensors
 
     def load_checkpoint_state(self, structure: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        device = self._device()
-        self.head.resize_to(structure["head_blocks"])
-        self.head.to(device)
-        self.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        self.classifier.load_checkpoint_state(structure, tensors, self._device())
         self.tasks_seen = structure["tasks_seen"]
-        if self.class_head is not None:
-            self.class_head.load_checkpoint_state(structure, tensors)
-        self.features_before = tensors.get("features_before")
 
     def restore_trainable_flags(self, task: TaskInfo) -> None:
         """After loading a mid-task checkpoint: old head blocks frozen as `begin_task` left them."""
-        if self.train_cfg.freeze_old_head:
-            blocks = len(self.head.weights)
-            for i in range(blocks):
-                trainable = i == blocks - 1
-                self.head.weights[i].requires_grad_(trainable)
-                self.head.biases[i].requires_grad_(trainable)
+        self.classifier.restore_trainable_flags()
 
     def export_backbone(self) -> dict[str, torch.Tensor]:
         """The backbone as a plain timm / transformers state dict (adapter methods merge first)."""
@@ -254,11 +223,7 @@ class Method(nn.Module):
         """`backbone.*` + `head.*`; with a classifier from class statistics its (W, b), applied as its
         `export_kind` says (prototypes: unit-norm class means, LDA: W and b; both on the L2-normalised feature)."""
         out = {f"backbone.{k}": v for k, v in self.export_backbone().items()}
-        if self.class_head is not None:
-            out["head.weight"], out["head.bias"] = self.class_head.export_head()
-        else:
-            out["head.weight"] = self.head.weight().detach().clone()
-            out["head.bias"] = self.head.bias().detach().clone()
+        out["head.weight"], out["head.bias"] = self.classifier.export_head()
         return out
 
     # -- inference cost (sdlora.engine.cost) -----------------------------------------------------
