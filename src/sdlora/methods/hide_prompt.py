@@ -32,7 +32,9 @@ The release reshapes its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, 
 (key/value, sample) grid, so with one prompt for the batch (training) its first half attends with the key half as
 keys and values, its second half with the value half, and with per-sample prompts (test) samples take other
 samples' halves; here every sample gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head
-and both alignments train with the method's own optimisers inside `end_task`.
+and both alignments train with the method's own optimisers inside `end_task`. The alignment batches are the
+release's effective ones, 120 pseudo-features per step for the head and 24 for the TII head (`ca_batch_size`,
+`tii_ca_batch_size`): its 8 processes draw the same pools, so their averaged step is one process's (Options).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.class_stats import StatsKind, align_classifier, class_statistics
 from sdlora.methods.head import IncrementalHead
-from sdlora.methods.prompting import PromptOptions, TaskPromptMethod
+from sdlora.methods.prompting import TaskPromptMethod, TaskPromptOptions
 from sdlora.methods.prototypes import collect_features
 from sdlora.prompts.pool import TaskPrefixes, layer_prefixes
 from sdlora.registry import METHODS
@@ -103,7 +105,7 @@ class HiDePrompt(TaskPromptMethod):
     While a task trains its features use P^t (the task is known), afterwards the inferred task's E^t."""
 
     @dataclass
-    class Options(PromptOptions):
+    class Options(TaskPromptOptions):
         LAYER_FIELDS = ("e_layers",)
 
         # release (thu-ml/HiDe-Prompt @0ed4333): C = configs/imr_hideprompt_5e.py, S = training_scripts/
@@ -111,7 +113,7 @@ class HiDePrompt(TaskPromptMethod):
         # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
         e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # C:106 --e_prompt_layer_idx
         e_length: PositiveInt = 20  # C:115 --length (S passes 20)
-        init_from_previous: bool = True  # C:122 --shared_prompt_pool: E^t starts as a copy of E^{t-1} (E:257)
+        # init_from_previous (TaskPromptOptions, on): C:122 --shared_prompt_pool, E^t starts as E^{t-1} (E:257)
         prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
         contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
         contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
@@ -125,7 +127,7 @@ class HiDePrompt(TaskPromptMethod):
         tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
         tii_epochs: int = 20  # S, TII run: --epochs 20
         tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
-        tii_batch_size: PositiveInt = 192  # 8 x 24
+        tii_batch_size: PositiveInt = 192  # 8 x 24: the TII run's DistributedSampler gives each process its own 24
         ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
         ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
         tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
@@ -133,11 +135,15 @@ class HiDePrompt(TaskPromptMethod):
         # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
         # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
         ca_weight_decay: float = 0.0
-        # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: 8 processes x 24 x 5
-        # (E:440; DDP averages) and 8 x 24 (T:305). main.py:104 seeds every process with the same --seed, so the
-        # processes' pools and shuffles are probably the same draws, an effective 120 and 24 (not verified)
-        ca_batch_size: PositiveInt = 960
-        tii_ca_batch_size: PositiveInt = 192
+        # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: the release's effective
+        # batches, 24 x 5 = 120 (E:440) and 24 (T:305). Each of its 8 processes draws its own pool of that many per
+        # component and takes batches of that size, and DDP averages their gradients; but main.py:104 seeds every
+        # process with the same --seed and every process consumes its generators alike (the same sampling and
+        # randperm on the same shapes, from statistics all_gathered over the processes), so the 8 pools, shuffles
+        # and gradients are the same draws (read from the code, not run): the average is one process's step on
+        # 120 (24), not a step on 960 (192), the defaults here before
+        ca_batch_size: PositiveInt = 120
+        tii_ca_batch_size: PositiveInt = 24
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -299,6 +305,11 @@ class HiDePrompt(TaskPromptMethod):
         return {"tii_alignment_loss": tii_loss, "head_alignment_loss": head_loss}
 
     # -- parameters and persistence ----------------------------------------------------------------
+    def learning_only_tensors(self) -> list[torch.Tensor]:
+        """The class statistics of frozen and prompted features: read by the alignments and the contrastive term
+        (learning), never by prediction (TII head, prompts and head): counted by `stored_numbers` only."""
+        return [*self.tii_stats.buffers(), *self.tap_stats.buffers()]
+
     def num_trainable(self) -> int:
         """The trainer's parameters plus the TII head's (trained inside `end_task`)."""
         return super().num_trainable() + sum(p.numel() for p in self.tii.parameters())

@@ -49,6 +49,18 @@ class PromptOptions:
 
 
 
+@dataclass
+class TaskPromptOptions(PromptOptions):
+    """Options of the methods with one prefix per task (`TaskPromptMethod`).
+
+    `init_from_previous`: task t's prefix E^t starts as a copy of E^{t-1} (from the second task on), else
+    uniform(-1, 1). Default on: every release of DualPrompt and HiDe-Prompt runs with `shared_prompt_pool`,
+    which copies the previous task's prompt into the new task's slot at task start (google-research/l2p
+    train_continual.py, JH-LEE-KR/dualprompt-pytorch and thu-ml/HiDe-Prompt engine `train_and_evaluate`)."""
+
+    init_from_previous: bool = True
+
+
 class PromptMethod(Method):
     """Base of the prompt methods: subclasses set `self.prompts` and use `self.injector`; their options are
     `PromptOptions` (prompted layers beyond the backbone's depth are a ValueError here)."""
@@ -103,14 +115,15 @@ class PromptMethod(Method):
 
 
 class TaskPromptMethod(PromptMethod):
-    """Prompt methods with one prefix per task (`TaskPrefixes`: DualPrompt, HiDe-Prompt). While task t trains,
-    its prompt is known (`current_task`, from `begin_task` until `end_task`); afterwards each input's is inferred."""
+    """Prompt methods with one prefix per task (`TaskPrefixes`: DualPrompt, HiDe-Prompt; `TaskPromptOptions`).
+    While task t trains, its prompt is known (`current_task`, from `begin_task` until `end_task`); afterwards each
+    input's is inferred."""
 
     prompts: TaskPrefixes
     #: the task start adds E^t and the task's features use it (the task is known), not the inferred prompt
     task_start_keeps_features = False
 
-    def __init__(self, backbone: Backbone, options: PromptOptions, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: TaskPromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`
