@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
 #: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/);
 #: afterwards `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones (their releases clip at 1.0) and
-#: HiDe-Prompt's statistics became the release's multi-centroid ones. Compared resolved (what a run records), since
+#: HiDe-Prompt's statistics became the release's multi-centroid ones, and its alignment batches the release's
+#: effective 120 / 24 (were 960 / 192). Compared resolved (what a run records), since
 #: configs/clinc150.yaml's classifier became the shared top-level `classifier:`
 BEFORE = json.loads((ROOT / "tests" / "fixtures" / "configs_before_base.json").read_text())
 #: changes of a resolved setting made on purpose since the fixture (config -> {dotted key: value now}): the

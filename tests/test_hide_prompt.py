@@ -447,3 +447,34 @@ def test_two_processes_equal_one(tmp_path):
                            "--quiet", "--nproc", "2"], env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_alignment_batches_default_to_the_releases_effective_ones():
+    """The release's 8 processes (same seed) draw the same pools: one process's 24 x 5 = 120 and 24 per step; its
+    TII run shards the task's data (DistributedSampler), so that batch is the global 8 x 24."""
+    options = HiDePrompt.Options()
+    assert (options.ca_batch_size, options.tii_ca_batch_size, options.tii_batch_size) == (120, 24, 192)
+    assert options.init_from_previous  # shared_prompt_pool
+
+
+def test_stored_numbers_count_the_statistics_that_prediction_never_reads():
+    """A hand count after 3 tasks (C = 6 classes, D = 32, K = 2 clusters, 2 prompted layers, L = 3):
+    prediction reads the prompts, the head and the TII head; the class statistics of both feature kinds are
+    kept only to align and to contrast, so they are in `stored_numbers` and not in `inference_parameters`."""
+    method = built(MULTI)
+    run_tasks(method, steps=1)
+    c, d, k, tasks = 6, 32, 2, 3
+    prompts = tasks * 2 * 2 * 3 * d  # per task [layers, keys / values, L, D]
+    head = c * d + c
+    tii = (d * 2 * d + 2 * d) + (2 * d * d + d) + 2 * d + head  # MLP D -> 2D -> D, LayerNorm, its own head
+    statistics = 2 * (c * k * d + c * k * d + c * k)  # frozen and prompted: means, variances, present
+    plain = method.backbone.plain_numel()
+    assert method.inference_parameters() - plain == prompts + head + tii == 5804
+    assert method.stored_numbers() - plain == prompts + head + tii + statistics == 7364
+    method.eval()
+    x, _ = separable(1, range(6), seed=3)
+    with torch.no_grad():
+        before = method(x)
+        for t in method.learning_only_tensors():
+            t.copy_(torch.rand_like(t.float()).to(t.dtype) * 100 if t.dtype != torch.bool else ~t)
+        torch.testing.assert_close(method(x), before, rtol=0, atol=0)  # prediction never read them

@@ -53,16 +53,70 @@ def test_sdlora_merged_costs_the_backbone_plus_its_head(tmp_path):
     assert cost["backbone_parameters"] == sum(p.numel() for p in build.build_backbone(cfg).parameters())
 
 
-@pytest.mark.parametrize(("method", "extra"), [
-    (L2P, 10 * 5 * DIM + 10 * DIM + HEAD),  # pool and keys
-    (DUAL, 2 * 5 * DIM + 3 * (2 * 20 * DIM + DIM) + HEAD),  # G; per task an E-prompt (keys and values) and a key
-], ids=["l2p", "dualprompt"])
-def test_prompt_methods_pay_a_query_pass_and_a_longer_prompted_pass(tmp_path, method, extra):
+@pytest.mark.parametrize(("method", "extra", "stored"), [
+    (L2P, 10 * 5 * DIM + 10 * DIM + HEAD, 2 * 10),  # pool and keys; stored: each prompt's selection counts (x 2)
+    (DUAL, 2 * 5 * DIM + 3 * (2 * 20 * DIM + DIM) + HEAD, 0),  # G; per task an E-prompt (keys and values), a key
+    # the harness classifier: prediction reads the class means instead of the linear head, which is kept to learn
+    ({**L2P, "classifier": {"kind": "prototypes"}}, 10 * 5 * DIM + 10 * DIM + CLASSES * DIM, 2 * 10 + HEAD),
+], ids=["l2p", "dualprompt", "l2p-prototypes"])
+def test_prompt_methods_pay_a_query_pass_and_a_longer_prompted_pass(tmp_path, method, extra, stored):
     cost = results(tmp_path, method)["inference_cost"]
     assert cost["form"] == "as trained"
     assert cost["ratio"] > 1.8
     assert cost["flops"] > 2 * cost["backbone_flops"]  # the query pass is the backbone's, the prompted one longer
     assert cost["extra_parameters"] == extra
+    assert cost["extra_stored_numbers"] == extra + stored
+    assert cost["stored_numbers"] == cost["backbone_parameters"] + extra + stored
+
+
+def test_a_buffer_prediction_reads_is_counted_and_one_only_learning_reads_is_stored_only():
+    cfg = load_config(data=tiny(method=L2P))
+    method = build.build_method(cfg, build.build_backbone(cfg))
+    method.begin_task(TaskInfo(index=0, known=0, total=2, num_tasks=3))
+    plain = method.backbone.plain_numel()
+    prompts = 10 * 5 * DIM + 10 * DIM
+    assert (method.inference_parameters() - plain, method.stored_numbers() - plain) == (
+        prompts + 2 * DIM + 2, prompts + 2 * DIM + 2 + 2 * 10)
+    method.prompts.register_buffer("scale", torch.ones(7))  # say prediction reads it: it is counted in both
+    assert (method.inference_parameters() - plain, method.stored_numbers() - plain) == (
+        prompts + 2 * DIM + 2 + 7, prompts + 2 * DIM + 2 + 2 * 10 + 7)
+
+
+def test_sdlora_stores_every_direction_magnitude_and_anchor_and_predicts_merged():
+    """A hand count after 2 tasks of rank 4 on the tiny ViT (depth 2, q and v slices of the 32 -> 96 qkv)."""
+    cfg = load_config(data=tiny(method={"name": "sdlora", "options": {"rank": 4}}))
+    method = build.build_method(cfg, build.build_backbone(cfg))
+    for t in range(2):
+        task = TaskInfo(index=t, known=2 * t, total=2 * t + 2, num_tasks=3)
+        method.begin_task(task)
+        method.end_task(task, None)
+    slices, width, ranks, tasks, blocks = 2, DIM, 2 * 4, 2, 2
+    bank = (slices * ranks * DIM + slices * width * ranks  # past_down [S, R, in], past_up [S, w, R]
+            + ranks + slices * tasks + slices * tasks)  # col_task [R], divisor and offset [S, T]
+    head = 4 * DIM + 4
+    cost = inference_cost(method, torch.randn(4, 3, 32, 32))
+    assert cost["extra_parameters"] == head  # merged: the backbone's shapes, and the head
+    assert cost["extra_stored_numbers"] == blocks * bank + tasks + 1 + head == 2215  # + magnitudes, 1 anchor
+    assert not method.adapter.merged
+
+
+def test_inflora_stores_its_subspace_bases_but_not_its_merge_records():
+    cfg = load_config(data=tiny(method={"name": "inflora", "options": {"rank": 2}}))
+    method = build.build_method(cfg, build.build_backbone(cfg))
+    images = torch.utils.data.TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4))
+    loader = torch.utils.data.DataLoader(images, batch_size=4)
+    for t in range(2):
+        task = TaskInfo(index=t, known=2 * t, total=2 * t + 2, num_tasks=3)
+        method.begin_task(task)
+        method.prepare_task(task, loader)
+        method.end_task(task, loader)
+    factors = sum(w.down.numel() + w.up.numel() for w in method.lora.wrappers.values())
+    bases = sum(m.numel() for m in method.subspaces.values())
+    assert len(method.subspaces) == 2 and bases >= 2 * DIM  # [in, dims], at least one direction per layer
+    assert len(method.lora.merged_factors) == 2  # kept to replay merges on resume; the merged W0 holds them
+    plain, head = method.backbone.plain_numel(), 4 * DIM + 4
+    assert method.inference_parameters() == plain + head
+    assert method.stored_numbers() == plain + factors + bases + head
 
 
 def test_measuring_merges_sdlora_and_restores_it_bit_for_bit():

@@ -193,6 +193,8 @@ def test_frozen_backbone_gives_the_same_head_for_two_class_orders(tmp_path):
     assert results[0]["metrics"]["final_accuracy"] == results[1]["metrics"]["final_accuracy"]
     dim = heads[0][0].shape[1]
     assert results[0]["inference_cost"]["extra_parameters"] == 6 * (dim + 1)  # W and b, nothing else
+    # kept to learn more classes: the class sums and counts and the pooled scatter (NCM has no linear head)
+    assert results[0]["inference_cost"]["extra_stored_numbers"] == 6 * (dim + 1) + 6 * dim + 6 + dim * dim
 
 
 def test_sdlora_with_the_lda_head_resumes_to_the_same_results(tmp_path):

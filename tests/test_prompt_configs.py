@@ -72,8 +72,11 @@ def test_prompt_config_pins_the_release_settings(method, setting):
         o = cfg.method.options
         assert (o["statistics"], o["centroids"], o["tii_hidden"], o["init_from_previous"],
                 o["contrast_temperature"]) == ("multi_centroid", 10, [2], True, 0.8)
-        assert (o["tii_batch_size"], o["ca_batch_size"], o["tii_ca_batch_size"]) == (192, 960, 192)
+        # the TII run's global batch 8 x 24; the alignments' per-process 24 x 5 and 24 (all 8 draw the same)
+        assert (o["tii_batch_size"], o["ca_batch_size"], o["tii_ca_batch_size"]) == (192, 120, 24)
         assert cfg.train.min_lr == 1e-5
+    if method == "dualprompt":  # both releases: shared_prompt_pool True, shared_prompt_key False
+        assert (cfg.method.options["init_from_previous"], cfg.method.options["key_from_previous"]) == (True, False)
     if cfg.train.scheduler == "multistep":  # timm StepLR(30, 0.1) stepped after each epoch: from epoch 31 on
         assert cfg.train.gamma == 0.1
     assert ("our choice" in cfg.source) == ((method, setting) in OUR_CHOICE)

@@ -12,6 +12,7 @@ from sdlora.config import load_config
 from sdlora.data.scenario import TaskInfo
 from sdlora.engine import build
 from sdlora.engine.runner import run_config
+from sdlora.methods.dualprompt import DualPrompt
 from sdlora.prompts import cosine_match
 
 L2P = {"name": "l2p", "options": {"pool_size": 4, "prompt_length": 2, "top_n": 2}}
@@ -102,8 +103,32 @@ def test_dualprompt_e_prompt_is_untouched_after_its_task():
     assert id(method.prompts.e[0]) not in trained and id(method.prompts.e[1]) in trained
 
 
+@pytest.mark.parametrize(("prompt", "key"), [(True, False), (False, False), (True, True)],
+                         ids=["release", "random-prompt", "copied-key"])
+def test_dualprompt_starts_a_tasks_e_prompt_as_the_previous_one(prompt, key):
+    """Both releases (shared_prompt_pool True, shared_prompt_key False): at task start E^t = E^{t-1} as trained,
+    k_t drawn uniform(-1, 1); `init_from_previous: false` draws E^t too, `key_from_previous: true` copies k_{t-1}."""
+    options = {**DUAL["options"], "init_from_previous": prompt, "key_from_previous": key}
+    assert (DualPrompt.Options().init_from_previous, DualPrompt.Options().key_from_previous) == (True, False)
+    method = built({**DUAL, "options": options})
+    method.begin_task(TASKS[0])
+    sgd_steps(method, TASKS[0])
+    method.end_task(TASKS[0], None)
+    e0, k0 = method.prompts.e[0].detach().clone(), method.prompts.keys[0].detach().clone()
+    method.begin_task(TASKS[1])
+    e1, k1 = method.prompts.e[1], method.prompts.keys[1]
+    assert torch.equal(e1, e0) == prompt and torch.equal(k1, k0) == key
+    for new in ([e1] if not prompt else []) + ([k1] if not key else []):  # a fresh draw: uniform(-1, 1)
+        assert new.abs().max() <= 1 and new.std() > 0.4  # U(-1, 1): std 0.577
+    assert e1.data_ptr() != e0.data_ptr() and e1.requires_grad and k1.requires_grad  # a copy that trains alone
+    sgd_steps(method, TASKS[1])
+    assert torch.equal(method.prompts.e[0], e0) and torch.equal(method.prompts.keys[0], k0)
+    assert not torch.equal(method.prompts.e[1], e0)
+
+
 def test_dualprompt_matches_the_task_whose_key_is_nearest():
-    method = built(DUAL)
+    # random E-prompts (not copied), so that the untrained tasks' prompts differ
+    method = built({**DUAL, "options": {**DUAL["options"], "init_from_previous": False}})
     for task in TASKS:
         method.begin_task(task)
         method.end_task(task, None)

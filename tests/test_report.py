@@ -35,9 +35,13 @@ def write_run(folder, method, seed, matrix, config=None, status="complete", cost
     return folder
 
 
-def cost(ratio, extra=115_300):
-    return {"form": "merged", "batch": 16, "flops": int(1e9 * ratio), "backbone_flops": int(1e9), "ratio": ratio,
-            "parameters": 86_000_000 + extra, "backbone_parameters": 86_000_000, "extra_parameters": extra}
+def cost(ratio, extra=115_300, stored=None):
+    """A results.json `inference_cost`; `stored` None: a run from before `extra_stored_numbers` was recorded."""
+    out = {"form": "merged", "batch": 16, "flops": int(1e9 * ratio), "backbone_flops": int(1e9), "ratio": ratio,
+           "parameters": 86_000_000 + extra, "backbone_parameters": 86_000_000, "extra_parameters": extra}
+    if stored is not None:
+        out |= {"stored_numbers": 86_000_000 + stored, "extra_stored_numbers": stored}
+    return out
 
 
 @pytest.fixture
@@ -49,10 +53,13 @@ def runs_root(tmp_path):
     (tmp_path / "seq" / "summary.json").write_text("{}")
     # sdlora-official: curves [94, 83] and [96, 86] -> final 84.5 ± 1.5, AAA (88.5, 91) 89.75 ± 1.25,
     # forgetting (8, 6) 7 ± 1; published 80 / 90 -> differences +4.50 / -0.25
-    # costs: trainable max (1501, 1501) -> 1.50K; extra 115300 -> 115.30K; ratio (1.0003, 1.0005) -> 1.00x
+    # costs: trainable max (1501, 1501) -> 1.50K; extra 115300 -> 115.30K; stored (2.4M, 2.5M) -> 2.45M;
+    # ratio (1.0003, 1.0005) -> 1.00x
     named = {"name": "sdlora-official", "published": PUBLISHED}
-    write_run(tmp_path / "sd" / "seed-1", "sdlora", 1, [[94.0], [86.0, 80.0]], named, cost=cost(1.0003), trainable=1500)
-    write_run(tmp_path / "sd" / "seed-2", "sdlora", 2, [[96.0], [90.0, 82.0]], named, cost=cost(1.0005), trainable=1500)
+    write_run(tmp_path / "sd" / "seed-1", "sdlora", 1, [[94.0], [86.0, 80.0]], named,
+              cost=cost(1.0003, stored=2_400_000), trainable=1500)
+    write_run(tmp_path / "sd" / "seed-2", "sdlora", 2, [[96.0], [90.0, 82.0]], named,
+              cost=cost(1.0005, stored=2_500_000), trainable=1500)
     write_run(tmp_path / "sd-live", "sdlora", 3, [[50.0]], status="running")
     return tmp_path
 
@@ -73,15 +80,16 @@ def test_report_table_markdown(runs_root):
     lines = text.splitlines()
     assert lines[0] == ("| benchmark | run | method | seeds | final_accuracy | published Acc | Δ Acc | "
                         "final_accuracy_task_mean | average_incremental_accuracy | published AAA | Δ AAA | "
-                        "forgetting | trainable params | extra inference params | inference cost (x backbone) |")
-    assert lines[1] == "|" + "|".join(["---"] * 15) + "|"
+                        "forgetting | trainable params | extra inference params | extra stored numbers | "
+                        "inference cost (x backbone) |")
+    assert lines[1] == "|" + "|".join(["---"] * 16) + "|"
     # worst: the lower accuracy, the higher forgetting; then the cost columns (the seq_lora runs predate them)
     assert lines[2] == ("| clinc150 | sdlora-official | sdlora | 2 | 84.50 ± 1.50 (worst 83.00) | 80.00 | +4.50 | "
                         "84.50 ± 1.50 (worst 83.00) | 89.75 ± 1.25 (worst 88.50) | 90.00 | -0.25 | "
-                        "7.00 ± 1.00 (worst 8.00) | 1.50K | 115.30K | 1.00x |")
+                        "7.00 ± 1.00 (worst 8.00) | 1.50K | 115.30K | 2.45M | 1.00x |")
     assert lines[3] == ("| clinc150 | seq_lora | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | – | – | "
                         "66.50 ± 1.50 (worst 65.00) | 78.75 ± 1.25 (worst 77.50) | – | – | "
-                        "29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
+                        "29.00 ± 1.00 (worst 30.00) | 101 | – | – | – |")
     assert lines[4] == ""
     assert lines[5] == f"Note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
     assert len(lines) == 6
@@ -100,10 +108,10 @@ def test_report_table_csv(runs_root):
         "90.0000", "-0.2500")
     assert (seq["forgetting_mean"], seq["forgetting_stderr"]) == ("29.0000", "1.0000")
     assert seq["published_final_accuracy"] == seq["diff_final_accuracy"] == ""
-    assert (sd["trainable_parameters"], sd["extra_inference_parameters"], sd["inference_cost_ratio"]) == (
-        "1501", "115300", "1.0004")
-    assert (seq["trainable_parameters"], seq["extra_inference_parameters"], seq["inference_cost_ratio"]) == (
-        "101", "", "")
+    assert (sd["trainable_parameters"], sd["extra_inference_parameters"], sd["extra_stored_numbers"],
+            sd["inference_cost_ratio"]) == ("1501", "115300", "2450000", "1.0004")
+    assert (seq["trainable_parameters"], seq["extra_inference_parameters"], seq["extra_stored_numbers"],
+            seq["inference_cost_ratio"]) == ("101", "", "", "")
     assert text.splitlines()[-1] == f"# note: skipped {(runs_root / 'sd-live').resolve()}: status 'running'"
 
 
@@ -111,7 +119,7 @@ def test_report_without_published_has_no_published_columns(runs_root):
     text = report_table(collect_runs([runs_root / "seq"]), "md")
     assert text.splitlines()[2] == (
         "| clinc150 | seq_lora | seq_lora | 2 | 66.50 ± 1.50 (worst 65.00) | 66.50 ± 1.50 (worst 65.00) | "
-        "78.75 ± 1.25 (worst 77.50) | 29.00 ± 1.00 (worst 30.00) | 101 | – | – |")
+        "78.75 ± 1.25 (worst 77.50) | 29.00 ± 1.00 (worst 30.00) | 101 | – | – | – |")
     assert "Note" not in text
 
 
@@ -142,13 +150,14 @@ def test_report_main_writes_plot(runs_root, tmp_path):
 
 def test_cost_columns_mix_recorded_and_older_runs(tmp_path):
     """Seeds that record a cost are averaged; a seed from before the field counts for nothing; counts scale."""
-    write_run(tmp_path / "a", "l2p", 1, [[90.0]], cost=cost(2.5, extra=2_118), trainable=2_000_000)
+    write_run(tmp_path / "a", "l2p", 1, [[90.0]], cost=cost(2.5, extra=2_118, stored=2_138), trainable=2_000_000)
     write_run(tmp_path / "b", "l2p", 2, [[80.0]], trainable=4_000_000)
     assert report.cost_summary(collect_runs([tmp_path])) == {"trainable": 3_000_000.0, "extra": 2118.0,
-                                                              "ratio": 2.5}
+                                                              "stored": 2138.0, "ratio": 2.5}
     line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
-    assert line.endswith("| 3.00M | 2.12K | 2.50x |")
-    assert report.cost_summary([{"trainable_parameters": []}]) == {"trainable": None, "extra": None, "ratio": None}
+    assert line.endswith("| 3.00M | 2.12K | 2.14K | 2.50x |")
+    assert report.cost_summary([{"trainable_parameters": []}]) == {"trainable": None, "extra": None, "stored": None,
+                                                                   "ratio": None}
 
 
 PROMPT_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "vision" / "prompts"
@@ -175,7 +184,7 @@ def test_report_puts_the_prompt_baselines_published_numbers_side_by_side(tmp_pat
     def row(benchmark, name, acc, d_acc, aaa, d_aaa):
         method = name.split("-")[0] if not name.startswith(("coda", "hide")) else "_".join(name.split("-")[:2])
         return (f"| {benchmark} | {name} | {method} | 2 | {same} | {acc} | {d_acc} | {same} | "
-                f"84.25 ± 1.75 (worst 82.50) | {aaa} | {d_aaa} | 20.00 ± 0.00 (worst 20.00) | 101 | – | – |")
+                f"84.25 ± 1.75 (worst 82.50) | {aaa} | {d_aaa} | 20.00 ± 0.00 (worst 20.00) | 101 | – | – | – |")
 
     assert lines[2:] == [
         row("cifar100", "hide-prompt-cifar100-10", "–", "–", "–", "–"),

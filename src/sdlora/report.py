@@ -1,10 +1,12 @@
 """Comparison table over methods and seeds (`sdlora report`): mean ± standard error per (benchmark, method).
 
 Runs are grouped by benchmark and by a label: config `name` when set, else the method name plus its
-`variant` option when that differs from the method's default (e.g. `sdlora-rr`). The last three columns are
+`variant` option when that differs from the method's default (e.g. `sdlora-rr`). The last four columns are
 costs (means over seeds): the most parameters the optimiser trained in one task, the parameters stored for
-inference beyond the plain backbone, and the inference FLOPs against the plain backbone's (results.json
-`inference_cost`, `sdlora.engine.cost`); a run written before they were recorded shows a dash.
+inference beyond the plain backbone, every number stored to predict and to keep learning beyond the plain
+backbone (statistics, bases, the head a classifier replaces), and the inference FLOPs against the plain
+backbone's (results.json `inference_cost`, `sdlora.engine.cost`); a run written before they were recorded shows
+a dash.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DASH = "–"
 #: cost columns: (markdown header, csv header, key of `cost_summary`)
 COST_COLUMNS = (("trainable params", "trainable_parameters", "trainable"),
                 ("extra inference params", "extra_inference_parameters", "extra"),
+                ("extra stored numbers", "extra_stored_numbers", "stored"),
                 ("inference cost (x backbone)", "inference_cost_ratio", "ratio"))
 
 
@@ -123,11 +126,13 @@ def _mean(values: list[float | None]) -> float | None:
 
 def cost_summary(members: list[dict]) -> dict[str, float | None]:
     """Means over the seeds that record them: `trainable` (the largest per-task trainable parameter count),
-    `extra` (inference parameters beyond the plain backbone) and `ratio` (inference FLOPs / backbone FLOPs)."""
+    `extra` (inference parameters beyond the plain backbone), `stored` (every stored number beyond the plain
+    backbone) and `ratio` (inference FLOPs / backbone FLOPs)."""
     costs = [r.get("inference_cost") or {} for r in members]
     return {"trainable": _mean([max(r["trainable_parameters"]) if r.get("trainable_parameters") else None
                                 for r in members]),
             "extra": _mean([c.get("extra_parameters") for c in costs]),
+            "stored": _mean([c.get("extra_stored_numbers") for c in costs]),
             "ratio": _mean([c.get("ratio") for c in costs])}
 
 

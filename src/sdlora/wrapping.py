@@ -4,7 +4,8 @@ under them.
 Every wrapper (`SlicedLinear` of the adapters, `PrefixAttention` / `PrefixSelfAttention` of the prompts) keeps
 the module it replaced as `base`; the plain pre-trained architecture is the model with every wrapper replaced
 by its `base`. `plain_forward` runs it so without changing the model's structure, `plain_tensors` names its
-stored tensors (what inference cost is measured against, `sdlora.engine.cost`).
+stored tensors (what inference cost is measured against, `sdlora.engine.cost`); `module_tensors` names every
+stored tensor of a model, wrappers' own included.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def plain_forward(model: nn.Module) -> Iterator[None]:
             wrapper.__dict__.pop("forward", None)
 
 
+def own_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    """The parameters and persistent buffers registered on `module` itself (not on its children)."""
+    for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+        if tensor is not None and name not in module._non_persistent_buffers_set:
+            yield tensor
+
+
 def plain_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
     """The parameters and persistent buffers of the plain model (inside a wrapper only its `base`'s), by id."""
     out: dict[int, torch.Tensor] = {}
@@ -45,11 +53,15 @@ def plain_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
         if isinstance(module, ModuleWrapper):
             stack.append(module.base)
             continue
-        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
-            if tensor is not None and name not in module._non_persistent_buffers_set:
-                out[id(tensor)] = tensor
+        out.update((id(t), t) for t in own_tensors(module))
         stack.extend(m for m in module._modules.values() if m is not None)
     return out
+
+
+def module_tensors(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Every parameter and persistent buffer of `model` and its submodules, wrappers' own included (adapter
+    factors, prompt tensors), by id: a tensor registered twice counts once."""
+    return {id(t): t for module in model.modules() for t in own_tensors(module)}
 
 
 def plain_numel(model: nn.Module) -> int:

@@ -1,13 +1,17 @@
-"""Inference cost of a method as deployed, against the plain backbone: FLOPs counted on one batch, and the
-numbers stored to predict. Deterministic (`torch.utils.flop_counter`, no timing): the same on every rerun, and
-counted from shapes, so the same on CPU and GPU as long as every kernel used is in the table (torch's has the
-GPU attention kernels; the CPU one is added below; checked on CPU only).
+"""Inference cost of a method as deployed, against the plain backbone: FLOPs counted on one batch, the numbers
+stored to predict, and every number stored to predict and to keep learning. Deterministic
+(`torch.utils.flop_counter`, no timing): the same on every rerun, and counted from shapes, so the same on CPU and
+GPU as long as every kernel used is in the table (torch's has the GPU attention kernels; the CPU one is added
+below; checked on CPU only).
 
     flops           the method's eval forward (`Method.deployed()` form: SD-LoRA merged; prompt methods their
                     query pass and the prompted pass) on the batch
     backbone_flops  the plain pre-trained backbone's forward (`Backbone.plain()`: no adapter, no prompt)
     ratio           flops / backbone_flops (a merged method: 1 + the classifier's share)
     parameters      `Method.inference_parameters()`; backbone_parameters: the plain backbone's; extra: the difference
+    stored_numbers  `Method.stored_numbers()`: every number the continual model keeps to predict and to keep
+                    learning (the linear head, class statistics, subspace bases, ... beside what it predicts
+                    with); extra_stored_numbers: beyond the plain backbone
 
 Counted ops: matrix products, convolutions and attention (incl. the CPU kernel of scaled_dot_product_attention,
 which torch's table lacks), 2 FLOPs per multiply-add; element-wise ops are not counted.
@@ -61,7 +65,9 @@ def inference_cost(method: Method, inputs: Any) -> dict[str, Any]:
     finally:
         method.train(was_training)
     backbone_parameters = method.backbone.plain_numel()
+    stored = method.stored_numbers()  # as trained, outside `deployed` (a merge in place stores nothing new)
     return {"form": form, "batch": batch_size(inputs), "flops": flops, "backbone_flops": backbone_flops,
             "ratio": flops / backbone_flops if backbone_flops else None,
             "parameters": parameters, "backbone_parameters": backbone_parameters,
-            "extra_parameters": parameters - backbone_parameters}
+            "extra_parameters": parameters - backbone_parameters,
+            "stored_numbers": stored, "extra_stored_numbers": stored - backbone_parameters}

@@ -17,6 +17,7 @@ are the method's `classifier` component (`sdlora.methods.classifier`), which the
     export_state_dict()         merged backbone + head, loadable by plain timm / transformers
     deployed()                  context: the method in its deployed form for prediction (inference cost)
     inference_parameters()      numbers stored to predict in that form
+    stored_numbers()            every number kept to predict and to keep learning (statistics, bases, ...)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sdlora.methods.class_heads import ClassHead
 from sdlora.methods.classifier import Classifier
 from sdlora.methods.head import IncrementalHead
 from sdlora.methods.prototypes import collect_features
-from sdlora.wrapping import plain_tensors
+from sdlora.wrapping import module_tensors, plain_tensors
 
 
 @dataclass
@@ -243,18 +244,47 @@ class Method(nn.Module):
 
     def inference_parameters(self) -> int:
         """Numbers stored to predict in the `deployed` form: the export's tensors (merged backbone + head)
-        when exportable; else the plain backbone's and every other parameter of the method (prompts, keys,
-        heads, unmerged adapters), the stored numbers of a classifier from class statistics replacing the linear
+        when exportable; else the plain backbone's and every other parameter and persistent buffer of the method
+        (prompts, keys, heads, task-identity head, unmerged adapters) except those prediction never reads
+        (`learning_only_tensors`), the stored numbers of a classifier from class statistics replacing the linear
         head (prototypes: the class means; LDA: W and b)."""
         if self.exportable:
             return sum(v.numel() for v in self.export_state_dict().values())
-        plain = set(plain_tensors(self.backbone.model))  # ids
+        skip = set(plain_tensors(self.backbone.model)) | {id(t) for t in self.learning_only_tensors()}
+        extra = 0
         if self.class_head is not None:
-            plain |= {id(p) for p in self.head.parameters()}
-        extra = sum(p.numel() for p in self.parameters() if id(p) not in plain)
-        if self.class_head is not None:
+            skip |= set(module_tensors(self.head))
+            if isinstance(self.class_head, nn.Module):
+                skip |= set(module_tensors(self.class_head))
             extra += self.class_head.stored_numel()
+        extra += sum(t.numel() for key, t in module_tensors(self).items() if key not in skip)
         return self.backbone.plain_numel() + extra
+
+    def learning_only_tensors(self) -> list[torch.Tensor]:
+        """Tensors of the method's modules that prediction never reads, kept only to keep learning (HiDe-Prompt's
+        class statistics, L2P's selection counts): left out of `inference_parameters`, counted by
+        `stored_numbers`. A classifier from class statistics says its own share (`ClassHead.stored_numel`)."""
+        return []
+
+    def state_outside_modules(self) -> list[torch.Tensor]:
+        """Tensors the method keeps to predict or to keep learning as plain attributes, outside its modules'
+        parameters and buffers (InfLoRA's subspace bases, SD-LoRA's magnitude anchors)."""
+        return []
+
+    def stored_numbers(self) -> int:
+        """Every number the continual model keeps to predict and to keep learning, in the form it trains in:
+        the parameters and persistent buffers of all its modules (the backbone with its adapters or prompt
+        wrappers, the linear head, a classifier's statistics, HiDe-Prompt's task-identity head and class
+        statistics, ...) and `state_outside_modules()`, each tensor once.
+
+        Not counted: what lives only while a task trains (SDC's reference features, caches derived from the
+        stored tensors) and the optimiser's state. At the end of a task this is what the next one starts from:
+        for a prompt method `inference_parameters` plus the linear head a classifier from class statistics
+        replaces, the statistics that classifier learns from and every `learning_only_tensors`; for an adapter
+        method also W0 with every stored direction and magnitude in place of the merged weights."""
+        tensors = module_tensors(self)
+        tensors.update((id(t), t) for t in self.state_outside_modules())
+        return sum(t.numel() for t in tensors.values())
 
     def num_trainable(self) -> int:
         return sum(p.numel() for g in self.trainable_parameters() for p in g["params"])

@@ -12,6 +12,12 @@ settings (DualPrompt paper section 5 / dualprompt-pytorch `configs/imr_dualpromp
 L_g = 5, E at layers 2-4 with L_e = 20 (the paper's ImageNet-R setting; CIFAR-100 uses 5), one E-prompt per task,
 pull weight lambda = 1.0 (`pull_constraint_coeff`), prompts and keys initialised uniform(-1, 1).
 A finished task's E-prompt and key are frozen (requires_grad off, not in the optimiser): untouched afterwards.
+
+Task start, as both releases: E^t starts as a copy of E^{t-1} (`init_from_previous`, default on: their
+`shared_prompt_pool = True`, google-research/l2p configs/imr_dualprompt.py and cifar100_dualprompt.py,
+train_continual.py `train_and_evaluate_per_task`; JH-LEE-KR/dualprompt-pytorch configs/*.py `--shared_prompt_pool`
+default True, engine.py `train_and_evaluate`), and its key k_t starts uniform(-1, 1) (`key_from_previous`,
+default off: their `shared_prompt_key = False`; on copies k_{t-1}). The first task's prompt and key are uniform.
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ class DualPrompts(TaskPrefixes):
         self.g = uniform(g_layers, 2, g_length, dim)
         self.keys = nn.ParameterList()
 
-    def add_task(self, device: torch.device, copy_previous: bool = False) -> None:
-        """A new E-prompt and key for the next task; the earlier ones are frozen."""
+    def add_task(self, device: torch.device, copy_previous: bool = False, copy_key: bool = False) -> None:
+        """A new E-prompt and key for the next task, each a copy of the last one (`copy_previous`, `copy_key`;
+        from the second task on) or uniform(-1, 1); the earlier ones are frozen."""
         for p in self.keys:
             p.requires_grad_(False)
         super().add_task(device, copy_previous)
-        self.keys.append(uniform(self.dim, device=device))
+        copy_key = copy_key and len(self.keys) > 0
+        self.keys.append(nn.Parameter(self.keys[-1].detach().clone()) if copy_key else uniform(self.dim, device=device))
 
     def resize(self, tasks: int, device: torch.device) -> None:
         self.keys = nn.ParameterList()
@@ -80,7 +88,8 @@ class DualPrompt(TaskPromptMethod):
 
     def begin_task(self, task: TaskInfo) -> None:
         super().begin_task(task)
-        self.prompts.add_task(self._device())
+        o = self.options
+        self.prompts.add_task(self._device(), copy_previous=o.init_from_previous, copy_key=o.key_from_previous)
         self.current_task = task.index
 
     def match(self, query: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,9 @@ The release reshapes its [layers, 2, B, L, ...] prefix tensor to [layers, B, 2, 
 (key/value, sample) grid, so with one prompt for the batch (training) its first half attends with the key half as
 keys and values, its second half with the value half, and with per-sample prompts (test) samples take other
 samples' halves; here every sample gets (P_k, P_v), as prefix-tuning means (and as DualPrompt here). The TII head
-and both alignments train with the method's own optimisers inside `end_task`.
+and both alignments train with the method's own optimisers inside `end_task`. The alignment batches are the
+release's effective ones, 120 pseudo-features per step for the head and 24 for the TII head (`ca_batch_size`,
+`tii_ca_batch_size`): its 8 processes draw the same pools, so their averaged step is one process's (Options).
 """
 
 from __future__ import annotations
@@ -252,6 +254,11 @@ class HiDePrompt(TaskPromptMethod):
         return {"tii_alignment_loss": tii_loss, "head_alignment_loss": head_loss}
 
     # -- parameters and persistence ----------------------------------------------------------------
+    def learning_only_tensors(self) -> list[torch.Tensor]:
+        """The class statistics of frozen and prompted features: read by the alignments and the contrastive term
+        (learning), never by prediction (TII head, prompts and head): counted by `stored_numbers` only."""
+        return [*self.tii_stats.buffers(), *self.tap_stats.buffers()]
+
     def num_trainable(self) -> int:
         """The trainer's parameters plus the TII head's (trained inside `end_task`)."""
         return super().num_trainable() + sum(p.numel() for p in self.tii.parameters())

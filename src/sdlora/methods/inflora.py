@@ -136,6 +136,12 @@ class InfLoRA(Method):
         info.update({"threshold": threshold, "subspace_dims": dims})
         return info
 
+    def state_outside_modules(self) -> list[torch.Tensor]:
+        """The input-subspace bases M of every adapted Linear (what the next task's A is designed against).
+        The merge records (`PlainLoRA.merged_factors`, kept so that a resumed run replays its merges bit for
+        bit) are not counted: the merged weights already hold them."""
+        return list(self.subspaces.values())
+
     # -- persistence -----------------------------------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure, tensors = super().checkpoint_state()

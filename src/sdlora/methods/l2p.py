@@ -74,6 +74,10 @@ class L2P(PromptMethod):
         scalars = {"ce": ce.detach(), "pull": pull.detach()}
         return StepOutput(ce + self.options.pull_weight * pull, scalars)
 
+    def learning_only_tensors(self) -> list[torch.Tensor]:
+        """The selection counts: read by frequency balancing while training only, never by prediction."""
+        return [self.prompts.counts, self.prompts.current_counts]
+
     @torch.no_grad()
     def end_task(self, task: TaskInfo, train_loader: DataLoader) -> dict[str, Any]:
         self.prompts.end_task()

@@ -52,6 +52,18 @@ class PromptOptions:
 
 
 @dataclass
+class TaskPromptOptions(PromptOptions):
+    """Options of the methods with one prefix per task (`sdlora.methods.prompting.TaskPromptMethod`).
+
+    `init_from_previous`: task t's prefix E^t starts as a copy of E^{t-1} (from the second task on), else
+    uniform(-1, 1). Default on: every release of DualPrompt and HiDe-Prompt runs with `shared_prompt_pool`,
+    which copies the previous task's prompt into the new task's slot at task start (google-research/l2p
+    train_continual.py, JH-LEE-KR/dualprompt-pytorch and thu-ml/HiDe-Prompt engine `train_and_evaluate`)."""
+
+    init_from_previous: bool = True
+
+
+@dataclass
 class SDLoRAOptions(SDLoRAConfig):
     """SD-LoRA (`sdlora.methods.sdlora`): the adapter's keys (`SDLoRAConfig`, declared there once) plus the
     training-only ones below."""
@@ -136,7 +148,7 @@ class L2POptions(PromptOptions):
 
 
 @dataclass
-class DualPromptOptions(PromptOptions):
+class DualPromptOptions(TaskPromptOptions):
     """DualPrompt (`sdlora.methods.dualprompt`): shared G-prompts and per-task E-prompts, as prefixes."""
 
     LAYER_FIELDS = ("g_layers", "e_layers")
@@ -146,6 +158,8 @@ class DualPromptOptions(PromptOptions):
     e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
     e_length: PositiveInt = 20
     pull_weight: float = 1.0  # lambda
+    # init_from_previous (TaskPromptOptions, on): E^t starts as E^{t-1}, the releases' shared_prompt_pool
+    key_from_previous: bool = False  # k_t starts as k_{t-1}: the releases' shared_prompt_key (False)
 
     def __post_init__(self) -> None:
         if set(self.g_layers) & set(self.e_layers):
@@ -173,7 +187,7 @@ class CodaPromptOptions(PromptOptions):
 
 
 @dataclass
-class HiDePromptOptions(PromptOptions):
+class HiDePromptOptions(TaskPromptOptions):
     """HiDe-Prompt (`sdlora.methods.hide_prompt`): task prompts, task-identity inference, head alignment."""
 
     LAYER_FIELDS = ("e_layers",)
@@ -183,7 +197,7 @@ class HiDePromptOptions(PromptOptions):
     # T = engines/hide_tii_engine.py, TT = trainers/tii_trainer.py; the runs use 8 processes x batch 24
     e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # C:106 --e_prompt_layer_idx
     e_length: PositiveInt = 20  # C:115 --length (S passes 20)
-    init_from_previous: bool = True  # C:122 --shared_prompt_pool: E^t starts as a copy of E^{t-1} (E:257)
+    # init_from_previous (TaskPromptOptions, on): C:122 --shared_prompt_pool, E^t starts as E^{t-1} (E:257)
     prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
     contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
     contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
@@ -197,7 +211,7 @@ class HiDePromptOptions(PromptOptions):
     tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
     tii_epochs: int = 20  # S, TII run: --epochs 20
     tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
-    tii_batch_size: PositiveInt = 192  # 8 x 24
+    tii_batch_size: PositiveInt = 192  # 8 x 24: the TII run's DistributedSampler gives each process its own 24
     ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
     ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
     tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
@@ -205,11 +219,15 @@ class HiDePromptOptions(PromptOptions):
     # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
     # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
     ca_weight_decay: float = 0.0
-    # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: 8 processes x 24 x 5
-    # (E:440; DDP averages) and 8 x 24 (T:305). main.py:104 seeds every process with the same --seed, so the
-    # processes' pools and shuffles are probably the same draws, an effective 120 and 24 (not verified)
-    ca_batch_size: PositiveInt = 960
-    tii_ca_batch_size: PositiveInt = 192
+    # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: the release's effective
+    # batches, 24 x 5 = 120 (E:440) and 24 (T:305). Each of its 8 processes draws its own pool of that many per
+    # component and takes batches of that size, and DDP averages their gradients; but main.py:104 seeds every
+    # process with the same --seed and every process consumes its generators alike (the same sampling and
+    # randperm on the same shapes, from statistics all_gathered over the processes), so the 8 pools, shuffles
+    # and gradients are the same draws (read from the code, not run): the average is one process's step on
+    # 120 (24), not a step on 960 (192), the defaults here before
+    ca_batch_size: PositiveInt = 120
+    tii_ca_batch_size: PositiveInt = 24
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,7 +17,7 @@ from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.methods.base import Method, param_group
-from sdlora.methods.options import PromptOptions
+from sdlora.methods.options import PromptOptions, TaskPromptOptions
 from sdlora.prompts.pool import TaskPrefixes
 
 
@@ -75,14 +75,15 @@ class PromptMethod(Method):
 
 
 class TaskPromptMethod(PromptMethod):
-    """Prompt methods with one prefix per task (`TaskPrefixes`: DualPrompt, HiDe-Prompt). While task t trains,
-    its prompt is known (`current_task`, from `begin_task` until `end_task`); afterwards each input's is inferred."""
+    """Prompt methods with one prefix per task (`TaskPrefixes`: DualPrompt, HiDe-Prompt; `TaskPromptOptions`).
+    While task t trains, its prompt is known (`current_task`, from `begin_task` until `end_task`); afterwards each
+    input's is inferred."""
 
     prompts: TaskPrefixes
     #: the task start adds E^t and the task's features use it (the task is known), not the inferred prompt
     task_start_keeps_features = False
 
-    def __init__(self, backbone: Backbone, options: PromptOptions, train: TrainConfig,
+    def __init__(self, backbone: Backbone, options: TaskPromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
         super().__init__(backbone, options, train, classifier)
         self.current_task: int | None = None  # the prompt being trained (the task is known) until `end_task`

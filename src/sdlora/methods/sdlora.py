@@ -125,6 +125,10 @@ class SDLoRA(Method):
         info["magnitudes"] = [float(a) for a in self.adapter.magnitude_values()]
         return info
 
+    def state_outside_modules(self) -> list[torch.Tensor]:
+        """The magnitude anchors abar_k (the anchor penalty's targets)."""
+        return [self.magnitude_anchors]
+
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         structure, tensors = super().checkpoint_state()
         structure["adapter"] = self.adapter.structure()
