@@ -273,6 +273,20 @@ def test_learn_s_argument_errors_come_before_torch(tmp_path):
         assert (rc, heavy) == (1, []) and err.startswith(f"sdlora: error: {error}")
 
 
+def test_learn_abandon_answers_without_torch(tmp_path):
+    """`--abandon` only restores files: nothing to abandon is said, and a run is put back, with no model loaded."""
+    run = learn_run(tmp_path)
+    rc, heavy, err = heavy_modules_after(["learn", str(run), "--abandon"], tmp_path)
+    assert (rc, heavy) == (1, []) and "no learn to abandon (nothing was started, or it completed)" in err
+    from sdlora.serving.backup import take_backup
+
+    (run / "results.json").write_text('{"before": true}')
+    take_backup(run, run)
+    (run / "results.json").write_text('{"learned": true}')
+    rc, heavy, err = heavy_modules_after(["learn", str(run), "--abandon"], tmp_path)
+    assert (rc, heavy, err) == (0, [], "") and json.loads((run / "results.json").read_text()) == {"before": True}
+
+
 def test_an_interrupted_learn_is_left_to_the_command(tmp_path):
     from sdlora.cli_checks import check_args
 

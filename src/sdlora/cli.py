@@ -102,7 +102,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if args.abandon:
         if args.data or args.test or args.resume or args.set:
             raise ValueError("--abandon takes no --data, --test, --resume or --set: it only puts the run back")
-        from sdlora.serving.learn import abandon
+        from sdlora.serving.backup import abandon  # no torch
 
         abandon(Path(args.run_dir), args.seed)
         print(f"the interrupted learn is abandoned: {args.run_dir} is as it was before it")

@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
+
+from sdlora.engine.lock import output_lock
+from sdlora.engine.run_folder import RunFolder
 
 BACKUP = ".learn-backup"
 MANIFEST = "manifest.json"
@@ -63,3 +67,14 @@ def restore_backup(folder: Path, out: Path) -> None:
 
 def drop_backup(folder: Path) -> None:
     _remove(folder / BACKUP)
+
+
+def abandon(run_dir: Path | str, seed: int | None = None) -> dict[str, Any]:
+    """Put the run back exactly as it was before the interrupted (or failed) learn; returns its results.json.
+    Torch-free: `sdlora learn --abandon` answers without loading a model."""
+    run = RunFolder.open(run_dir, seed)
+    with output_lock(run.out):
+        if not has_backup(run.folder):
+            raise ValueError(f"{run.folder}: no learn to abandon (nothing was started, or it completed)")
+        restore_backup(run.folder, run.out)
+    return RunFolder.open(run_dir, seed).record

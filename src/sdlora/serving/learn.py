@@ -39,7 +39,7 @@ from sdlora.engine.runner import (
 )
 from sdlora.engine.trainer import CheckpointHook, Trainer
 from sdlora.registry import BACKBONES, METHODS
-from sdlora.serving.backup import drop_backup, has_backup, restore_backup, take_backup
+from sdlora.serving.backup import drop_backup, restore_backup, take_backup
 from sdlora.serving.learn_data import GrowingScenario, NewTask, combined_data, read_task
 from sdlora.serving.learn_files import check_task_files
 from sdlora.typed import ConfigError
@@ -157,16 +157,6 @@ def _continue(run: RunFolder, pending: dict[str, Any], train_file: Path | None,
                          f"was with `sdlora learn {run.folder} --abandon`")
     new = read_task(Path(pending["train"]), pending["text_column"], pending["label_column"])
     return pending, new, learn_config(run, started + extra)
-
-
-def abandon(run_dir: Path | str, seed: int | None = None) -> dict[str, Any]:
-    """Put the run back exactly as it was before the interrupted (or failed) learn; returns its results.json."""
-    run = RunFolder.open(run_dir, seed)
-    with output_lock(run.out):
-        if not has_backup(run.folder):
-            raise ValueError(f"{run.folder}: no learn to abandon (nothing was started, or it completed)")
-        restore_backup(run.folder, run.out)
-    return RunFolder.open(run_dir, seed).record
 
 
 def learn(run_dir: Path | str, train_file: Path | None = None, test_file: Path | None = None, *,
