@@ -230,7 +230,7 @@ def test_export_and_load_reproduce_the_lda_logits(tmp_path):
 
 @pytest.mark.parametrize(("method", "classifier", "message"), [
     ("sdlora", {"kind": "prototypes", "shrinkage": 1e-2}, "method.classifier.shrinkage: 0.01 is refused: shrinkage "
-                                                          "tunes the LDA head"),
+                                                          "tunes the LDA and ridge heads"),
     ("sdlora", {"priors": "empirical"}, "method.classifier.priors: 'empirical' is refused: priors tunes the LDA head"),
     ("sdlora", {"kind": "lda", "shrinkage": 0}, "shrinkage must be in \\(0, 1\\] or .oas."),
     ("sdlora", {"kind": "lda", "shrinkage": 1.5}, "shrinkage must be in \\(0, 1\\] or .oas."),

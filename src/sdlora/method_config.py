@@ -5,6 +5,7 @@
       options: {rank: 8}
       classifier: {kind: prototypes, drift: sdc, sdc_sigma: 0.3, head_init: class_mean, head_init_scale: 60.0}
       # or, the LDA head from class statistics:  {kind: lda, shrinkage: oas, priors: uniform, drift: sdc}
+      # or RanPAC's ridge head over a random ReLU projection:  {kind: ridge, random_features: 4096, drift: sdc}
 
 The classifier settings belong to the method: every method declares what it can do with them
 (`ClassifierSupport`, the class attribute `Method.classifier_support`). A key left out (or null) takes the
@@ -27,8 +28,22 @@ HEAD_INIT_SCALE = 10.0
 #: one with few samples per class (benchmarks/README.md, "Shrinkage")
 LDA_SHRINKAGE: float | Literal["oas"] = "oas"
 LDA_PRIORS = "uniform"
+RIDGE_SHRINKAGE = 1e-2  # chosen on the same validation splits (benchmarks/README.md, "Random feature maps")
+FEATURE_MAP = "relu"
+RFF_BANDWIDTH = 1.4  # about the median distance between two normalised MiniLM features (benchmarks/README.md)
 #: the kinds that predict from class statistics fitted after each task (drift compensation moves those)
-STATISTICS_KINDS = ("prototypes", "lda")
+STATISTICS_KINDS = ("prototypes", "lda", "ridge")
+#: per kind of head from running sums, its settings and their defaults (filled in by `ClassifierSupport.resolve`)
+HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lda": {"shrinkage": LDA_SHRINKAGE, "priors": LDA_PRIORS},
+    "ridge": {"shrinkage": RIDGE_SHRINKAGE},
+}
+#: setting -> (what it tunes, the kinds that have it)
+TUNES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "shrinkage": ("the LDA and ridge heads", ("lda", "ridge")),
+    "priors": ("the LDA head", ("lda",)),
+    "random_features": ("the LDA and ridge heads", ("lda", "ridge")),
+}
 
 
 @dataclass
@@ -51,19 +66,30 @@ class ClassifierConfig:
     covariance, a = `shrinkage` in (0, 1], or `oas` (the default: a chosen from the statistics, Oracle
     Approximating Shrinkage). Like `prototypes` it changes prediction only; `drift: sdc`
     moves its class means.
+    `kind: ridge`: RanPAC's ridge regression onto one-hot targets from the same running sums: logit_c = w_c^T g,
+    w_c = Q^{-1} (n_c / N) mu_c, Q = shrunk second moment of g (`shrinkage`, default 1e-2; = RanPAC's lambda
+    a / (1 - a) relative to the mean eigenvalue of the Gram matrix).
+    `random_features: M` (kinds lda and ridge): the head works on h = phi(g), a fixed random feature map M wide
+    drawn from the run's seed (`sdlora.methods.random_features`): `feature_map: relu` (default, RanPAC's
+    ReLU(W^T g)) or `rff` (random Fourier features of the RBF kernel of `bandwidth` s, default 1.4). The head is
+    then no longer linear in the feature: the export formats refuse it (the run folder predicts).
     """
 
-    kind: Literal["linear", "prototypes", "lda"] | None = None
+    kind: Literal["linear", "prototypes", "lda", "ridge"] | None = None
     drift: Literal["none", "sdc"] | None = None
     sdc_sigma: float | None = None  # sigma of the SDC weights w_ic (default 0.3)
     head_init: Literal["random", "class_mean"] | None = None
     head_init_scale: float | None = None  # `scale` of the class-mean rows (default 10.0)
-    # kind 'lda': a of Sigma = (1 - a) S + a (tr S / D) I, or 'oas' (chosen from the statistics; the default)
+    # kinds 'lda' / 'ridge': a of shrunk(A, a) = (1 - a) A + a (tr A / D) I; 'oas' (lda only, the lda default):
+    # chosen from the statistics (ridge default 1e-2)
     shrinkage: float | Literal["oas"] | None = None
     priors: Literal["uniform", "empirical"] | None = None  # kind 'lda': + log(n_c / N) when empirical
+    random_features: int | None = None  # kinds 'lda' / 'ridge': M, a random feature map of g before the head
+    feature_map: Literal["relu", "rff"] | None = None  # with random_features: ReLU(W^T g) or random Fourier features
+    bandwidth: float | None = None  # feature_map 'rff': s of the kernel exp(-||g - g'||^2 / (2 s^2)) (default 1.4)
 
     def __post_init__(self) -> None:
-        for name in ("sdc_sigma", "head_init_scale"):
+        for name in ("sdc_sigma", "head_init_scale", "bandwidth", "random_features"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -86,7 +112,7 @@ class ClassifierSupport:
     """What a method does with `method.classifier`: the values it honours (the first is its default) and, per
     setting it does not have, why (`kind`, `drift`, `head_init`). `head_inits=()`: no head to initialise."""
 
-    kinds: tuple[Literal["linear", "prototypes", "lda"], ...] = ("linear", "prototypes", "lda")
+    kinds: tuple[Literal["linear", "prototypes", "lda", "ridge"], ...] = ("linear", "prototypes", "lda", "ridge")
     drifts: tuple[Literal["none", "sdc"], ...] = ("none", "sdc")
     head_inits: tuple[Literal["random", "class_mean"], ...] = ("random", "class_mean")
     reasons: Mapping[str, str] = field(default_factory=dict)
@@ -105,11 +131,23 @@ class ClassifierSupport:
             out["head_init_scale"] = self.reasons.get("head_init", "this method has no head to initialise")
         kind = given.kind or self.kinds[0]
         if given.drift == "sdc" and kind not in STATISTICS_KINDS and "drift" not in out:
-            out["drift"] = ("drift compensation moves the class prototypes (or the LDA head's class means), which "
-                            "only kinds 'prototypes' and 'lda' predict with")
-        for name in ("shrinkage", "priors"):
-            if getattr(given, name) is not None and kind != "lda" and "kind" not in out:
-                out[name] = f"{name} tunes the LDA head (kind 'lda'); this classifier is kind {kind!r}"
+            out["drift"] = ("drift compensation moves the class prototypes (or the LDA / ridge heads' class means), "
+                            "which only kinds 'prototypes', 'lda' and 'ridge' predict with")
+        if "kind" not in out:
+            for name, (what, kinds) in TUNES.items():
+                if getattr(given, name) is not None and kind not in kinds:
+                    out[name] = f"{name} tunes {what} (kind {' / '.join(map(repr, kinds))}); this classifier is " \
+                                f"kind {kind!r}"
+        if given.shrinkage == "oas" and kind == "ridge" and "shrinkage" not in out:
+            out["shrinkage"] = ("OAS estimates the shrinkage of a covariance (kind 'lda'); the ridge head's penalty is "
+                                "a number in (0, 1]")
+        if given.random_features is None:
+            for name in ("feature_map", "bandwidth"):
+                if getattr(given, name) is not None and "random_features" not in out:
+                    out[name] = f"{name} shapes the random feature map, which needs random_features: M"
+        elif given.bandwidth is not None and (given.feature_map or FEATURE_MAP) != "rff":
+            out["bandwidth"] = ("bandwidth is the RBF kernel's of feature_map 'rff'; a ReLU map is scale-free (the "
+                                "heads give the same logits for any scale of W)")
         return out
 
     def resolve(self, given: ClassifierConfig | None, key: str = "method.classifier") -> ClassifierConfig:
@@ -124,10 +162,16 @@ class ClassifierSupport:
             head_init=given.head_init or (self.head_inits[0] if has_head else None),
             head_init_scale=given.head_init_scale if given.head_init_scale is not None else (
                 HEAD_INIT_SCALE if has_head else None),
-            **(lda_defaults(given) if (given.kind or self.kinds[0]) == "lda" else {}))
+            **head_defaults(given.kind or self.kinds[0], given))
 
 
-def lda_defaults(given: ClassifierConfig) -> dict[str, Any]:
-    """`shrinkage` and `priors` of an LDA head, defaults filled in."""
-    return {"shrinkage": LDA_SHRINKAGE if given.shrinkage is None else given.shrinkage,
-            "priors": given.priors or LDA_PRIORS}
+def head_defaults(kind: str, given: ClassifierConfig) -> dict[str, Any]:
+    """The settings of a head from running sums (`HEAD_DEFAULTS`, and the feature map's with random_features),
+    defaults filled in; {} for the other kinds."""
+    out = {name: default if getattr(given, name) is None else getattr(given, name)
+           for name, default in HEAD_DEFAULTS.get(kind, {}).items()}
+    if given.random_features is not None:
+        out["feature_map"] = given.feature_map or FEATURE_MAP
+        if out["feature_map"] == "rff":
+            out["bandwidth"] = RFF_BANDWIDTH if given.bandwidth is None else given.bandwidth
+    return out

@@ -219,6 +219,11 @@ class Method(nn.Module):
         if not self.exportable:
             raise ValueError(f"{type(self).__name__}: the prompts are chosen per input and cannot be merged into a "
                              "plain backbone + linear head; use the run folder itself (sdlora predict/eval)")
+        if self.class_head is not None and self.class_head.feature_map is not None:
+            raise ValueError("the classifier applies a fixed random feature map (classifier.random_features) before "
+                             "its linear head, so its logits are not linear in the feature and no export format (one "
+                             "linear head over the feature) can hold it; use the run folder itself (sdlora predict / "
+                             "eval, sdlora.load)")
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         """`backbone.*` + `head.*`; with a classifier from class statistics its (W, b), applied as its
@@ -244,12 +249,15 @@ class Method(nn.Module):
 
     def inference_parameters(self) -> int:
         """Numbers stored to predict in the `deployed` form: the export's tensors (merged backbone + head)
-        when exportable; else the plain backbone's and every other parameter and persistent buffer of the method
-        (prompts, keys, heads, task-identity head, unmerged adapters) except those prediction never reads
-        (`learning_only_tensors`), the stored numbers of a classifier from class statistics replacing the linear
-        head (prototypes: the class means; LDA: W and b)."""
+        when exportable (plus a random feature map's W and b, which the head predicts with and exports refuse);
+        else the plain backbone's and every other parameter and persistent buffer of the method (prompts, keys,
+        heads, task-identity head, unmerged adapters) except those prediction never reads (`learning_only_tensors`),
+        the stored numbers of a classifier from class statistics replacing the linear head (prototypes: the class
+        means; LDA / ridge: W and b, and a random feature map's)."""
         if self.exportable:
-            return sum(v.numel() for v in self.export_state_dict().values())
+            feature_map = None if self.class_head is None else self.class_head.feature_map
+            lift = 0 if feature_map is None else feature_map.stored_numel()
+            return sum(v.numel() for v in self.export_state_dict().values()) + lift
         skip = set(plain_tensors(self.backbone.model)) | {id(t) for t in self.learning_only_tensors()}
         extra = 0
         if self.class_head is not None:

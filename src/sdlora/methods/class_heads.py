@@ -6,7 +6,11 @@ the head's `logits` at evaluation; the linear head still carries the training lo
 
     prototypes   cosine nearest-class-mean (`prototypes.ClassPrototypes`)
     lda          linear discriminant analysis with a shared covariance (`lda.LDAHead`)
+    ridge        ridge regression onto one-hot targets, RanPAC's head (`lda.RidgeHead`)
     linear       none: the trained linear head predicts
+
+`lda` and `ridge` take `random_features: M`: a fixed random feature map of the normalised feature before the head
+(`random_features.RandomFeatures`), drawn from the run's seed.
 """
 
 from __future__ import annotations
@@ -17,15 +21,22 @@ from typing import Any, Protocol
 import torch
 
 from sdlora.method_config import ClassifierConfig
-from sdlora.methods.lda import LDAHead
+from sdlora.methods.lda import LDAHead, RidgeHead
 from sdlora.methods.prototypes import ClassPrototypes
+from sdlora.methods.random_features import RandomFeatures
 
 
 class ClassHead(Protocol):
     """What a method needs from a classifier fitted from class statistics."""
 
-    #: how `sdlora export` applies (W, b): a key of `sdlora.export.common.CLASSIFIER_KINDS`
-    export_kind: str
+    @property
+    def export_kind(self) -> str:
+        """How `sdlora export` applies (W, b): a key of `sdlora.export.common.CLASSIFIER_KINDS`."""
+
+    @property
+    def feature_map(self) -> RandomFeatures | None:
+        """A fixed random feature map inside `lift`: the logits are then not linear in the feature, and no export
+        format (one linear head over the feature) can write them; None: (W, b) apply to the normalised feature."""
 
     @property
     def num_classes(self) -> int: ...
@@ -36,6 +47,9 @@ class ClassHead(Protocol):
 
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:
         """SDC on classes [0, upto) from the same samples' features before and after; returns the mean shift."""
+
+    def lift(self, features: torch.Tensor) -> torch.Tensor:
+        """What (W, b) of `export_head` apply to: logits = lift(f) W^T + b."""
 
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
 
@@ -52,15 +66,32 @@ class ClassHead(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+def feature_map(dim: int, cfg: ClassifierConfig) -> RandomFeatures | None:
+    """The fixed random feature map of `random_features` (None without), drawn from the run's seed (the engine
+    seeds torch before it builds the method, so torch.initial_seed() is the run's seed)."""
+    if cfg.random_features is None:
+        return None
+    assert cfg.feature_map is not None  # `ClassifierSupport.resolve` fills it (and bandwidth for rff)
+    bandwidth = 1.0 if cfg.bandwidth is None else cfg.bandwidth  # relu: scale-free, 1 is as good as any
+    return RandomFeatures(dim, cfg.random_features, cfg.feature_map, bandwidth, torch.initial_seed())
+
+
 def lda_head(dim: int, cfg: ClassifierConfig) -> LDAHead:
     assert cfg.shrinkage is not None and cfg.priors is not None  # `ClassifierSupport.resolve` fills them for lda
-    return LDAHead(dim, cfg.shrinkage, cfg.priors)
+    return LDAHead(dim, cfg.shrinkage, cfg.priors, feature_map(dim, cfg))
+
+
+def ridge_head(dim: int, cfg: ClassifierConfig) -> RidgeHead:
+    # `ClassifierSupport.resolve` fills it for ridge and refuses 'oas' there
+    assert cfg.shrinkage is not None and cfg.shrinkage != "oas"
+    return RidgeHead(dim, cfg.shrinkage, feature_map(dim, cfg))
 
 
 #: kind -> builder(feature dim, resolved classifier settings); a kind not here (`linear`) has no such head
 CLASS_HEADS: dict[str, Callable[[int, ClassifierConfig], ClassHead]] = {
     "prototypes": lambda dim, cfg: ClassPrototypes(dim),
     "lda": lda_head,
+    "ridge": ridge_head,
 }
 
 

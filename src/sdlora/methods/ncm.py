@@ -1,7 +1,7 @@
 """SimpleCIL (Zhou et al., 2023): frozen backbone, class prototypes, cosine nearest-class-mean. No training.
 
-With `method.classifier.kind: lda` the same frozen features feed the LDA head from class statistics instead
-(`sdlora.methods.lda`): still no training, one shared covariance besides the class means."""
+With `method.classifier.kind: lda` (or `ridge`) the same frozen features feed the LDA (ridge) head from class
+statistics instead (`sdlora.methods.lda`): still no training, one shared covariance besides the class means."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ class NCM(Method):
     """Frozen backbone + cosine nearest-class-mean over class prototypes (SimpleCIL); no training."""
 
     trains = False
-    classifier_support = ClassifierSupport(kinds=("prototypes", "lda"), drifts=("none",), head_inits=(), reasons={
-        "kind": "ncm has no trained head: it predicts from class statistics (kind 'prototypes' or 'lda')",
-        "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
-        "head_init": "ncm has no head to initialise"})
+    classifier_support = ClassifierSupport(
+        kinds=("prototypes", "lda", "ridge"), drifts=("none",), head_inits=(), reasons={
+            "kind": "ncm has no trained head: it predicts from class statistics (kind 'prototypes', 'lda' or 'ridge')",
+            "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
+            "head_init": "ncm has no head to initialise"})
 
     Options = NoOptions
 

@@ -38,13 +38,16 @@ def collect_features(features_of: Callable[[Any], torch.Tensor], loader: DataLoa
 
 
 @torch.no_grad()
-def sdc_shift(means: torch.Tensor, before: torch.Tensor, after: torch.Tensor, sigma: float) -> torch.Tensor:
-    """SDC's shift of each class mean [C, D]: sum_i w_ic (after_i - before_i) / sum_i w_ic, with
+def sdc_weights(means: torch.Tensor, before: torch.Tensor, sigma: float) -> torch.Tensor:
+    """SDC's weights [C, N], normalised over the samples: w_ic / sum_i w_ic with
     w_ic = exp(-||g(before_i) - g(mu_c)||^2 / (2 sigma^2)) (g = L2-normalise; float32)."""
-    means = means.float()
-    dist2 = torch.cdist(F.normalize(means, dim=-1), F.normalize(before, dim=-1)) ** 2
-    weights = torch.softmax(-dist2 / (2 * sigma**2), dim=1)  # = w_ic / sum_i w_ic, numerically safe
-    return weights @ (after - before)
+    dist2 = torch.cdist(F.normalize(means.float(), dim=-1), F.normalize(before, dim=-1)) ** 2
+    return torch.softmax(-dist2 / (2 * sigma**2), dim=1)  # = w_ic / sum_i w_ic, numerically safe
+
+
+def sdc_shift(means: torch.Tensor, before: torch.Tensor, after: torch.Tensor, sigma: float) -> torch.Tensor:
+    """SDC's shift of each class mean [C, D]: sum_i w_ic (after_i - before_i) / sum_i w_ic (`sdc_weights`)."""
+    return sdc_weights(means, before, sigma) @ (after - before)
 
 
 class ClassPrototypes(nn.Module):
@@ -52,6 +55,7 @@ class ClassPrototypes(nn.Module):
 
     #: exported as unit-norm class means applied to the L2-normalised feature
     export_kind = "cosine"
+    feature_map = None  # (W, b) apply to the normalised feature itself
     means: torch.Tensor
 
     def __init__(self, dim: int) -> None:
@@ -90,6 +94,11 @@ class ClassPrototypes(nn.Module):
         shift = sdc_shift(self.means[:upto], before, after, sigma)
         self.means[:upto] += shift
         return float(shift.norm(dim=-1).mean())
+
+    @staticmethod
+    def lift(features: torch.Tensor) -> torch.Tensor:
+        """What `export_head`'s (W, b) apply to: the L2-normalised feature."""
+        return F.normalize(features.float(), dim=-1)
 
     def cosine_logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=-1) @ F.normalize(self.means, dim=-1).T

@@ -10,7 +10,11 @@ The classifier is `sdlora.export.classifier.Classifier`. An export folder is loa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor
 
 from sdlora.export.classifier import Classifier, TopK, UnreadableInput, image_preprocess
 from sdlora.export.common import MANIFEST
@@ -26,8 +30,15 @@ def load_run(path: Path, seed: int | None = None, device: str = "cpu") -> Classi
     run = restore_run(path, seed, device)
     source = ExportSource.from_run(run)
     method = run.method.eval()
-    return Classifier(method.backbone, method.features, source.head_weight.to(device),
-                      source.head_bias.to(device), source.classifier, source.class_names,
+    features_fn: Callable[[Any], Tensor] = method.features
+    kind = source.classifier
+    head = method.class_head
+    if head is not None and head.feature_map is not None:  # not linear in the feature: (W, b) apply to its lift
+        def features_fn(batch: Any) -> Tensor:
+            return head.lift(method.features(batch))
+        kind = "linear"
+    return Classifier(method.backbone, features_fn, source.head_weight.to(device),
+                      source.head_bias.to(device), kind, source.class_names,
                       image_preprocess(run_preprocess(run.cfg), method.backbone))
 
 
