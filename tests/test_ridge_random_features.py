@@ -219,6 +219,8 @@ def test_exports_refuse_a_head_over_random_features_and_the_run_folder_predicts(
     ({"kind": "lda", "random_features": 64, "bandwidth": 2.0}, "method.classifier.bandwidth: 2.0 is refused: "
                                                                "bandwidth is the RBF kernel's of feature_map 'rff'"),
     ({"kind": "lda", "random_features": 0}, "random_features must be > 0"),
+    ({"kind": "ridge", "shrinkage": "oas"}, "method.classifier.shrinkage: 'oas' is refused: OAS estimates the "
+                                            "shrinkage of a covariance \\(kind 'lda'\\)"),
     ({"kind": "ridge", "random_features": 64, "feature_map": "rff", "bandwidth": 0}, "bandwidth must be > 0"),
 ])
 def test_random_feature_settings_that_make_no_sense_are_refused(classifier, message):
@@ -229,7 +231,7 @@ def test_random_feature_settings_that_make_no_sense_are_refused(classifier, mess
 
 @pytest.mark.parametrize(("classifier", "expected"), [
     ({"kind": "ridge"}, ClassifierConfig("ridge", "none", shrinkage=1e-2)),
-    ({"kind": "lda", "random_features": 64}, ClassifierConfig("lda", "none", shrinkage=1e-2, priors="uniform",
+    ({"kind": "lda", "random_features": 64}, ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform",
                                                               random_features=64, feature_map="relu")),
     ({"kind": "ridge", "random_features": 64, "feature_map": "rff"},
      ClassifierConfig("ridge", "none", shrinkage=1e-2, random_features=64, feature_map="rff", bandwidth=1.4)),
