@@ -56,3 +56,24 @@ def test_hwu64_without_a_data_root_says_where_to_put_it(tmp_path):
         Hwu64(Hwu64.Options(), None)
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         Hwu64(Hwu64.Options(), tmp_path).load()
+
+
+def test_data_check_compares_hwu64_with_fold_1_s_sizes(data_root, tmp_path, capsys):
+    """`sdlora data check` knows fold 1's sizes (less the held-out val rows) and names a file that lost rows."""
+    if not (data_root / "hwu64" / "train.csv").is_file():
+        pytest.skip(f"HWU64 not under {data_root}")
+    from sdlora.cli import main
+
+    config = str(CONFIGS / "hwu64.yaml")
+    assert main(["data", "check", config, "--set", f"benchmark.data_root={data_root}"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: split (train 8,942 / test 1,076) matches the fold 1, 1,018 train.csv rows held out as val" in out
+    assert "no published sizes" not in out
+    cut = tmp_path / "hwu64"
+    cut.mkdir()
+    rows = (data_root / "hwu64" / "train.csv").read_text(encoding="utf-8").splitlines()
+    (cut / "train.csv").write_text("\n".join(rows[:-50]) + "\n", encoding="utf-8")  # 50 rows lost
+    (cut / "test.csv").write_bytes((data_root / "hwu64" / "test.csv").read_bytes())
+    assert main(["data", "check", config, "--set", f"benchmark.data_root={tmp_path}",
+                 "--set", "benchmark.options.verify_checksum=false"]) == 1
+    assert "matches no known layout" in capsys.readouterr().out

@@ -13,6 +13,7 @@ in `alarm_query`), scenarios alphabetical, so a task holds one or two home-assis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ FILES = {"train": "train.csv", "test": "test.csv"}
 SHA256 = {"train": "d6bf3228741464c2dfb7b012ec8537b9182b9f4245c063fcccb96e8318e16f24",
           "test": "cfd3e8dd9eee92ab506bc94f33460b5ada8496a05587a483907e31e5d1b37610"}
 NUM_INTENTS = 64
+ROWS = {"train": 9960, "test": 1076}  # fold 1 as published (Liu et al., IWSDS 2019); the sha256 pins the files
+SOURCE = "HWU64 fold 1 (Liu et al., IWSDS 2019): train.csv 9,960 rows, test.csv 1,076"
 
 
 def scenario_order(class_names: list[str]) -> list[int]:
@@ -60,6 +63,23 @@ class Hwu64:
                                     f"environment variable to the folder that holds {FOLDER}/train.csv")
         self.options = options
         self.folder = Path(data_root).expanduser() / FOLDER
+
+    def expected_counts(self) -> Any:
+        """Fold 1's sizes less the `val` rows held out of train.csv (`val_fraction` of every intent, counted on the
+        file's labels as `load` holds them out): what `sdlora data check` compares with."""
+        from sdlora.data.check import KnownCounts, KnownSplit
+
+        held = 0
+        train_file = self.folder / FILES["train"]
+        if self.options.val_fraction and train_file.is_file():
+            _, names = read_text_file(train_file, "csv", "text", "label")
+            index = {name: i for i, name in enumerate(sorted(set(names)))}
+            labels = np.asarray([index[name] for name in names], dtype=np.int64)
+            held = int(hold_out(labels, self.options.val_fraction, self.options.split_seed).sum())
+        counts = {"train": ROWS["train"] - held, "test": ROWS["test"]}
+        layout = KnownSplit(f"fold 1, {held:,} train.csv rows held out as val", counts, source=SOURCE)
+        return KnownCounts(classes=NUM_INTENTS, total=counts["train"] + counts["test"], layouts=(layout,),
+                           source=SOURCE)
 
     def load(self) -> BenchmarkData:
         opts = self.options
