@@ -402,6 +402,10 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
     frozen_lda = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_lda.yaml"))
     assert frozen_lda.method.name == "ncm" and frozen_lda.train == main.train
     assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform")
+    frozen_rf = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_ridge_rf.yaml"))
+    assert frozen_rf.method.name == "ncm" and frozen_rf.train == main.train and frozen_rf.seeds == [1993]
+    assert frozen_rf.method.classifier == ClassifierConfig("ridge", "none", shrinkage=1e-2, random_features=4096,
+                                                           feature_map="relu")
     assert methods["ncm"].method.classifier == ClassifierConfig()
 
 
