@@ -192,10 +192,12 @@ class Method(nn.Module):
 
         Subclasses that change the function at the end of a task call this last."""
         self.tasks_seen = task.index + 1
-        if self.class_head is None:
-            return {}
-        self.eval()
-        return self.classifier.end_task(task, *collect_features(self.features, train_loader, self._device()))
+
+        def after() -> tuple[torch.Tensor, torch.Tensor]:  # left in eval mode, as the evaluation that follows
+            self.eval()
+            return collect_features(self.features, train_loader, self._device())
+
+        return self.classifier.end_task(task, after)
 
     # -- persistence -----------------------------------------------------------------------------
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

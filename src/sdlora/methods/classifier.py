@@ -8,8 +8,8 @@ A method composes one (`Method.classifier`) and calls its hooks from its own lif
     begin_task(task)                new head rows; old rows frozen with `train.freeze_old_head`
     prepare_task(task, pass_, kept) head_init: class_mean: the new rows from the class means of the features
                                     training starts from, rows = scale * mu_c / (||mu_c|| * mean ||f||)
-    end_task(task, after, labels)   SDC moves old classes' statistics by the drift of this task's samples; the new
-                                    classes' statistics are fitted
+    end_task(task, pass_)           SDC moves old classes' statistics by the drift of this task's samples; the new
+                                    classes' statistics are fitted (from the pass after training)
     logits(features, training)      the linear head while training, the statistics head (if any) at evaluation
     loss(logits, labels, task)      CE over the current task's logits (`train.loss: current`) or all seen
 
@@ -80,12 +80,14 @@ class Classifier(nn.Module):
         self.head.biases[-1].zero_()
 
     @torch.no_grad()
-    def end_task(self, task: TaskInfo, after: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-        """SDC on old classes (when the task's "before" features were taken), then the new classes' statistics;
-        returns results.json's `prototype_shift` and what the statistics head reports."""
+    def end_task(self, task: TaskInfo, pass_: FeaturePass) -> dict[str, Any]:
+        """SDC on old classes (when the task's "before" features were taken), then the new classes' statistics,
+        from `pass_` (made only with a statistics head); returns results.json's `prototype_shift` and what the
+        statistics head reports."""
         info: dict[str, Any] = {}
         if self.class_head is None:
             return info
+        after, labels = pass_()
         if self.features_before is not None:
             assert self.cfg.sdc_sigma is not None  # resolved: sdc's sigma is filled in wherever drift is taken
             info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after, task.known,

@@ -12,6 +12,7 @@ in `alarm_query`), scenarios alphabetical, so a task holds one or two home-assis
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ def scenario_order(class_names: list[str]) -> list[int]:
     return sorted(range(len(class_names)), key=lambda i: (class_names[i].split("_", 1)[0], class_names[i]))
 
 
+def held_per_class(rows: int, fraction: float) -> int:
+    """How many of a class's `rows` are held out: round(fraction * rows), at least one, never all of them."""
+    return min(max(1, round(fraction * rows)), rows - 1)
+
+
 def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """A boolean mask over `labels`: per class, round(fraction * n) rows (at least one when fraction > 0, never
     all of them), drawn by one fixed permutation of `seed`."""
@@ -46,7 +52,7 @@ def hold_out(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     order = np.random.default_rng(seed).permutation(labels.shape[0])
     for c in np.unique(labels):
         rows = order[labels[order] == c]
-        take = min(max(1, round(fraction * rows.shape[0])), rows.shape[0] - 1)
+        take = held_per_class(rows.shape[0], fraction)
         mask[rows[:take]] = True
     return mask
 
@@ -73,9 +79,7 @@ class Hwu64:
         train_file = self.folder / FILES["train"]
         if self.options.val_fraction and train_file.is_file():
             _, names = read_text_file(train_file, "csv", "text", "label")
-            index = {name: i for i, name in enumerate(sorted(set(names)))}
-            labels = np.asarray([index[name] for name in names], dtype=np.int64)
-            held = int(hold_out(labels, self.options.val_fraction, self.options.split_seed).sum())
+            held = sum(held_per_class(rows, self.options.val_fraction) for rows in Counter(names).values())
         counts = {"train": ROWS["train"] - held, "test": ROWS["test"]}
         layout = KnownSplit(f"fold 1, {held:,} train.csv rows held out as val", counts, source=SOURCE)
         return KnownCounts(classes=NUM_INTENTS, total=counts["train"] + counts["test"], layouts=(layout,),
