@@ -213,3 +213,34 @@ def test_report_says_what_a_cut_down_run_trained_and_shows_no_spread_for_one_see
     line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
     assert line.startswith("| clinc150 [30/150 classes, <=10 per class] | clinc150-smoke | sdlora | 1 | 94.50 | ")
     assert "±" not in line
+
+
+def test_runs_under_one_name_with_different_settings_are_never_averaged(tmp_path):
+    """A `--set` that kept the config's name (another method, another lr) gives its own row, labelled by the keys
+    that differ; seeds, the device and a key an older run does not record do not split a row."""
+    base = {"name": "sdlora-hwu64", "train": {"lr": 0.01, "eval_batch_size": 256}, "device": "auto"}
+    write_run(tmp_path / "a" / "seed-1", "sdlora", 1, [[90.0]], {**base, "seeds": [1]})
+    write_run(tmp_path / "a" / "seed-2", "sdlora", 2, [[80.0]],
+              {**base, "seeds": [2], "device": "cpu", "train": {"lr": 0.01, "eval_batch_size": 64}})
+    older = write_run(tmp_path / "old" / "seed-3", "sdlora", 3, [[70.0]],
+                      {"name": "sdlora-hwu64", "train": {"lr": 0.01}})
+    record = json.loads((older / "results.json").read_text())
+    del record["config"]["method"]["options"]  # a run written before the key existed
+    (older / "results.json").write_text(json.dumps(record))
+    write_run(tmp_path / "lr" / "seed-1", "sdlora", 1, [[60.0]], {**base, "train": {"lr": 0.005}})
+    write_run(tmp_path / "inf" / "seed-1", "inflora", 1, [[50.0]], base)
+    groups, _ = report.group_runs(collect_runs([tmp_path]))
+    assert {label: sorted(r["seed"] for r in members) for (_, label), members in groups.items()} == {
+        "sdlora-hwu64 [method.name=inflora, train.lr=0.01]": [1],
+        "sdlora-hwu64 [method.name=sdlora, train.lr=0.005]": [1],
+        "sdlora-hwu64 [method.name=sdlora, train.lr=0.01]": [1, 2, 3],
+    }
+    # a run that does not record a key on which the others differ stands apart
+    write_run(tmp_path / "nolr" / "seed-4", "sdlora", 4, [[40.0]], {"name": "sdlora-hwu64"})
+    groups, _ = report.group_runs(collect_runs([tmp_path]))
+    assert [r["seed"] for r in groups[("clinc150", "sdlora-hwu64 [method.name=sdlora, train.lr=?]")]] == [4]
+    table = report_table(collect_runs([tmp_path]), "md")
+    assert "| sdlora-hwu64 [method.name=sdlora, train.lr=0.01] | sdlora | 3 | 80.00 ± 5.77 (worst 70.00) |" in table
+    # one setting: the plain label
+    groups, _ = report.group_runs(collect_runs([tmp_path / "a"]))
+    assert list(groups) == [("clinc150", "sdlora-hwu64")]

@@ -1,12 +1,16 @@
 """Comparison table over methods and seeds (`sdlora report`): mean ± standard error per (benchmark, method).
 
 Runs are grouped by benchmark and by a label: config `name` when set, else the method name plus its
-`variant` option when that differs from the method's default (e.g. `sdlora-rr`). The last four columns are
-costs (means over seeds): the most parameters the optimiser trained in one task, the parameters stored for
-inference beyond the plain backbone, every number stored to predict and to keep learning beyond the plain
-backbone (statistics, bases, the head a classifier replaces), and the inference FLOPs against the plain
-backbone's (results.json `inference_cost`, `sdlora.engine.cost`); a run written before they were recorded shows
-a dash.
+`variant` option when that differs from the method's default (e.g. `sdlora-rr`). Runs under one label whose
+configs differ in a setting (a `--set` that kept the config's name: another method, classifier or lr) are never
+averaged together: each setting gets its own row, its label followed by the keys that differ, e.g.
+`sdlora-hwu64 [method.classifier.kind=ridge]`. Keys that cannot change a result (SEED_KEYS, NEUTRAL_KEYS) are
+not compared; a key a run does not record (an older version) splits it off only where the others differ.
+The last four columns are costs (means over seeds): the most parameters the optimiser trained in one task, the
+parameters stored for inference beyond the plain backbone, every number stored to predict and to keep learning
+beyond the plain backbone (statistics, bases, the head a classifier replaces), and the inference FLOPs against the
+plain backbone's (results.json `inference_cost`, `sdlora.engine.cost`); a run written before they were recorded
+shows a dash.
 """
 
 from __future__ import annotations
@@ -97,16 +101,53 @@ def benchmark_cell(run: dict) -> str:
     return str(run.get("benchmark", "?")) + (f" [{setting}]" if setting else "")
 
 
+#: config keys that name or place a run, or pick its seeds, not what it computes
+SEED_KEYS = frozenset({"seeds", "name", "source", "published"})
+#: config keys that change speed or logging only
+NEUTRAL_KEYS = frozenset({"device", "benchmark.data_root", "train.loggers", "train.num_workers",
+                          "train.eval_batch_size"})
+
+
+def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
+    """{"train.lr": "0.01", ...}: a run's config as dotted keys (values as JSON, so lists compare)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out |= flat_config(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def split_by_setting(members: list[dict]) -> dict[str, list[dict]]:
+    """{"": members} when the runs that record a key agree on it, for every key (SEED_KEYS and NEUTRAL_KEYS
+    aside); else one entry per setting, keyed by `[key=value, ...]` over the keys that differ (`key=?` for a run
+    that does not record one of them: it cannot be told apart, so it is not averaged in)."""
+    flats = [flat_config(r.get("config") or {}) for r in members]
+    keys = set().union(*flats) - SEED_KEYS - NEUTRAL_KEYS
+    differ = sorted(k for k in keys if len({f[k] for f in flats if k in f}) > 1)
+    parts: dict[str, list[dict]] = {}
+    for run, flat in zip(members, flats):
+        values = (json.loads(flat[k]) if k in flat else "?" for k in differ)
+        tag = "[" + ", ".join(f"{k}={v}" for k, v in zip(differ, values)) + "]" if differ else ""
+        parts.setdefault(tag, []).append(run)
+    return parts
+
+
 def group_runs(runs: list[dict]) -> tuple[dict[tuple[str, str], list[dict]], list[str]]:
-    """Complete runs by (benchmark, label), sorted; notes for skipped runs and repeated seeds."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """Complete runs by (benchmark, label), sorted, a label split by `split_by_setting`; notes for skipped runs
+    and repeated seeds."""
+    labelled: dict[tuple[str, str], list[dict]] = {}
     notes = []
     for run in runs:
         where = run.get("_dir") or f"{run.get('method')} seed {run.get('seed')}"
         if run.get("status") != "complete":
             notes.append(f"skipped {where}: status {run.get('status')!r}")
             continue
-        groups.setdefault((benchmark_cell(run), run_label(run)), []).append(run)
+        labelled.setdefault((benchmark_cell(run), run_label(run)), []).append(run)
+    groups = {(benchmark, f"{label} {tag}" if tag else label): part
+              for (benchmark, label), members in labelled.items()
+              for tag, part in split_by_setting(members).items()}
     for (benchmark, label), members in groups.items():
         repeated = sorted(s for s, c in Counter(r.get("seed") for r in members).items() if c > 1 and s is not None)
         if repeated:
