@@ -146,8 +146,17 @@ def test_old_keys_through_bases_and_set(tmp_path):
     with pytest.warns(ConfigDeprecationWarning):
         assert head_training(load_config(child("d.yaml", {"base": "new.yaml", "train": {"loss": "current"}})))[0] \
             == "current"
+    with pytest.warns(ConfigDeprecationWarning):  # the shared classifier's key is a new spelling too ...
+        assert head_training(load_config(child("e.yaml", {"base": "old.yaml", "classifier": {"loss": "current"}}))) \
+            == ("current", True, 0.3)
+    with pytest.warns(ConfigDeprecationWarning):  # ... but `classifier: null` (the method's defaults) resets no key
+        assert head_training(load_config(child("f.yaml", {"base": "old.yaml", "classifier": None}))) == \
+            ("seen", True, 0.3)
     with pytest.warns(ConfigDeprecationWarning, match="train.loss is now method.classifier.loss"):
         assert head_training(load_config(tmp_path / "new.yaml", ["train.loss=current"]))[0] == "current"
+    with pytest.warns(ConfigDeprecationWarning, match="train.head_lr is now"):
+        assert head_training(load_config(tmp_path / "old.yaml", ["classifier.loss=current"])) == \
+            ("current", True, 0.3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new key over an old-style file's old key: silently
         assert head_training(load_config(tmp_path / "old.yaml", ["method.classifier.loss=current",

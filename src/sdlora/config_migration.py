@@ -12,8 +12,9 @@ Config files, `--set` and the config.yaml of run folders written before the move
 
 * an old key moves to `method.classifier`, the classifier place that wins (over the shared top-level
   `classifier:`), so it resolves to exactly the value it had; each moved key gets its own warning;
-* a file's old key overrides its bases' new key and vice versa (`shadow`, `--set` alike); old keys in a base
-  stay inherited as before, also by a child that changes the method (the `train` section was never reset);
+* a file's old key overrides its bases' new key and vice versa (`shadow`, `--set` alike; a key of the shared
+  `classifier:` counts as new); old keys in a base stay inherited as before, also by a child that changes the
+  method or sets `classifier: null` (the `train` section was never reset);
 * the old and the new key given together (in one file, or after merging) with different values: an error;
 * a bad value under an old key is refused with the message it had there (`train.loss: 'x' is not allowed...`),
   before the methods (and torch) are imported;
@@ -53,6 +54,9 @@ LEGACY: dict[tuple[str, ...], str] = {
 #: the settings that sat in the old `train.classifier` mapping
 OLD_SECTION = {path[-1]: name for path, name in LEGACY.items() if path[:2] == ("train", "classifier")}
 NEW = ("method", "classifier")
+#: the shared top-level `classifier:`, whose keys are new spellings too: one there overrides a base's (or the
+#: config's, with --set) old key, which would otherwise win (moved to `method.classifier`)
+SHARED = ("classifier",)
 
 
 def _gives(data: Any, path: tuple[str, ...]) -> bool:
@@ -65,6 +69,14 @@ def _gives(data: Any, path: tuple[str, ...]) -> bool:
         if not isinstance(node, dict):
             return True
     return True
+
+
+def _sets(data: Any, path: tuple[str, ...]) -> bool:
+    """Whether `data` holds the key `path` itself (`classifier: null`, the method's defaults, sets none)."""
+    node = data
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict) and path[-1] in node
 
 
 def _pop(data: Any, path: tuple[str, ...]) -> None:
@@ -81,7 +93,7 @@ def shadow(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         new = (*NEW, name)
         if _gives(top, old):
             _pop(base, new)
-        if _gives(top, new):
+        if _gives(top, new) or _sets(top, (*SHARED, name)):
             _pop(base, old)
     return base
 
@@ -96,7 +108,7 @@ def shadow_override(data: dict[str, Any], parts: list[str]) -> None:
         new = (*NEW, name)
         if old[: len(key)] == key:
             _pop(data, new)
-        if new[: len(key)] == key:
+        if new[: len(key)] == key or (*SHARED, name) == key:
             _pop(data, old)
 
 
