@@ -283,7 +283,9 @@ def test_learn_takes_the_new_key_and_the_old_one_also_on_an_old_run_folder(finis
     refused = copy_run(seed, tmp_path / "refused")
     assert main(["learn", str(refused), "--data", one["train_file"], "--test", one["test_file"]]) == 2
     assert "--set method.classifier.loss=seen" in capsys.readouterr().err
-    for key in ("classifier.loss", "method.classifier.kind"):  # the shared section and what the model fixed
+    # the shared section, and the classifier's other settings (new or old names): fixed by the trained model
+    for key in ("classifier.loss", "method.classifier.kind", "train.classifier.kind", "train.classifier",
+                "train.head_init"):
         assert main(["learn", str(refused), "--data", one["train_file"], "--test", one["test_file"], "--set",
                      f"{key}=seen"]) == 2
         assert f"['{key}'] are fixed by the trained model" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import RunConfig, config_to_dict, load_config, parse_yaml
+from sdlora.config_migration import LEGACY
 from sdlora.data.download import sha256_file
 from sdlora.engine import build
 from sdlora.engine.checkpoint import write_json_atomic
@@ -87,11 +88,23 @@ def fingerprint(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def fixed_by_the_model(key: str) -> bool:
+    """Whether `--set KEY=...` would change what the trained model fixed: any key but `train.*`, `HEAD_KEYS` and
+    `MAY_CHANGE_ON_RESUME`, and the old `train.` names of the classifier's other settings (`train.head_init`,
+    `train.classifier.kind`, ...: read as `method.classifier.*`)."""
+    if key in (*HEAD_KEYS, *MAY_CHANGE_ON_RESUME):
+        return False
+    parts = tuple(key.split("."))
+    return parts[0] != "train" or len(parts) < 2 or any(
+        path[:len(parts)] == parts or parts[:len(path)] == path for path, name in LEGACY.items()
+        if name not in HEAD_TRAINING)
+
+
 def learn_config(run: RunFolder, overrides: list[str]) -> RunConfig:
     """The run's config with `--set` overrides of the new task's training settings (`train.*`, `HEAD_KEYS`),
     validated like the run's config."""
     keys = [a.split("=", 1)[0].strip() for a in overrides]
-    fixed = [k for k in keys if not k.startswith("train.") and k not in (*HEAD_KEYS, *MAY_CHANGE_ON_RESUME)]
+    fixed = [k for k in keys if fixed_by_the_model(k)]
     if fixed:
         raise ConfigError(f"learn --set changes the new task's training settings (train.*, {', '.join(HEAD_KEYS)}) "
                           f"and {', '.join(MAY_CHANGE_ON_RESUME)} only; {fixed} are fixed by the trained model "
