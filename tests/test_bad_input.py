@@ -49,8 +49,9 @@ BAD = [
      "backbone.options: timm 1.0.31 does not know the model 'vit_tiny_patch16_2244' (looked up "
      "'vit_tiny_patch16_2244' in timm's model registry) (did you mean 'vit_tiny_patch16_224'?)"),
     (["benchmark.increment=1", "benchmark.init_classes=1"],
-     "train.loss: 'current' with one class per task (benchmark.init_classes: 1, benchmark.increment: 1) gives an "
-     "identically zero loss (cross-entropy over a single logit), so nothing would be learned; set train.loss: seen"),
+     "method.classifier.loss: 'current' with one class per task (benchmark.init_classes: 1, benchmark.increment: 1) "
+     "gives an identically zero loss (cross-entropy over a single logit), so nothing would be learned; set "
+     "method.classifier.loss: seen"),
     (["train.lr=1e-3x"], "train.lr: expected float, got '1e-3x' (str)"),
     (["train.lr=[1"], "--set train.lr:1:3: YAML error: while parsing a flow sequence expected ',' or ']'"),
     (["train..lr=1"], "--set 'train..lr=1': the key must be dot-separated names, like train.lr"),

@@ -27,6 +27,8 @@ SDLORA = {"name": "sdlora", "options": {"rank": 2}}
 NEW = {"kind": "prototypes", "drift": "sdc", "sdc_sigma": 0.5, "head_init": "class_mean", "head_init_scale": 7.0}
 OLD = {"classifier": {"kind": "prototypes", "drift": "sdc", "sdc_sigma": 0.5}, "head_init": "class_mean",
        "head_init_scale": 7.0}
+#: how the linear head trains, resolved when not given (`method_config.HEAD_TRAINING`)
+TRAINS = {"loss": "current", "freeze_old_head": True, "head_lr": None}
 
 
 def new_style(method=SDLORA, classifier=NEW, **sections):
@@ -46,6 +48,7 @@ def to_old_format(config_file, classifier=None):
     `train` (`classifier`: what to write there instead of the run's own settings)."""
     data = yaml.safe_load(config_file.read_text())
     classifier = classifier or data["method"]["classifier"]
+    data["train"].update({k: data["method"]["classifier"][k] for k in TRAINS})
     del data["method"]["classifier"]
     defaults = {"kind": "linear", "drift": "none", "sdc_sigma": 0.3, "head_init": "random", "head_init_scale": 10.0}
     full = {k: classifier.get(k) if classifier.get(k) is not None else v for k, v in defaults.items()}
@@ -63,8 +66,9 @@ def test_each_method_fills_its_defaults_and_builds_with_them():
         cfg = cls.classifier_support.resolve(None)
         assert cfg.kind is not None and cfg.drift is not None, name
         assert cls.classifier_support.resolve(cfg) == cfg  # resolving is idempotent (config.yaml round trip)
-    assert resolved(tiny(method=SDLORA)).method.classifier == ClassifierConfig("linear", "none", 0.3, "random", 10.0)
-    assert resolved(tiny(method={"name": "ncm"})).method.classifier == ClassifierConfig("prototypes", "none")
+    assert resolved(tiny(method=SDLORA)).method.classifier == ClassifierConfig("linear", "none", 0.3, "random", 10.0,
+                                                                               **TRAINS)
+    assert resolved(tiny(method={"name": "ncm"})).method.classifier == ClassifierConfig("prototypes", "none", **TRAINS)
 
 
 @pytest.mark.parametrize(("classifier", "message"), [
@@ -101,18 +105,19 @@ def test_drift_compensation_without_anything_to_move_is_refused():
 
 def test_hide_prompt_and_the_other_trained_methods_honour_every_setting():
     for name in ("sdlora", "seq_lora", "inflora", "finetune", "l2p", "dualprompt", "coda_prompt", "hide_prompt"):
-        assert METHODS.get(name).classifier_support.resolve(ClassifierConfig(**NEW)) == ClassifierConfig(**NEW)
+        assert METHODS.get(name).classifier_support.resolve(ClassifierConfig(**NEW)) == ClassifierConfig(**NEW,
+                                                                                                         **TRAINS)
 
 
 # -- old keys ----------------------------------------------------------------------------------------
 
 
 def test_old_keys_resolve_and_run_exactly_as_the_new_ones(tmp_path):
-    with pytest.warns(ConfigDeprecationWarning, match=r"train.head_init -> method.classifier.head_init"):
+    with pytest.warns(ConfigDeprecationWarning, match=r"train.head_init is now method.classifier.head_init"):
         old = resolved(old_style(train={**OLD, "epochs": 1}))
     new = resolved(new_style(train={"epochs": 1}))
     assert config_to_dict(old) == config_to_dict(new)
-    assert old.method.classifier == ClassifierConfig(**NEW) and not hasattr(old.train, "head_init")
+    assert old.method.classifier == ClassifierConfig(**NEW, **TRAINS) and not hasattr(old.train, "head_init")
     for name, cfg in (("old", old), ("new", new)):
         run_config(cfg, tmp_path / name, quiet=True, stream=io.StringIO())
     results = results_without_timing(tmp_path / "old" / "seed-3")
@@ -133,11 +138,12 @@ def test_both_spellings_must_agree():
 
 
 def test_ncm_drops_the_old_keys_it_always_ignored_and_says_so():
-    with pytest.warns(ConfigDeprecationWarning, match=r"dropped, as the method never used them.*"
+    with pytest.warns(ConfigDeprecationWarning, match=r"train.classifier.kind is now method.classifier.kind .*; "
+                                                      r"dropped, as the method never used it .*"
                                                       r"train.classifier.kind = 'linear' \(ncm has no trained head"):
         cfg = resolved(old_style({"name": "ncm"}, {"classifier": {"kind": "linear", "drift": "sdc"},
                                                    "head_init": "class_mean"}))
-    assert cfg.method.classifier == ClassifierConfig("prototypes", "none")  # what NCM always did
+    assert cfg.method.classifier == ClassifierConfig("prototypes", "none", **TRAINS)  # what NCM always did
     with pytest.warns(ConfigDeprecationWarning, match="train.classifier.drift = 'sdc' .drift compensation moves"):
         assert resolved(old_style(train={"classifier": {"drift": "sdc"}})).method.classifier.drift == "none"
 
@@ -161,17 +167,18 @@ def test_a_files_key_overrides_its_bases_other_spelling(tmp_path):
         assert load_config(child).method.classifier == ClassifierConfig(**NEW)
     # the new keys belong to the method: another method's section starts from its own defaults
     child = write("d.yaml", {"base": "new.yaml", "method": {"name": "ncm"}})
-    assert build.validate_plugins(load_config(child)).method.classifier == ClassifierConfig("prototypes", "none")
+    assert build.validate_plugins(load_config(child)).method.classifier == ClassifierConfig("prototypes", "none",
+                                                                                           **TRAINS)
 
 
 def test_set_with_the_old_key_still_works():
-    with pytest.warns(ConfigDeprecationWarning, match="train.classifier.kind -> method.classifier.kind"):
+    with pytest.warns(ConfigDeprecationWarning, match="train.classifier.kind is now method.classifier.kind"):
         cfg = resolved(new_style(), ["train.classifier.kind=linear", "train.classifier.drift=none",
                                      "train.head_init_scale=3"])
-    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.5, "class_mean", 3.0)
+    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.5, "class_mean", 3.0, **TRAINS)
     with pytest.warns(ConfigDeprecationWarning):  # a whole old mapping replaces kind, drift and sdc_sigma
         cfg = resolved(new_style(), ["train.classifier={kind: linear}"])
-    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.3, "class_mean", 7.0)
+    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.3, "class_mean", 7.0, **TRAINS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new key overrides an old-style file's old key, silently
         assert load_config(data=tiny(), overrides=["method.classifier.kind=prototypes"]).method.classifier.kind == \
@@ -203,7 +210,8 @@ def test_an_old_run_folder_still_loads_with_the_same_predictions(tmp_path):
         # NCM: what configs/baselines/clinc150_ncm.yaml runs saved (inherited from configs/clinc150.yaml)
         ignored = {"kind": "linear", "drift": "sdc", "head_init": "class_mean"} if name == "ncm" else None
         to_old_format(tmp_path / name / "config.yaml", ignored)
-        with pytest.warns(ConfigDeprecationWarning, match=f"{name}/config.yaml: deprecated keys"):
+        with pytest.warns(ConfigDeprecationWarning, match=f"{name}/config.yaml: train.loss is now "
+                                                          "method.classifier.loss"):
             after = sdlora.load(tmp_path / name)
         assert torch.equal(after.logits(x), before)
     saved = yaml.safe_load((tmp_path / "ncm" / "config.yaml").read_text())

@@ -23,7 +23,7 @@ def test_overrides_parse_yaml_values():
          r"train: unknown key\(s\) 'lrr' \(did you mean 'lr'\?\); allowed: accumulate_steps, amp"),
         (BASE, ["train.optimizer=rmsprop"], "train.optimizer: 'rmsprop' is not allowed; allowed: 'sgd' | 'adam'"),
         (BASE, ["train.epochs=two"], "train.epochs: expected int, got 'two'"),
-        (BASE, ["train.freeze_old_head=1"], "train.freeze_old_head: expected bool"),
+        (BASE, ["method.classifier.freeze_old_head=1"], "method.classifier.freeze_old_head: expected bool"),
         ({"backbone": {"name": "x"}, "method": {"name": "m"}}, [], "benchmark: required key is missing"),
         (BASE, ["train.lr=-1"], "lr must be > 0"),
         (BASE, ["train"], "--set expects key=value"),

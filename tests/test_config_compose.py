@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: default does not make it stale. Deliberate changes since: configs/clinc150.yaml lost its inert
 #: `norm: product` (continuous mode never normalises; setting `norm` there is now an error); the classifier
 #: keys moved from `train` (classifier, head_init, head_init_scale) to `method.classifier` (same values), less
-#: the ones a method never used, which are now refused: all of NCM's, the linear probe's drift and sdc_sigma.
+#: the ones a method never used, which are now refused: all of NCM's, the linear probe's drift and sdc_sigma;
+#: later the head's training keys (loss, freeze_old_head, head_lr) too (the fixture's are read as their new names).
 #: Also the four configs/vision/prompts/imagenet_r_10_*.yaml as they resolved at 017958b (their single
 #: `base: ../bases/official.yaml` inlined), before they moved onto per-method bases (prompts/bases/);
 #: afterwards `train.grad_clip: 1.0` was added to the L2P and DualPrompt ones (their releases clip at 1.0) and

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sdlora.backbones.base import Backbone
-from sdlora.config import TrainConfig
+from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.engine.loop import StepContext, TrainingDiverged, read_interval, train_epoch
 from sdlora.methods.base import Method
@@ -41,7 +41,7 @@ class Bar:
 
 def train(read_every: int, batches: list, accumulate: int = 1) -> tuple[float, list[float], torch.Tensor, int]:
     torch.manual_seed(0)
-    method = Method(Linear(), None, TrainConfig(loss="seen"))
+    method = Method(Linear(), None, TrainConfig(), ClassifierConfig(loss="seen"))
     method.begin_task(TASK)
     optimizer = torch.optim.SGD(method.head.parameters(), lr=0.1, momentum=0.9)
     ctx = StepContext(method, optimizer, None, torch.device("cpu"), "none", None, accumulate=accumulate,

@@ -9,6 +9,7 @@ import pytest
 
 from sdlora.config import load_config
 from sdlora.data.transforms import TransformOptions, build_transforms
+from sdlora.engine.build import resolve_classifier
 from sdlora.methods.inflora import InfLoRA
 from sdlora.typed import from_dict
 
@@ -42,12 +43,13 @@ def test_inflora_config_pins_the_release_settings_and_published_numbers(stem):
     assert cfg.method.name == "inflora" and cfg.name == f"inflora-{stem.replace('_', '-')}"
     assert (cfg.benchmark.name, cfg.benchmark.init_classes, cfg.benchmark.increment) == (benchmark, per_task, per_task)
     assert cfg.benchmark.class_order == "sorted"  # the release's jsons: "shuffle": false
-    got = {"optimizer": cfg.train.optimizer, "lr": cfg.train.lr, "head_lr": cfg.train.head_lr,
+    classifier = resolve_classifier(cfg)
+    got = {"optimizer": cfg.train.optimizer, "lr": cfg.train.lr, "head_lr": classifier.head_lr,
            "epochs": cfg.train.epochs, "scheduler": cfg.train.scheduler, "rank": opts["rank"],
            "threshold": opts["threshold"]}
     assert got == pytest.approx(setting)
     assert opts["threshold_end"] == 1.0 and opts.get("spectrum", "official") == "official"
-    assert cfg.train.weight_decay == 0.0 and cfg.train.batch_size == 128 and cfg.train.loss == "current"
+    assert cfg.train.weight_decay == 0.0 and cfg.train.batch_size == 128 and classifier.loss == "current"
     assert cfg.train.first_task.lr is None and cfg.train.first_task.epochs is None  # init_lr = lrate etc.
     if cfg.train.optimizer == "adam":
         assert list(cfg.train.betas) == [0.9, 0.999]

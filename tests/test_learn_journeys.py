@@ -175,13 +175,13 @@ def test_a_one_class_learn_is_refused_with_a_fix_that_works(tmp_path, capsys):
     one = write_text_files(tmp_path / "one", ["cancel my order"])
     assert main(["learn", str(run), "--data", one["train_file"], "--test", one["test_file"]]) == 2
     err = capsys.readouterr().err
-    assert "its loss is identically zero" in err and "--set train.loss=seen" in err
+    assert "its loss is identically zero" in err and "--set method.classifier.loss=seen" in err
     assert not (run / "learned.json").exists()
     assert main(["learn", str(run), "--data", one["train_file"], "--test", one["test_file"], "--set",
-                 "train.loss=seen", "--quiet"]) == 0
+                 "method.classifier.loss=seen", "--quiet"]) == 0
     scalars = list(csv.DictReader((run / "scalars.csv").open()))
     assert all(float(r["value"]) > 0 for r in scalars if r["task"] == "3" and r["name"] == "epoch/loss")
-    assert json.loads((run / "learned.json").read_text())["tasks"][0]["set"] == ["train.loss=seen"]
+    assert json.loads((run / "learned.json").read_text())["tasks"][0]["set"] == ["method.classifier.loss=seen"]
     assert main(["learn", str(run), "--data", one["train_file"], "--test", one["test_file"], "--set",
                  "method.options.rank=4"]) == 2
     assert "fixed by the trained model" in capsys.readouterr().err

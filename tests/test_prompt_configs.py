@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 from sdlora.config import load_config, read_yaml_file
+from sdlora.engine.build import resolve_classifier
 
 FOLDER = Path(__file__).resolve().parents[1] / "configs" / "vision" / "prompts"
 METHODS = ("l2p", "dualprompt", "coda_prompt", "hide_prompt")
 SETTINGS = ("imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "imagenet_a_10", "domainnet_5", "cifar100_10",
             "cub200_10")
 
-#: the ImageNet-R N=10 settings of each method (its bases/<method>.yaml): train fields, then method options
+#: the ImageNet-R N=10 settings of each method (its bases/<method>.yaml): train fields and the head's learning rate
+#: (`method.classifier.head_lr`), then method options
 BASE = {
     "l2p": ({"lr": 0.03, "head_lr": None, "epochs": 50, "scheduler": "constant", "milestones": [],
              "batch_size": 128, "grad_clip": 1.0},
@@ -64,7 +66,9 @@ def test_prompt_config_pins_the_release_settings(method, setting):
     cfg = load_config(FOLDER / f"{setting}_{method}.yaml")
     train, options = BASE[method]
     expected = {**train, **options, **CHANGES.get((method, setting), {})}
-    got = {k: getattr(cfg.train, k) if k in train else cfg.method.options[k] for k in expected}
+    classifier = resolve_classifier(cfg)
+    got = {k: getattr(classifier if k == "head_lr" else cfg.train, k) if k in train else cfg.method.options[k]
+           for k in expected}
     assert got == {k: pytest.approx(v) if isinstance(v, float) else v for k, v in expected.items()}
     assert cfg.train.optimizer == "adam" and list(cfg.train.betas) == [0.9, 0.999]
     assert cfg.train.weight_decay == 0.0 and cfg.train.first_task.lr is None
@@ -90,5 +94,5 @@ def test_prompt_settings_state_only_what_differs(method, setting):
     parent = f"imagenet_r_10_{method}.yaml" if setting in ("imagenet_r_5", "imagenet_r_20") else f"bases/{method}.yaml"
     assert raw["base"] == parent
     assert "optimizer" not in raw.get("train", {}) and "betas" not in raw.get("train", {})
-    assert set(raw.get("method", {})) <= {"options"}  # the name comes from the base
+    assert set(raw.get("method", {})) <= {"options", "classifier"}  # the name comes from the base
     assert read_yaml_file(FOLDER / "bases" / f"{method}.yaml")["base"] == "../../bases/official.yaml"

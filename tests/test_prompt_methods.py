@@ -232,7 +232,7 @@ def test_prompt_vision_configs_quote_the_papers_tables(method, setting):
     # the SD-LoRA harness's data, backbone, class orders, loss and seeds, whatever the method
     assert cfg.benchmark.options["normalize"] == "none" and cfg.benchmark.class_order == "permutation"
     assert cfg.backbone.options["model"] == "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-    assert cfg.train.loss == "current" and cfg.seeds == [1993, 1994, 1995, 1996, 1997]
+    assert build.resolve_classifier(cfg).loss == "current" and cfg.seeds == [1993, 1994, 1995, 1996, 1997]
 
 
 CODA = {"name": "coda_prompt", "options": {"pool_size": 6, "prompt_length": 4, "layers": [0, 1],

@@ -275,7 +275,7 @@ def test_text_file_errors_point_at_the_line_and_the_fix_that_works_where_the_use
     assert main(["learn", str(run), "--data", str(header), "--test", str(header)]) == 1
     assert "choose them with --text-column / --label-column" in capsys.readouterr().err
     assert main(["learn", str(run), "--data", str(header), "--test", str(header), "--text-column", "sentence",
-                 "--label-column", "intent", "--set", "train.loss=seen", "--quiet"]) == 0
+                 "--label-column", "intent", "--set", "method.classifier.loss=seen", "--quiet"]) == 0
 
 
 def test_data_check_compares_clinc150_with_its_published_sizes(data_root, capsys):

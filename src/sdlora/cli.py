@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--resume", action="store_true", help="continue an interrupted learn")
     n.add_argument("--abandon", action="store_true",
                    help="drop an interrupted or failed learn: the run is put back exactly as it was before it")
-    n.add_argument("--set", action="append", default=[], metavar="train.KEY=VALUE",
-                   help="a training setting of the new task (e.g. train.epochs=3, train.loss=seen)")
+    n.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training setting of the new task: train.* or how its head trains, method.classifier.loss "
+                        "/ freeze_old_head / head_lr (e.g. train.epochs=3, method.classifier.loss=seen)")
     n.add_argument("--text-column", default="text", help="text column of table files")
     n.add_argument("--label-column", default="label", help="label column of table files")
     n.add_argument("--seed", type=int, help="the seed of a run with several (default: the only one)")

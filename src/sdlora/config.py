@@ -199,11 +199,9 @@ class TrainConfig:
     first_task: FirstTaskConfig = field(default_factory=FirstTaskConfig)
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # used only on a GPU
-    loss: Literal["current", "seen"] = "current"  # CE over the current task's logits (official) or all seen
-    freeze_old_head: bool = True  # old head rows get no update (needed with weight decay / Adam)
     num_workers: int = 0
-    head_lr: float | None = None  # learning rate of the classifier head (None: same as lr)
-    # (head_init, head_init_scale and classifier moved to method.classifier: sdlora.method_config)
+    # (loss, freeze_old_head, head_lr, head_init, head_init_scale and classifier moved to method.classifier:
+    # sdlora.method_config; the old keys are still read, sdlora.config_migration)
     # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none
     loggers: list[str] = field(default_factory=lambda: ["csv"])
 

@@ -4,6 +4,7 @@
       name: sdlora
       options: {rank: 8}
       classifier: {kind: prototypes, drift: sdc, sdc_sigma: 0.3, head_init: class_mean, head_init_scale: 60.0}
+      # how the linear head trains (the defaults):  {loss: current, freeze_old_head: true, head_lr: null}
       # or, the LDA head from class statistics:  {kind: lda, shrinkage: oas, priors: uniform, drift: sdc}
       # or RanPAC's ridge head over a random ReLU projection:  {kind: ridge, random_features: 4096, drift: sdc}
 
@@ -38,6 +39,9 @@ HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lda": {"shrinkage": LDA_SHRINKAGE, "priors": LDA_PRIORS},
     "ridge": {"shrinkage": RIDGE_SHRINKAGE},
 }
+#: how the linear head trains, and the defaults: cross-entropy over the current task's logits (the official code),
+#: old rows frozen, the body's learning rate (None: train.lr)
+HEAD_TRAINING: dict[str, Any] = {"loss": "current", "freeze_old_head": True, "head_lr": None}
 #: setting -> (what it tunes, the kinds that have it)
 TUNES: dict[str, tuple[str, tuple[str, ...]]] = {
     "shrinkage": ("the LDA and ridge heads", ("lda", "ridge")),
@@ -73,6 +77,13 @@ class ClassifierConfig:
     drawn from the run's seed (`sdlora.methods.random_features`): `feature_map: relu` (default, RanPAC's
     ReLU(W^T g)) or `rff` (random Fourier features of the RBF kernel of `bandwidth` s, default 1.4). The head is
     then no longer linear in the feature: the export formats refuse it (the run folder predicts).
+
+    How the linear head trains (every kind trains through it): `loss: current` (default, the official code):
+    cross-entropy over the current task's logits only, CE(z[:, known:total], y - known); `seen`: over every
+    class seen so far, CE(z[:, :total], y) (needed when a task has one class: one logit gives a zero loss).
+    `freeze_old_head` (default true): old tasks' rows get no update (with weight decay or Adam they would move
+    even without a gradient). `head_lr`: the head's learning rate (default null: the body's `train.lr`). They
+    were `train.loss`, `train.freeze_old_head` and `train.head_lr` (still read: `sdlora.config_migration`).
     """
 
     kind: Literal["linear", "prototypes", "lda", "ridge"] | None = None
@@ -87,6 +98,9 @@ class ClassifierConfig:
     random_features: int | None = None  # kinds 'lda' / 'ridge': M, a random feature map of g before the head
     feature_map: Literal["relu", "rff"] | None = None  # with random_features: ReLU(W^T g) or random Fourier features
     bandwidth: float | None = None  # feature_map 'rff': s of the kernel exp(-||g - g'||^2 / (2 s^2)) (default 1.4)
+    loss: Literal["current", "seen"] | None = None  # CE over the current task's logits (default) or every seen
+    freeze_old_head: bool | None = None  # old head rows get no update (default true)
+    head_lr: float | None = None  # learning rate of the linear head (default: train.lr)
 
     def __post_init__(self) -> None:
         for name in ("sdc_sigma", "head_init_scale", "bandwidth", "random_features"):
@@ -110,7 +124,8 @@ class MethodConfig:
 @dataclass(frozen=True)
 class ClassifierSupport:
     """What a method does with `method.classifier`: the values it honours (the first is its default) and, per
-    setting it does not have, why (`kind`, `drift`, `head_init`). `head_inits=()`: no head to initialise."""
+    setting it does not have, why (`kind`, `drift`, `head_init`, `training`). `head_inits=()`: no linear head
+    (nothing to initialise or train: only the `HEAD_TRAINING` defaults, which change nothing, are accepted)."""
 
     kinds: tuple[Literal["linear", "prototypes", "lda", "ridge"], ...] = ("linear", "prototypes", "lda", "ridge")
     drifts: tuple[Literal["none", "sdc"], ...] = ("none", "sdc")
@@ -129,6 +144,9 @@ class ClassifierSupport:
             out["sdc_sigma"] = self.reasons.get("drift", "this method has no drift compensation")
         if given.head_init_scale is not None and not self.head_inits:
             out["head_init_scale"] = self.reasons.get("head_init", "this method has no head to initialise")
+        for name, default in HEAD_TRAINING.items():
+            if getattr(given, name) not in (None, default) and not self.head_inits:
+                out[name] = self.reasons.get("training", "this method trains no linear head")
         kind = given.kind or self.kinds[0]
         if given.drift == "sdc" and kind not in STATISTICS_KINDS and "drift" not in out:
             out["drift"] = ("drift compensation moves the class prototypes (or the LDA / ridge heads' class means), "
@@ -162,7 +180,9 @@ class ClassifierSupport:
             head_init=given.head_init or (self.head_inits[0] if has_head else None),
             head_init_scale=given.head_init_scale if given.head_init_scale is not None else (
                 HEAD_INIT_SCALE if has_head else None),
-            **head_defaults(given.kind or self.kinds[0], given))
+            **head_defaults(given.kind or self.kinds[0], given),
+            **{name: default if getattr(given, name) is None else getattr(given, name)
+               for name, default in HEAD_TRAINING.items()})
 
 
 def head_defaults(kind: str, given: ClassifierConfig) -> dict[str, Any]:

@@ -97,10 +97,7 @@ def validate_plugins(cfg: RunConfig) -> RunConfig:
         options[section] = plugin_options(registry.get(plugin.name).Options, cfg, section)
         resolved[section] = dataclasses.replace(plugin, options=to_dict(options[section]))
     check_backbone_options(cfg.backbone.name, options["backbone"])
-    method = METHODS.get(cfg.method.name)
-    given, key = shared_classifier(cfg)
-    classifier = method.classifier_support.resolve(given, key)
-    resolved["method"] = dataclasses.replace(resolved["method"], classifier=classifier)
+    resolved["method"] = dataclasses.replace(resolved["method"], classifier=resolve_classifier(cfg))
     cfg = dataclasses.replace(cfg, **resolved, classifier=None)
     check_loggers(cfg.train.loggers)
     check_degenerate(cfg)
@@ -117,6 +114,13 @@ def check_backbone_options(name: str, options: Any) -> None:
         raise ConfigError(f"backbone.options: {err}") from err
 
 
+def resolve_classifier(cfg: RunConfig) -> ClassifierConfig:
+    """The classifier the method runs: `shared_classifier`'s settings with the method's defaults filled in (a
+    ConfigError naming the key of a setting the method refuses)."""
+    given, key = shared_classifier(cfg)
+    return METHODS.get(cfg.method.name).classifier_support.resolve(given, key)
+
+
 def shared_classifier(cfg: RunConfig) -> tuple[ClassifierConfig | None, str]:
     """The method's classifier settings over the config's shared `classifier:` (a method key wins), and the key
     that a refusal names: `classifier` when the method's own section sets none of them."""
@@ -131,13 +135,14 @@ def shared_classifier(cfg: RunConfig) -> tuple[ClassifierConfig | None, str]:
 
 
 def check_degenerate(cfg: RunConfig) -> None:
-    """Settings that would run but learn nothing are refused with the reason."""
-    b, t = cfg.benchmark, cfg.train
+    """Settings that would run but learn nothing are refused with the reason (`cfg` resolved: `validate_plugins`)."""
+    b = cfg.benchmark
     trains = getattr(METHODS.get(cfg.method.name), "trains", True)
     first = b.init_classes if b.init_classes is not None else b.increment
     single = [f"benchmark.{k}: 1" for k in ("init_classes", "increment") if getattr(b, k) == 1]
-    if trains and t.loss == "current" and (first == 1 or (b.increment == 1 and b.num_tasks != 1)):
+    loss = cfg.method.classifier.loss
+    if trains and loss == "current" and (first == 1 or (b.increment == 1 and b.num_tasks != 1)):
         raise ConfigError(
-            f"train.loss: 'current' with one class per task ({', '.join(single)}) gives an identically zero loss "
-            "(cross-entropy over a single logit), so nothing would be learned; set train.loss: seen or put "
-            "at least two classes in every task")
+            f"method.classifier.loss: 'current' with one class per task ({', '.join(single)}) gives an identically "
+            "zero loss (cross-entropy over a single logit), so nothing would be learned; set "
+            "method.classifier.loss: seen or put at least two classes in every task")

@@ -160,7 +160,7 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     of every parameter that requires one are averaged over ranks during backward. Alone: the module.
 
     `find_unused_parameters`: some trainable parameters may get no gradient (old head rows under
-    `train.loss: current` with `freeze_old_head: false`); their .grad then stays None on every rank, as it
+    `method.classifier.loss: current` with `freeze_old_head: false`); their .grad then stays None on every rank, as it
     would in one process. Buffers are not broadcast: every rank computes the same ones from reduced data."""
     if not active():
         return module

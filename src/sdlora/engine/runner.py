@@ -20,6 +20,7 @@ from sdlora.engine.csvlog import write_metrics_csv
 from sdlora.engine.lock import LOCK_NAME, output_lock
 from sdlora.engine.metrics import summarize_runs
 from sdlora.engine.trainer import CheckpointHook, Trainer, micro_batch_size
+from sdlora.method_config import HEAD_TRAINING
 from sdlora.terminal import interactive as interactive  # re-exported (moved to the light sdlora.terminal)
 from sdlora.typed import ConfigError
 
@@ -205,6 +206,7 @@ def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, size
     kind = getattr(classifier, "kind", None) if classifier is not None else None
     drift = getattr(classifier, "drift", None) if classifier is not None else None
     drift = None if drift == "none" else drift
+    loss = getattr(classifier, "loss", None) or HEAD_TRAINING["loss"]
     evaluated = getattr(data, f"{cfg.eval_split}_targets", None)
     evaluated = evaluated if evaluated is not None else []
     model = cfg.backbone.options.get("model")
@@ -214,7 +216,7 @@ def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, size
              f"{len(data.train_targets):,} training and {len(evaluated):,} {cfg.eval_split} samples",
              f"  backbone {cfg.backbone.name}" + (f" ({model})" if model else "")
              + f"; classifier {kind or 'the method default'}" + (f" with {drift} drift compensation" if drift else ""),
-             f"  {t.epochs} epochs per task, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, loss {t.loss}; seeds "
+             f"  {t.epochs} epochs per task, batch {t.batch_size}, {t.optimizer} lr {t.lr:g}, loss {loss}; seeds "
              f"{list(cfg.seeds)} on {device}" + (f" x {distributed.world_size()} processes"
                                                  if distributed.world_size() > 1 else "") + f"; output {out}"]
     return "\n".join(lines)

@@ -189,9 +189,9 @@ class Trainer:
         for t in range(start_task, self.scenario.num_tasks):
             task = self.scenario.task(t)
             task_clock = time.perf_counter()
-            if task.size == 1 and self.cfg.train.loss == "current" and self.method.trains:
-                log.warning("task %d has one class: with train.loss 'current' its loss is identically zero "
-                            "(nothing is learned in this task); consider train.loss: seen", t + 1)
+            if task.size == 1 and self.method.classifier_cfg.loss == "current" and self.method.trains:
+                log.warning("task %d has one class: with method.classifier.loss 'current' its loss is identically "
+                            "zero (nothing is learned in this task); consider method.classifier.loss: seen", t + 1)
             if len(self.scenario.train_set(t)) < distributed.world_size():
                 raise ConfigError(f"task {t + 1} has {len(self.scenario.train_set(t))} training samples, fewer than "
                                   f"the {distributed.world_size()} processes: run it on fewer processes")

@@ -95,14 +95,15 @@ class Method(nn.Module):
 
     def __init__(self, backbone: Backbone, options: Any, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
-        """`classifier`: the `method.classifier` settings (None or null fields: this method's defaults); a
-        setting that `classifier_support` refuses is a ConfigError naming the key."""
+        """`train`: the run's training settings (`train_cfg`); `classifier`: the `method.classifier` settings,
+        how the linear head trains included (None or null fields: this method's defaults); a setting that
+        `classifier_support` refuses is a ConfigError naming the key."""
         super().__init__()
         self.backbone = backbone
         self.options = options
         self.train_cfg = train
         # the linear head, the head from class statistics (`method.classifier.kind` prototypes / lda) and their hooks
-        self.classifier = Classifier(backbone.feature_dim, self.classifier_support.resolve(classifier), train)
+        self.classifier = Classifier(backbone.feature_dim, self.classifier_support.resolve(classifier))
         self.tasks_seen = 0
         self.step_scalars = StepScalars()  # the engine adds each `training_step`'s scalars here
 
@@ -161,7 +162,7 @@ class Method(nn.Module):
         return next(self.backbone.parameters()).device
 
     def trainable_parameters(self) -> list[dict[str, Any]]:
-        return [param_group(self.classifier.trainable_head(), self.train_cfg.head_lr)]
+        return [param_group(self.classifier.trainable_head(), self.classifier_cfg.head_lr)]
 
     def features(self, inputs: Any) -> torch.Tensor:
         return self.backbone(inputs)
@@ -171,7 +172,7 @@ class Method(nn.Module):
         return self.classifier.logits(self.features(inputs), self.training)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
-        """The classifier's: CE over the current task's logits (`train.loss: current`) or all seen."""
+        """The classifier's: CE over the current task's logits (`method.classifier.loss: current`) or all seen."""
         return self.classifier.loss(logits, labels, task)
 
     def training_step(self, batch: tuple[Any, torch.Tensor], task: TaskInfo) -> StepOutput:

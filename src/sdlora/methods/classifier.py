@@ -5,13 +5,14 @@ A method composes one (`Method.classifier`) and calls its hooks from its own lif
 
     before_task(task, pass_)        drift: sdc, from the second task: the task's features under the function the
                                     stored statistics describe (SDC's "before")
-    begin_task(task)                new head rows; old rows frozen with `train.freeze_old_head`
+    begin_task(task)                new head rows; old rows frozen with `method.classifier.freeze_old_head`
     prepare_task(task, pass_, kept) head_init: class_mean: the new rows from the class means of the features
                                     training starts from, rows = scale * mu_c / (||mu_c|| * mean ||f||)
     end_task(task, pass_)           SDC moves old classes' statistics by the drift of this task's samples; the new
                                     classes' statistics are fitted (from the pass after training)
     logits(features, training)      the linear head while training, the statistics head (if any) at evaluation
-    loss(logits, labels, task)      CE over the current task's logits (`train.loss: current`) or all seen
+    loss(logits, labels, task)      CE over the current task's logits (`method.classifier.loss: current`) or all
+                                    seen
 
 `pass_` is a callable that makes the no-gradient feature pass over the task's training data when (and only when)
 the classifier needs it; `kept`: the task start left the features as `before_task` saw them, so that pass is
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.method_config import ClassifierConfig
 from sdlora.methods.class_heads import ClassHead, build_class_head
@@ -41,12 +41,12 @@ FeaturePass = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 class Classifier(nn.Module):
     """The linear head, the optional head from class statistics and what moves them across tasks."""
 
-    def __init__(self, dim: int, cfg: ClassifierConfig, train: TrainConfig) -> None:
-        """`cfg`: the resolved `method.classifier` settings; `train`: the head's `freeze_old_head`, `head_lr`
-        and `loss`."""
+    def __init__(self, dim: int, cfg: ClassifierConfig) -> None:
+        """`cfg`: the resolved `method.classifier` settings (what predicts, and how the linear head trains:
+        `loss`, `freeze_old_head`, `head_lr`)."""
         super().__init__()
+        assert cfg.loss is not None and cfg.freeze_old_head is not None, "resolve the classifier settings first"
         self.cfg = cfg
-        self.train_cfg = train
         self.head = IncrementalHead(dim)
         self.class_head: ClassHead | None = build_class_head(dim, cfg)
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
@@ -60,7 +60,7 @@ class Classifier(nn.Module):
             self.features_before = self._start_features[0]
 
     def begin_task(self, task: TaskInfo) -> None:
-        self.head.grow(task.size, freeze_old=self.train_cfg.freeze_old_head)
+        self.head.grow(task.size, freeze_old=bool(self.cfg.freeze_old_head))
 
     def prepare_task(self, task: TaskInfo, pass_: FeaturePass, kept: bool) -> None:
         reusable = self._start_features if kept else None
@@ -103,8 +103,8 @@ class Classifier(nn.Module):
         return self.head(features)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, task: TaskInfo) -> torch.Tensor:
-        """CE over the current task's logits only (`train.loss: current`, the official code) or all seen."""
-        if self.train_cfg.loss == "current":
+        """CE over the current task's logits only (`loss: current`, the official code) or all seen."""
+        if self.cfg.loss == "current":
             return F.cross_entropy(logits[:, task.known:task.total], labels - task.known)
         return F.cross_entropy(logits[:, : task.total], labels)
 
@@ -113,7 +113,7 @@ class Classifier(nn.Module):
 
     def restore_trainable_flags(self) -> None:
         """After loading a mid-task checkpoint: old head blocks frozen as `begin_task` left them."""
-        if self.train_cfg.freeze_old_head:
+        if self.cfg.freeze_old_head:
             blocks = len(self.head.weights)
             for i in range(blocks):
                 self.head.weights[i].requires_grad_(i == blocks - 1)

@@ -23,7 +23,8 @@ class NCM(Method):
         kinds=("prototypes", "lda", "ridge"), drifts=("none",), head_inits=(), reasons={
             "kind": "ncm has no trained head: it predicts from class statistics (kind 'prototypes', 'lda' or 'ridge')",
             "drift": "ncm's backbone is frozen, so the features never drift (SDC would move every mean by 0)",
-            "head_init": "ncm has no head to initialise"})
+            "head_init": "ncm has no head to initialise",
+            "training": "ncm trains nothing (no loss, no head rows to freeze, no head learning rate)"})
 
     Options = NoOptions
 

@@ -4,7 +4,9 @@ No old training data is read: the run's checkpoint carries the model, the new fi
 CSV / TSV / JSON-lines text file, or an image folder with one sub-folder per class, read through the run's own
 transforms). The new task's classes follow the classes the model was trained on (`RunFolder.trained_classes`);
 a class of the benchmark that the run never trained counts as new. `--set train.KEY=VALUE` changes the new task's
-training settings (validated like `train`'s), recorded in learned.json so a resume uses the same.
+training settings, and `--set method.classifier.KEY=VALUE` how its linear head trains (`loss`, `freeze_old_head`,
+`head_lr`; the old `train.loss` etc. are read as those); validated like the run's config and recorded in learned.json
+so a resume uses the same.
 
 The engine's `Trainer` continues the run over the grown scenario (`learn_data.combined_data`): the same loop,
 checkpoints, loggers and results.json, then metrics.csv, the plots, train.log and the run's summary.json are
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlora.config import RunConfig, config_to_dict, load_config, parse_yaml
+from sdlora.config_migration import LEGACY
 from sdlora.data.download import sha256_file
 from sdlora.engine import build
 from sdlora.engine.checkpoint import write_json_atomic
@@ -38,6 +41,7 @@ from sdlora.engine.runner import (
     write_summary,
 )
 from sdlora.engine.trainer import CheckpointHook, Trainer
+from sdlora.method_config import HEAD_TRAINING
 from sdlora.registry import BACKBONES, METHODS
 from sdlora.serving.backup import drop_backup, restore_backup, take_backup
 from sdlora.serving.learn_data import GrowingScenario, NewTask, combined_data, read_task
@@ -45,6 +49,10 @@ from sdlora.serving.learn_files import check_task_files
 from sdlora.typed import ConfigError
 
 log = logging.getLogger("sdlora")
+
+#: what `learn --set` may change besides `train.*`: how the linear head trains (the classifier's other settings
+#: are fixed by the trained model)
+HEAD_KEYS = tuple(f"method.classifier.{name}" for name in HEAD_TRAINING)
 
 
 class LearnRecord(RunRecord):
@@ -80,13 +88,26 @@ def fingerprint(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def fixed_by_the_model(key: str) -> bool:
+    """Whether `--set KEY=...` would change what the trained model fixed: any key but `train.*`, `HEAD_KEYS` and
+    `MAY_CHANGE_ON_RESUME`, and the old `train.` names of the classifier's other settings (`train.head_init`,
+    `train.classifier.kind`, ...: read as `method.classifier.*`)."""
+    if key in (*HEAD_KEYS, *MAY_CHANGE_ON_RESUME):
+        return False
+    parts = tuple(key.split("."))
+    return parts[0] != "train" or len(parts) < 2 or any(
+        path[:len(parts)] == parts or parts[:len(path)] == path for path, name in LEGACY.items()
+        if name not in HEAD_TRAINING)
+
+
 def learn_config(run: RunFolder, overrides: list[str]) -> RunConfig:
-    """The run's config with `--set train.KEY=VALUE` overrides for the new task, validated like `train`'s."""
+    """The run's config with `--set` overrides of the new task's training settings (`train.*`, `HEAD_KEYS`),
+    validated like the run's config."""
     keys = [a.split("=", 1)[0].strip() for a in overrides]
-    fixed = [k for k in keys if not k.startswith("train.") and k not in MAY_CHANGE_ON_RESUME]
+    fixed = [k for k in keys if fixed_by_the_model(k)]
     if fixed:
-        raise ConfigError(f"learn --set changes the new task's training settings (train.*) and "
-                          f"{', '.join(MAY_CHANGE_ON_RESUME)} only; {fixed} are fixed by the trained model "
+        raise ConfigError(f"learn --set changes the new task's training settings (train.*, {', '.join(HEAD_KEYS)}) "
+                          f"and {', '.join(MAY_CHANGE_ON_RESUME)} only; {fixed} are fixed by the trained model "
                           "(train a new run to change them)")
     data = parse_yaml(run.config_file.read_text(), str(run.config_file))
     return build.validate_plugins(load_config(data=data, overrides=list(overrides), source=str(run.config_file)))
@@ -109,10 +130,11 @@ def check_new_task(run: RunFolder, cfg: RunConfig, new: NewTask, test: NewTask, 
         raise ValueError(f"--test {test_file}: " + (f"labels {unknown[:10]} are not among the new training "
                          f"classes {classes[:10]}" if unknown else f"holds {test.kind}, --data holds {new.kind}"))
     trains = getattr(METHODS.get(cfg.method.name), "trains", True)
-    if len(classes) == 1 and trains and cfg.train.loss == "current":
-        raise ConfigError(f"the new task has one class ({classes[0]!r}): with train.loss 'current' its loss is "
-                          "identically zero (cross-entropy over one logit), so nothing would be learned; add "
-                          "`--set train.loss=seen` (cross-entropy over every known class) or bring two classes or more")
+    if len(classes) == 1 and trains and cfg.method.classifier.loss == "current":
+        raise ConfigError(f"the new task has one class ({classes[0]!r}): with method.classifier.loss 'current' its "
+                          "loss is identically zero (cross-entropy over one logit), so nothing would be learned; add "
+                          "`--set method.classifier.loss=seen` (cross-entropy over every known class) or bring two "
+                          "classes or more")
     return classes
 
 
