@@ -17,6 +17,7 @@ from sdlora.config import ClassifierConfig, load_config
 from sdlora.engine import build
 from sdlora.engine.runner import run_config
 from sdlora.engine.trainer import Trainer
+from sdlora.method_config import HEAD_TRAINING
 from sdlora.methods.inflora import InfLoRA, key_value_targets
 from sdlora.report import run_label
 
@@ -398,14 +399,16 @@ def test_clinc150_baseline_configs_mirror_the_sdlora_config():
     # the linear probe keeps the cosine prototypes its tables were run with (with LDA on features that never move,
     # it would be configs/baselines/clinc150_frozen_lda.yaml)
     assert methods["linear_probe"].method.classifier == dataclasses.replace(main.classifier, kind="prototypes",
-                                                                            drift=None, sdc_sigma=None)
+                                                                            drift=None, sdc_sigma=None, loss=None)
+    assert build.validate_plugins(methods["linear_probe"]).method.classifier.loss == main.classifier.loss == "current"
     frozen_lda = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_lda.yaml"))
     assert frozen_lda.method.name == "ncm" and frozen_lda.train == main.train
-    assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform")
+    assert frozen_lda.method.classifier == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform",
+                                                           **HEAD_TRAINING)
     frozen_rf = build.validate_plugins(load_config(CONFIGS / "baselines" / "clinc150_frozen_ridge_rf.yaml"))
     assert frozen_rf.method.name == "ncm" and frozen_rf.train == main.train and frozen_rf.seeds == [1993]
     assert frozen_rf.method.classifier == ClassifierConfig("ridge", "none", shrinkage=1e-2, random_features=4096,
-                                                           feature_map="relu")
+                                                           feature_map="relu", **HEAD_TRAINING)
     assert methods["ncm"].method.classifier == ClassifierConfig()
 
 

@@ -20,7 +20,7 @@ from sdlora.config import load_config
 from sdlora.engine import build
 from sdlora.engine.restore import restore_run
 from sdlora.engine.runner import run_config
-from sdlora.method_config import ClassifierConfig
+from sdlora.method_config import HEAD_TRAINING, ClassifierConfig
 from sdlora.methods.class_stats import PooledGaussians
 from sdlora.methods.lda import LDAHead, lda_weights, oas_shrinkage
 from sdlora.typed import ConfigError
@@ -247,6 +247,6 @@ def test_settings_that_make_no_sense_are_refused(method, classifier, message):
 
 def test_lda_defaults_are_filled_only_for_the_lda_kind():
     cfg = build.validate_plugins(load_config(data=ncm_lda())).method.classifier
-    assert cfg == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform")
+    assert cfg == ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform", **HEAD_TRAINING)
     sdlora_cfg = build.validate_plugins(load_config(data=tiny(method={"name": "sdlora"}))).method.classifier
     assert sdlora_cfg.shrinkage is None and sdlora_cfg.priors is None

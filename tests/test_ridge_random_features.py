@@ -18,7 +18,7 @@ from sdlora.cli import main
 from sdlora.config import load_config
 from sdlora.engine import build
 from sdlora.engine.restore import restore_run
-from sdlora.method_config import ClassifierConfig
+from sdlora.method_config import HEAD_TRAINING, ClassifierConfig
 from sdlora.methods.lda import LDAHead, RidgeHead, ridge_weights
 from sdlora.methods.random_features import RandomFeatures
 from sdlora.typed import ConfigError
@@ -230,11 +230,12 @@ def test_random_feature_settings_that_make_no_sense_are_refused(classifier, mess
 
 
 @pytest.mark.parametrize(("classifier", "expected"), [
-    ({"kind": "ridge"}, ClassifierConfig("ridge", "none", shrinkage=1e-2)),
+    ({"kind": "ridge"}, ClassifierConfig("ridge", "none", shrinkage=1e-2, **HEAD_TRAINING)),
     ({"kind": "lda", "random_features": 64}, ClassifierConfig("lda", "none", shrinkage="oas", priors="uniform",
-                                                              random_features=64, feature_map="relu")),
+                                                              random_features=64, feature_map="relu", **HEAD_TRAINING)),
     ({"kind": "ridge", "random_features": 64, "feature_map": "rff"},
-     ClassifierConfig("ridge", "none", shrinkage=1e-2, random_features=64, feature_map="rff", bandwidth=1.4)),
+     ClassifierConfig("ridge", "none", shrinkage=1e-2, random_features=64, feature_map="rff", bandwidth=1.4,
+                      **HEAD_TRAINING)),
 ])
 def test_defaults_are_filled_for_the_heads_from_running_sums(classifier, expected):
     data = tiny(method={"name": "ncm", "classifier": classifier}, name="ncm")
