@@ -1,6 +1,7 @@
 """Step cost of SD-LoRA against the frozen backbone, measured side by side in one process (CPU).
 
-For 1, 5, 10 and 20 tasks (rank 10 per task on the q and v slices of every block's qkv; the last task open):
+For 1, 5, 10 and 20 tasks (`--tasks`; rank 10 per task, `--rank`, on the q and v slices of every block's qkv;
+the last task open):
 
 * training ratio = SD-LoRA step / frozen step. SD-LoRA step: forward + backward of the adapted model down to
   every magnitude and the current factors (optimiser step excluded). Frozen step: the plain backbone, all
@@ -20,7 +21,10 @@ shared machine's load better than a ratio of medians; in parentheses the ratio o
 With `--profile`, instead of the ratios: torch.profiler over 2 training steps at the first and the last task
 count, the operators with the most self CPU time grouped by input shapes (where a step's growth goes).
 
-Run:  python benchmarks/step_cost.py  [--preset tiny|base|base12|both] [--reps N] [--threads N] [--profile]
+Run:  python benchmarks/step_cost.py  [--preset tiny|base|base12|minilm|both] [--tasks 1 20 ...] [--rank R]
+          [--batch B] [--reps N] [--threads N] [--profile]
+`minilm`: a timm ViT of MiniLM-L6's shape (width 384, 6 blocks, MLP 1536) over 17 tokens a sample, the text main
+job's step without its tokenizer (`--batch 32 --rank 8` as configs/clinc150.yaml).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ PRESETS = {
     "tiny": ("vit_tiny_patch16_224", {"depth": 4}, 224),  # width 192, 197 tokens
     "base": ("vit_base_patch16_224", {"depth": 2}, 224),  # ViT-B width 768 (the paper's), two blocks
     "base12": ("vit_base_patch16_224", {}, 224),  # the paper's ViT-B/16: width 768, all 12 blocks
+    # the text main job's shape: MiniLM-L6 (width 384, 6 blocks, MLP 1536) over 17 tokens a sample (its CLINC150
+    # queries average about 12 tokens + [CLS] / [SEP] with max_length 32)
+    "minilm": ("vit_small_patch16_224", {"depth": 6}, 64),
 }
 
 
@@ -50,9 +57,13 @@ def build(preset: str) -> torch.nn.Module:
     return timm.create_model(arch, pretrained=False, num_classes=0, img_size=img, **overrides).eval()
 
 
+RANK = {"rank": 10}  # per task; --rank
+
+
 def adapted(base: torch.nn.Module, tasks: int, kernel: str) -> tuple[torch.nn.Module, SDLoRAAdapter]:
     model = copy.deepcopy(base)
-    adapter = SDLoRAAdapter(model, SDLoRAConfig(targets=["blocks.*.attn.qkv[q,v]"], rank=10, kernel=kernel))
+    adapter = SDLoRAAdapter(model, SDLoRAConfig(targets=["blocks.*.attn.qkv[q,v]"], rank=RANK["rank"],
+                                                kernel=kernel))
     for t in range(tasks):
         adapter.begin_task()
         with torch.no_grad():  # stand-in for training: non-zero directions and distinct magnitudes
@@ -160,7 +171,7 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
     arch, overrides, img = PRESETS[preset]
     lines = [
         f"preset {preset}: {arch} {overrides} img {img}, batch {batch}, width {base.num_features}, "
-        f"rank 10 on q,v of every qkv, kernel={kernel}; {reps} interleaved rounds",
+        f"rank {RANK['rank']} on q,v of every qkv, kernel={kernel}; {reps} interleaved rounds",
         f"frozen step: {train.median('qkv0') * 1e3:.1f} ms (grad to qkv0), "
         f"{train.median('pixels') * 1e3:.1f} ms (grad to pixels); plain inference "
         f"{merged.median('plain') * 1e3:.1f} ms (medians)",
@@ -172,7 +183,7 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
     ]
     for t in task_counts:
         lines.append(
-            f"| {t} | {10 * (t - 1)} | {','.join(kernels[t])} | {train.cell(t, 'qkv0')} "
+            f"| {t} | {RANK['rank'] * (t - 1)} | {','.join(kernels[t])} | {train.cell(t, 'qkv0')} "
             f"| {train.cell(t, 'pixels')} | {train.cell(t, task_counts[0])} "
             f"| {merged.cell(t, 'plain')} | {unmerged.cell(t, 'plain')} |"
         )
@@ -211,9 +222,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kernel", default="auto", help="auto | factored | fused_proj | fused_wgrad")
+    parser.add_argument("--rank", type=int, default=10, help="rank per task (the text main job: 8)")
     parser.add_argument("--profile", action="store_true", help="operator profile of the fewest / most tasks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    RANK["rank"] = args.rank
     cpu = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, timm {timm.__version__}, {cpu}, {args.threads} thread(s); "
           "optimiser step excluded")
