@@ -32,6 +32,10 @@ from sdlora.engine import build  # noqa: E402
 def measure(configs: list[str], tasks: int | None, overrides: list[str], reps: int) -> dict[str, Any]:
     """{config: {"runs": [{"seconds": {wall, cpu: {phase: s}}, "final": acc}], "method": name}}, rotating order."""
     cfgs = {path: case_config(path, tasks, overrides) for path in configs}
+    benchmarks = {path: cfg.benchmark for path, cfg in cfgs.items()}
+    if len({repr(b) for b in benchmarks.values()}) > 1:  # one data load serves all: the same benchmark or nothing
+        raise SystemExit("the configs train different benchmarks, so their costs do not compare: "
+                         + "; ".join(f"{path}: {b}" for path, b in benchmarks.items()))
     data = build.build_benchmark(next(iter(cfgs.values())))
     out: dict[str, Any] = {path: {"method": cfg.method.name, "runs": []} for path, cfg in cfgs.items()}
     for rep in range(reps):
