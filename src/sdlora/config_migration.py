@@ -71,18 +71,22 @@ def _gives(data: Any, path: tuple[str, ...]) -> bool:
     return True
 
 
-def _sets(data: Any, path: tuple[str, ...]) -> bool:
-    """Whether `data` holds the key `path` itself (`classifier: null`, the method's defaults, sets none)."""
+def _parent(data: Any, path: tuple[str, ...]) -> Any:
+    """The mapping that would hold `path`'s last key (None, or a non-mapping, when the way there is missing)."""
     node = data
     for part in path[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _sets(data: Any, path: tuple[str, ...]) -> bool:
+    """Whether `data` holds the key `path` itself (`classifier: null`, the method's defaults, sets none)."""
+    node = _parent(data, path)
     return isinstance(node, dict) and path[-1] in node
 
 
 def _pop(data: Any, path: tuple[str, ...]) -> None:
-    node = data
-    for part in path[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
+    node = _parent(data, path)
     if isinstance(node, dict):
         node.pop(path[-1], None)
 
