@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_overhead import PHASES, case_config, engine_run, load_average  # noqa: E402
+from engine_overhead import PHASES, case_config, engine_run, load_average, ratio_cells  # noqa: E402
 
 from sdlora.engine import build  # noqa: E402
 
@@ -49,13 +49,6 @@ def measure(configs: list[str], tasks: int | None, overrides: list[str], reps: i
     return out
 
 
-def ratio(runs: list[dict], ref: list[dict], kind: str, phase: str) -> float | None:
-    """Median over rounds of this config's time / the reference's time in the same round."""
-    pairs = [(r["seconds"][kind][phase], b["seconds"][kind][phase]) for r, b in zip(runs, ref, strict=True)]
-    ratios = [a / b for a, b in pairs if b > 0]
-    return statistics.median(ratios) if ratios else None
-
-
 def table(out: dict[str, Any]) -> str:
     """One row per config and phase: CPU and wall seconds (mean over rounds) and the ratios to the reference."""
     ref = next(iter(out.values()))["runs"]
@@ -67,7 +60,8 @@ def table(out: dict[str, Any]) -> str:
         for phase in (*PHASES, "total"):
             cells = []
             for kind in ("cpu", "wall"):
-                value = ratio(runs, ref, kind, phase)
+                # median over rounds of this config's time / the reference's in the same round
+                value = ratio_cells([r["seconds"] for r in runs], [r["seconds"] for r in ref], phase, kind)["ratio"]
                 cells += [f"{statistics.mean(r['seconds'][kind][phase] for r in runs):.1f}",
                           "-" if value is None else f"{value:.3f}"]
             lines.append(f"| {entry['method']} | {phase} | {' | '.join(cells)} | {final:.2f} |")
