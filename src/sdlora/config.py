@@ -266,6 +266,12 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
+def read_saved_config(path: Path) -> Any:
+    """The config.yaml sdlora wrote into a run folder, in today's layout (`config_migration.migrate`, saved)."""
+    data = parse_yaml(path.read_text(), str(path))
+    return config_migration.migrate(data, str(path), saved=True) if isinstance(data, dict) else data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 data: dict[str, Any] | None = None, source: str | None = None) -> RunConfig:
     """Read YAML (or take `data`, read from `source`), apply overrides, validate into a RunConfig."""

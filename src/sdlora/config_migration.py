@@ -8,7 +8,8 @@
     train.head_lr               -> method.classifier.head_lr
 
 Config files, `--set` and the config.yaml of run folders written before the move (read back by `sdlora.load`,
-`--resume`, `sdlora eval` / `learn` / `export`) all go through `migrate`. Rules:
+`--resume`, `sdlora eval` / `learn` / `export`, through `sdlora.config.read_saved_config`: one warning per file)
+all go through `migrate`. Rules:
 
 * an old key moves to `method.classifier`, the classifier place that wins (over the shared top-level
   `classifier:`), so it resolves to exactly the value it had; each moved key gets its own warning;
@@ -165,8 +166,10 @@ def _old_settings(train: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     return found
 
 
-def migrate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Move the old keys of `data` (in place) to `method.classifier`, one warning per key; returns `data`."""
+def migrate(data: dict[str, Any], source: str = "config", saved: bool = False) -> dict[str, Any]:
+    """Move the old keys of `data` (in place) to `method.classifier`, one warning per key; returns `data`.
+    `saved`: `data` is a config sdlora wrote into a run folder, which its user has nothing to change in: one
+    warning for the file, naming every key it moved."""
     train = data.get("train")
     found = _old_settings(train) if isinstance(train, dict) else {}
     if not found:
@@ -189,6 +192,13 @@ def migrate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
             given[name] = value
             legacy.add(name)
     dropped = _never_honoured(method.get("name"), given, legacy)
+    if saved:
+        olds = ", ".join(old for old, _ in found.values())
+        unused = ", ".join(old for name, (old, _) in found.items() if name in dropped)
+        warnings.warn(f"{source}: written by an older sdlora, read as before under today's names ({olds}: now "
+                      "method.classifier.*" + (f"; {unused}: never used by the method, dropped" if unused else "")
+                      + "): nothing to change", ConfigDeprecationWarning, stacklevel=3)
+        return data
     for name, (old, value) in found.items():
         message = f"{source}: {old} is now method.classifier.{name} (or classifier.{name}, shared by any method); "
         message += (f"dropped, as the method never used it (method.classifier.{name} refuses it): {old} = {value!r} "

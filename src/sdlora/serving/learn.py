@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import RunConfig, config_to_dict, load_config, parse_yaml
+from sdlora.config import RunConfig, config_to_dict, load_config, read_saved_config
 from sdlora.config_migration import LEGACY
 from sdlora.data.download import sha256_file
 from sdlora.engine import build
@@ -109,7 +109,7 @@ def learn_config(run: RunFolder, overrides: list[str]) -> RunConfig:
         raise ConfigError(f"learn --set changes the new task's training settings (train.*, {', '.join(HEAD_KEYS)}) "
                           f"and {', '.join(MAY_CHANGE_ON_RESUME)} only; {fixed} are fixed by the trained model "
                           "(train a new run to change them)")
-    data = parse_yaml(run.config_file.read_text(), str(run.config_file))
+    data = read_saved_config(run.config_file)
     return build.validate_plugins(load_config(data=data, overrides=list(overrides), source=str(run.config_file)))
 
 
