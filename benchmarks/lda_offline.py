@@ -51,11 +51,13 @@ BANDWIDTHS: dict[FeatureMapKind, tuple[float, ...]] = {"relu": (1.0,), "rff": (0
 
 
 @torch.no_grad()
-def features(backbone: Any, dataset: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def features(backbone: Any, dataset: Any, batch_size: int, fn: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D] float64, labels [N]) of `dataset` through `fn` (default: the backbone itself)."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=backbone.collate)
+    fn = backbone if fn is None else fn
     feats, labels = [], []
     for inputs, y in loader:
-        feats.append(backbone(move_to(inputs, torch.device("cpu"))).double())
+        feats.append(fn(move_to(inputs, torch.device("cpu"))).double())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)
 

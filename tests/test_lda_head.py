@@ -197,6 +197,18 @@ def test_frozen_backbone_gives_the_same_head_for_two_class_orders(tmp_path):
     assert results[0]["inference_cost"]["extra_stored_numbers"] == 6 * (dim + 1) + 6 * dim + 6 + dim * dim
 
 
+def test_the_oracle_script_on_a_frozen_encoder_equals_the_incremental_head(tmp_path):
+    """benchmarks/oracle_statistics.py: with a frozen encoder the final features are the frozen ones, and the LDA
+    head fitted task by task is exact, so as run, oracle LDA and frozen LDA agree (and both NCMs)."""
+    data = ncm_lda([4, 5, 2, 3, 0, 1])  # classes close together: neither head is perfect, and they differ
+    data["benchmark"]["options"] |= {"separation": 0.4, "train_per_class": 10, "test_per_class": 8}
+    run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
+    (row,) = load_benchmark_script("oracle_statistics").main([str(tmp_path / "run")]).values()
+    assert row["as run"] == pytest.approx(row["oracle lda"]) and row["oracle lda"] == pytest.approx(row["frozen lda"])
+    assert row["oracle ncm"] == pytest.approx(row["frozen ncm"]) and row["frozen ncm"] != pytest.approx(row["as run"])
+    assert 30 < row["as run"] < 90
+
+
 def test_sdlora_with_the_lda_head_resumes_to_the_same_results(tmp_path):
     data = tiny(method={"name": "sdlora", "options": {"rank": 2},
                         "classifier": {"kind": "lda", "drift": "sdc", "head_init": "class_mean"}},
