@@ -266,10 +266,13 @@ def set_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def read_saved_config(path: Path) -> Any:
-    """The config.yaml sdlora wrote into a run folder, in today's layout (`config_migration.migrate`, saved)."""
+def load_saved_config(path: Path) -> RunConfig:
+    """The config.yaml sdlora wrote into a run folder, read in today's layout (`config_migration.migrate`, saved:
+    one warning for the file)."""
     data = parse_yaml(path.read_text(), str(path))
-    return config_migration.migrate(data, str(path), saved=True) if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        config_migration.migrate(data, str(path), saved=True)
+    return load_config(data=data, source=str(path))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -8,7 +8,7 @@
     train.head_lr               -> method.classifier.head_lr
 
 Config files, `--set` and the config.yaml of run folders written before the move (read back by `sdlora.load`,
-`--resume`, `sdlora eval` / `learn` / `export`, through `sdlora.config.read_saved_config`: one warning per file)
+`--resume`, `sdlora eval` / `learn` / `export`, through `sdlora.config.load_saved_config`: one warning per file)
 all go through `migrate`. Rules:
 
 * an old key moves to `method.classifier`, the classifier place that wins (over the shared top-level

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdlora.config import RunConfig, load_config, read_saved_config
+from sdlora.config import RunConfig, load_saved_config
 from sdlora.engine.seed_folder import find_seed_folder
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class RunFolder:
                            None)
         if config_file is None:
             raise FileNotFoundError(f"no config.yaml next to {folder}")
-        cfg = load_config(data=read_saved_config(config_file), source=str(config_file))
+        cfg = load_saved_config(config_file)
         results = folder / "results.json"
         record = json.loads(results.read_text()) if results.is_file() else {}
         return cls(folder, cfg, config_file, record)

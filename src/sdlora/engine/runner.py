@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import torch
 import yaml
 
-from sdlora.config import RunConfig, config_to_dict, load_config, read_saved_config
+from sdlora.config import RunConfig, config_to_dict, load_saved_config
 from sdlora.engine import build, distributed
 from sdlora.engine.checkpoint import write_json_atomic, write_text_atomic
 from sdlora.engine.csvlog import write_metrics_csv
@@ -76,8 +76,7 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
 def check_resumed_config(saved: Path, cfg: RunConfig) -> None:
     """--resume continues the run saved in `saved` only with the same (resolved) config."""
     try:
-        data = read_saved_config(saved)
-        previous = config_to_dict(build.validate_plugins(load_config(data=data, source=str(saved))))
+        previous = config_to_dict(build.validate_plugins(load_saved_config(saved)))
     except ConfigError as err:
         raise ConfigError(f"--resume: the config saved in {saved} is not valid any more ({err})") from None
     differing = [k for k in differing_keys(previous, config_to_dict(cfg)) if k not in MAY_CHANGE_ON_RESUME]

@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sdlora.config import RunConfig, config_to_dict, load_config, read_saved_config
+from sdlora.config import RunConfig, config_to_dict, load_config
 from sdlora.config_migration import LEGACY
 from sdlora.data.download import sha256_file
 from sdlora.engine import build
@@ -109,8 +109,9 @@ def learn_config(run: RunFolder, overrides: list[str]) -> RunConfig:
         raise ConfigError(f"learn --set changes the new task's training settings (train.*, {', '.join(HEAD_KEYS)}) "
                           f"and {', '.join(MAY_CHANGE_ON_RESUME)} only; {fixed} are fixed by the trained model "
                           "(train a new run to change them)")
-    data = read_saved_config(run.config_file)
-    return build.validate_plugins(load_config(data=data, overrides=list(overrides), source=str(run.config_file)))
+    # the folder's config as `RunFolder.open` read it (config_to_dict and load_config round-trip a RunConfig)
+    return build.validate_plugins(load_config(data=config_to_dict(run.cfg), overrides=list(overrides),
+                                              source=str(run.config_file)))
 
 
 def check_new_task(run: RunFolder, cfg: RunConfig, new: NewTask, test: NewTask, train_file: Path,
