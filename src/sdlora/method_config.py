@@ -32,12 +32,17 @@ LDA_PRIORS = "uniform"
 RIDGE_SHRINKAGE = 1e-2  # chosen on the same validation splits (benchmarks/README.md, "Random feature maps")
 FEATURE_MAP = "relu"
 RFF_BANDWIDTH = 1.4  # about the median distance between two normalised MiniLM features (benchmarks/README.md)
+#: classifier alignment (kind 'aligned'): SLCA's stage 2 (5 epochs, SGD 0.01, 256 pseudo-features per class), with
+#: its Gaussian per class (HiDe-Prompt's own alignment keeps multi-centroid statistics)
+ALIGNMENT: dict[str, Any] = {"statistics": "covariance", "alignment_epochs": 5, "alignment_lr": 0.01,
+                             "alignment_samples": 256}
 #: the kinds that predict from class statistics fitted after each task (drift compensation moves those)
-STATISTICS_KINDS = ("prototypes", "lda", "ridge")
+STATISTICS_KINDS = ("prototypes", "lda", "ridge", "aligned")
 #: per kind of head from running sums, its settings and their defaults (filled in by `ClassifierSupport.resolve`)
 HEAD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lda": {"shrinkage": LDA_SHRINKAGE, "priors": LDA_PRIORS},
     "ridge": {"shrinkage": RIDGE_SHRINKAGE},
+    "aligned": ALIGNMENT,
 }
 #: how the linear head trains, and the defaults: cross-entropy over the current task's logits (the official code),
 #: old rows frozen, the body's learning rate (None: train.lr)
@@ -47,6 +52,7 @@ TUNES: dict[str, tuple[str, tuple[str, ...]]] = {
     "shrinkage": ("the LDA and ridge heads", ("lda", "ridge")),
     "priors": ("the LDA head", ("lda",)),
     "random_features": ("the LDA and ridge heads", ("lda", "ridge")),
+    **{name: ("classifier alignment", ("aligned",)) for name in ALIGNMENT},
 }
 
 
@@ -77,6 +83,11 @@ class ClassifierConfig:
     drawn from the run's seed (`sdlora.methods.random_features`): `feature_map: relu` (default, RanPAC's
     ReLU(W^T g)) or `rff` (random Fourier features of the RBF kernel of `bandwidth` s, default 1.4). The head is
     then no longer linear in the feature: the export formats refuse it (the run folder predicts).
+    `kind: aligned`: classifier alignment (SLCA's CA; `sdlora.methods.aligned`): the linear head predicts, and
+    after each task from the second on it is retrained on pseudo-features of every seen class drawn from stored
+    per-class statistics of the features (`statistics`: `covariance`, default; `variance`; `multi_centroid`),
+    `alignment_samples` per class and epoch (default 256), `alignment_epochs` (5) of SGD at `alignment_lr` (0.01)
+    with cosine decay. `drift: sdc` moves the stored class means.
 
     How the linear head trains (every kind trains through it): `loss: current` (default, the official code):
     cross-entropy over the current task's logits only, CE(z[:, known:total], y - known); `seen`: over every
@@ -86,7 +97,7 @@ class ClassifierConfig:
     were `train.loss`, `train.freeze_old_head` and `train.head_lr` (still read: `sdlora.config_migration`).
     """
 
-    kind: Literal["linear", "prototypes", "lda", "ridge"] | None = None
+    kind: Literal["linear", "prototypes", "lda", "ridge", "aligned"] | None = None
     drift: Literal["none", "sdc"] | None = None
     sdc_sigma: float | None = None  # sigma of the SDC weights w_ic (default 0.3)
     head_init: Literal["random", "class_mean"] | None = None
@@ -98,12 +109,18 @@ class ClassifierConfig:
     random_features: int | None = None  # kinds 'lda' / 'ridge': M, a random feature map of g before the head
     feature_map: Literal["relu", "rff"] | None = None  # with random_features: ReLU(W^T g) or random Fourier features
     bandwidth: float | None = None  # feature_map 'rff': s of the kernel exp(-||g - g'||^2 / (2 s^2)) (default 1.4)
+    # kind 'aligned': the statistics pseudo-features are drawn from, and the alignment's epochs, lr and samples
+    statistics: Literal["covariance", "variance", "multi_centroid"] | None = None
+    alignment_epochs: int | None = None
+    alignment_lr: float | None = None
+    alignment_samples: int | None = None  # pseudo-features per class (multi_centroid: per cluster) and epoch
     loss: Literal["current", "seen"] | None = None  # CE over the current task's logits (default) or every seen
     freeze_old_head: bool | None = None  # old head rows get no update (default true)
     head_lr: float | None = None  # learning rate of the linear head (default: train.lr)
 
     def __post_init__(self) -> None:
-        for name in ("sdc_sigma", "head_init_scale", "bandwidth", "random_features"):
+        for name in ("sdc_sigma", "head_init_scale", "bandwidth", "random_features", "alignment_epochs",
+                     "alignment_lr", "alignment_samples"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -127,7 +144,8 @@ class ClassifierSupport:
     setting it does not have, why (`kind`, `drift`, `head_init`, `training`). `head_inits=()`: no linear head
     (nothing to initialise or train: only the `HEAD_TRAINING` defaults, which change nothing, are accepted)."""
 
-    kinds: tuple[Literal["linear", "prototypes", "lda", "ridge"], ...] = ("linear", "prototypes", "lda", "ridge")
+    kinds: tuple[Literal["linear", "prototypes", "lda", "ridge", "aligned"], ...] = (
+        "linear", "prototypes", "lda", "ridge", "aligned")
     drifts: tuple[Literal["none", "sdc"], ...] = ("none", "sdc")
     head_inits: tuple[Literal["random", "class_mean"], ...] = ("random", "class_mean")
     reasons: Mapping[str, str] = field(default_factory=dict)
@@ -149,8 +167,9 @@ class ClassifierSupport:
                 out[name] = self.reasons.get("training", "this method trains no linear head")
         kind = given.kind or self.kinds[0]
         if given.drift == "sdc" and kind not in STATISTICS_KINDS and "drift" not in out:
-            out["drift"] = ("drift compensation moves the class prototypes (or the LDA / ridge heads' class means), "
-                            "which only kinds 'prototypes', 'lda' and 'ridge' predict with")
+            out["drift"] = ("drift compensation moves the class prototypes (or the class means of the LDA / ridge "
+                            "heads and of alignment's statistics), which only kinds 'prototypes', 'lda', 'ridge' "
+                            "and 'aligned' keep")
         if "kind" not in out:
             for name, (what, kinds) in TUNES.items():
                 if getattr(given, name) is not None and kind not in kinds:

@@ -7,6 +7,8 @@ the head's `logits` at evaluation; the linear head still carries the training lo
     prototypes   cosine nearest-class-mean (`prototypes.ClassPrototypes`)
     lda          linear discriminant analysis with a shared covariance (`lda.LDAHead`)
     ridge        ridge regression onto one-hot targets, RanPAC's head (`lda.RidgeHead`)
+    aligned      the linear head, retrained after each task on pseudo-features of every seen class drawn from
+                 stored class statistics: SLCA's classifier alignment (`aligned.AlignedHead`)
     linear       none: the trained linear head predicts
 
 `lda` and `ridge` take `random_features: M`: a fixed random feature map of the normalised feature before the head
@@ -21,6 +23,8 @@ from typing import Any, Protocol
 import torch
 
 from sdlora.method_config import ClassifierConfig
+from sdlora.methods.aligned import AlignedHead
+from sdlora.methods.head import IncrementalHead
 from sdlora.methods.lda import LDAHead, RidgeHead
 from sdlora.methods.prototypes import ClassPrototypes
 from sdlora.methods.random_features import RandomFeatures
@@ -87,15 +91,17 @@ def ridge_head(dim: int, cfg: ClassifierConfig) -> RidgeHead:
     return RidgeHead(dim, cfg.shrinkage, feature_map(dim, cfg))
 
 
-#: kind -> builder(feature dim, resolved classifier settings); a kind not here (`linear`) has no such head
-CLASS_HEADS: dict[str, Callable[[int, ClassifierConfig], ClassHead]] = {
-    "prototypes": lambda dim, cfg: ClassPrototypes(dim),
-    "lda": lda_head,
-    "ridge": ridge_head,
+#: kind -> builder(feature dim, resolved classifier settings, the method's linear head); a kind not here
+#: (`linear`) has no such head
+CLASS_HEADS: dict[str, Callable[[int, ClassifierConfig, IncrementalHead], ClassHead]] = {
+    "prototypes": lambda dim, cfg, head: ClassPrototypes(dim),
+    "lda": lambda dim, cfg, head: lda_head(dim, cfg),
+    "ridge": lambda dim, cfg, head: ridge_head(dim, cfg),
+    "aligned": AlignedHead,
 }
 
 
-def build_class_head(dim: int, cfg: ClassifierConfig) -> ClassHead | None:
-    """The head of `cfg.kind` (settings resolved), or None for the linear head."""
+def build_class_head(dim: int, cfg: ClassifierConfig, head: IncrementalHead) -> ClassHead | None:
+    """The head of `cfg.kind` (settings resolved), or None for the linear head (`head`, which `aligned` aligns)."""
     builder = CLASS_HEADS.get(cfg.kind or "linear")
-    return None if builder is None else builder(dim, cfg)
+    return None if builder is None else builder(dim, cfg, head)

@@ -102,6 +102,15 @@ class ClassGaussians(nn.Module):
         """The class means of classes [0, upto) [upto, D] (HiDe-Prompt's contrastive term pushes features away)."""
         return self.means[:upto]
 
+    def class_means(self, upto: int) -> torch.Tensor:
+        """mu_c of classes [0, upto) [upto, D] (where drift compensation weighs a class's samples from)."""
+        return self.means[:upto]
+
+    @torch.no_grad()
+    def shift_means(self, shift: torch.Tensor) -> None:
+        """mu_c += shift_c for the first shift.shape[0] classes (drift compensation; the spread is kept)."""
+        self.means[: shift.shape[0]] += shift.to(self.means)
+
     def pool(self, upto: int, per_component: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels, components) of an alignment epoch's pool: `per_component` entries per class of [0, upto)
         (the component of a Gaussian is its class)."""
@@ -265,6 +274,19 @@ class ClassMultiCentroids(nn.Module):
         """The present cluster means of classes [0, upto) [m, D] (the release's `orth_loss` stacks every
         cluster mean of the earlier classes)."""
         return self.means[:upto][self.present[:upto]]
+
+    def class_means(self, upto: int) -> torch.Tensor:
+        """The mean of each class's present cluster means, classes [0, upto) [upto, D] (cluster sizes are not
+        kept, so each present cluster weighs the same)."""
+        present = self.present[:upto, :, None].to(self.means)
+        return (self.means[:upto] * present).sum(1) / present.sum(1).clamp(min=1)
+
+    @torch.no_grad()
+    def shift_means(self, shift: torch.Tensor) -> None:
+        """Every present cluster mean of class c moves by shift_c, the first shift.shape[0] classes (drift
+        compensation estimates one shift per class; variances are kept, absent clusters stay zero)."""
+        upto = shift.shape[0]
+        self.means[:upto] += shift.to(self.means)[:, None, :] * self.present[:upto, :, None].to(self.means)
 
     def pool(self, upto: int, per_component: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels, components) of an alignment epoch's pool: `per_component` entries per sampled cluster of the

@@ -1,5 +1,6 @@
 """A method's classifier as one component: the growing linear head that carries the training loss and, with
-`method.classifier.kind` prototypes or lda, the head fitted from class statistics that predicts at evaluation.
+`method.classifier.kind` prototypes, lda or ridge, the head fitted from class statistics that predicts at evaluation
+(kind aligned: the linear head itself, realigned from class statistics after each task).
 
 A method composes one (`Method.classifier`) and calls its hooks from its own lifecycle:
 
@@ -48,7 +49,7 @@ class Classifier(nn.Module):
         assert cfg.loss is not None and cfg.freeze_old_head is not None, "resolve the classifier settings first"
         self.cfg = cfg
         self.head = IncrementalHead(dim)
-        self.class_head: ClassHead | None = build_class_head(dim, cfg)
+        self.class_head: ClassHead | None = build_class_head(dim, cfg, self.head)
         self.features_before: torch.Tensor | None = None  # SDC: this task's features before training
         self._start_features: tuple[torch.Tensor, torch.Tensor] | None = None  # before_task's pass
 

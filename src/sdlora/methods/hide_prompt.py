@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from sdlora.backbones.base import Backbone
 from sdlora.config import ClassifierConfig, TrainConfig
 from sdlora.data.scenario import TaskInfo
+from sdlora.method_config import ClassifierSupport
 from sdlora.methods.base import StepOutput, full_precision
 from sdlora.methods.class_stats import align_classifier, class_statistics
 from sdlora.methods.head import IncrementalHead
@@ -104,6 +105,9 @@ class HiDePrompt(TaskPromptMethod):
     While a task trains its features use P^t (the task is known), afterwards the inferred task's E^t."""
 
     Options = HiDePromptOptions
+    classifier_support = ClassifierSupport(kinds=("linear", "prototypes", "lda", "ridge"), reasons={
+        "kind": "hide_prompt aligns its head itself, from its own statistics of the prompted features (options "
+                "statistics, ca_epochs, ca_lr, ...): kind 'aligned' would align it a second time"})
 
     def __init__(self, backbone: Backbone, options: HiDePromptOptions, train: TrainConfig,
                  classifier: ClassifierConfig | None = None) -> None:
