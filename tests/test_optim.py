@@ -58,3 +58,15 @@ def test_optimizer_kinds_and_empty_groups():
     assert adam.param_groups[0]["betas"] == (0.8, 0.9)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer([{"params": []}], TrainConfig(), schedule)
+
+
+def test_a_setting_of_the_other_optimiser_is_refused_and_its_default_is_not():
+    """momentum is SGD's and betas are Adam's: set to a value the chosen optimiser would ignore, they are refused;
+    left at their defaults (a config switching optimiser with `--set train.optimizer=adam`) they are not."""
+    with pytest.raises(ValueError, match="momentum \\(0.0\\) is SGD's; adam takes betas"):
+        TrainConfig(optimizer="adam", momentum=0.0)
+    with pytest.raises(ValueError, match="betas \\(\\[0.8, 0.99\\]\\) are Adam's; sgd takes momentum"):
+        TrainConfig(optimizer="sgd", betas=[0.8, 0.99])
+    opt = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(1))]}], TrainConfig(optimizer="adamw"),
+                          task_schedule(TrainConfig(optimizer="adamw"), 0))
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)

@@ -213,6 +213,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be [beta1, beta2], got {self.betas}")
+        # each optimiser's own settings: one another optimiser would ignore is refused (its default is left alone,
+        # so a config can switch optimiser without deleting the other's keys)
+        if self.optimizer != "sgd" and self.momentum != 0.9:
+            raise ValueError(f"momentum ({self.momentum}) is SGD's; {self.optimizer} takes betas (now {self.betas})")
+        if self.optimizer == "sgd" and list(self.betas) != [0.9, 0.999]:
+            raise ValueError(f"betas ({self.betas}) are Adam's; sgd takes momentum (now {self.momentum})")
         if self.length_buckets < 0:
             raise ValueError(f"length_buckets must be 0 (off) or a number of batches, got {self.length_buckets}")
         if self.batch_size % self.accumulate_steps:
