@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+
+import sdlora
 from engine_helpers import tiny
+from sdlora.cli import main
 from sdlora.config import load_config
+from sdlora.engine.restore import restore_run
 from sdlora.engine.runner import run_config
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -79,3 +85,27 @@ def no_library_warnings() -> Iterator[LibraryWarnings]:
     deprecations = (DeprecationWarning, FutureWarning)
     messages = handler.messages + [str(w.message) for w in caught if not issubclass(w.category, deprecations)]
     assert not messages, f"the loading library warned: {messages}"
+
+
+def check_exported_head(tmp_path: Path, classifier: dict, kind: str,
+                        lift: Callable[[torch.Tensor], torch.Tensor]) -> Path:
+    """A tiny ViT run with `method.classifier` = `classifier`: `sdlora.load` and the single-file export describe its
+    head as `kind` and reproduce the run's own logits (the exported W, b applied to lift(feature)); timm refuses a
+    head that is not a plain linear one. Returns the seed folder."""
+    data = vit_run_config()
+    data["method"]["classifier"] = classifier
+    seed = train(data, tmp_path / "run")
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    run = restore_run(seed)
+    with torch.no_grad():
+        own = run.method.eval()(x)
+        features = run.method.features(x)
+    loaded = sdlora.load(seed)
+    assert loaded.kind == kind
+    torch.testing.assert_close(loaded.logits(list(x)), own, atol=1e-5, rtol=1e-5)
+    assert main(["export", str(seed), "--out", str(tmp_path / "m.safetensors")]) == 0
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata()["classifier"] == kind
+        weight, bias = f.get_tensor("head.weight"), f.get_tensor("head.bias")
+    torch.testing.assert_close(lift(features) @ weight.T + bias, own, atol=1e-5, rtol=1e-5)
+    return seed

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
-import sdlora
 from engine_helpers import check_resume_equals_uninterrupted, tiny
-from export_helpers import train, vit_run_config
+from export_helpers import check_exported_head
 from scripts import load_benchmark_script
 from sdlora.cli import main
 from sdlora.config import load_config
@@ -220,23 +218,8 @@ def test_sdlora_with_the_lda_head_resumes_to_the_same_results(tmp_path):
 
 
 def test_export_and_load_reproduce_the_lda_logits(tmp_path):
-    data = vit_run_config()
-    data["method"]["classifier"] = {"kind": "lda", "drift": "sdc"}
-    seed = train(data, tmp_path / "run")
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    run = restore_run(seed)
-    with torch.no_grad():
-        own = run.method.eval()(x)
-    loaded = sdlora.load(seed)
-    assert loaded.kind == "normalized_linear"
-    torch.testing.assert_close(loaded.logits(list(x)), own, atol=1e-5, rtol=1e-5)
-    assert main(["export", str(seed), "--out", str(tmp_path / "m.safetensors")]) == 0
-    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
-        assert f.metadata()["classifier"] == "normalized_linear"
-        weight, bias = f.get_tensor("head.weight"), f.get_tensor("head.bias")
-    with torch.no_grad():
-        features = run.method.features(x)
-    torch.testing.assert_close(F.normalize(features, dim=-1) @ weight.T + bias, own, atol=1e-5, rtol=1e-5)
+    seed = check_exported_head(tmp_path, {"kind": "lda", "drift": "sdc"}, "normalized_linear",
+                               lambda f: F.normalize(f, dim=-1))
     assert main(["export", str(seed), "--out", str(tmp_path / "t"), "--format", "timm"]) == 1
 
 
