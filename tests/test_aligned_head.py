@@ -41,15 +41,19 @@ def aligned_head(**settings) -> tuple[AlignedHead, IncrementalHead]:
     return AlignedHead(DIM, cfg, head), head
 
 
+def grow_biased(head: IncrementalHead, low: int, high: int) -> None:
+    """New rows for classes [low, high) with the biased start of a current-task-only head (large random rows)."""
+    head.grow(high - low)
+    with torch.no_grad():
+        head.weights[-1].copy_(3 * torch.randn(high - low, DIM, generator=torch.Generator().manual_seed(low)))
+
+
 def learn_tasks(aligned: AlignedHead, head: IncrementalHead, feats, labels, tasks=TASKS) -> list[dict]:
-    """As a run does: grow the head, give the new rows the biased start of a current-task-only head (logits of the
-    new classes 3x larger than any old one's), fit (and align)."""
+    """As a run does: grow the head (`grow_biased`), fit (and align)."""
     infos = []
     for low, high in tasks:
-        head.grow(high - low)
+        grow_biased(head, low, high)
         rows = (labels >= low) & (labels < high)
-        with torch.no_grad():
-            head.weights[-1].copy_(3 * torch.randn(high - low, DIM, generator=torch.Generator().manual_seed(low)))
         infos.append(aligned.fit(feats[rows], labels[rows], low, high))
     return infos
 
@@ -82,14 +86,12 @@ def test_alignment_learns_the_bayes_rule_from_statistics_alone():
 
 
 def test_without_alignment_the_biased_head_is_far_from_bayes():
-    """The head as `learn_tasks` starts each task's rows, never aligned: what the previous test improves on."""
+    """The head as `grow_biased` starts each task's rows, never aligned: what the previous test improves on."""
     means, mix = gaussians()
     feats, labels = draw(means, mix, 200, seed=1)
     head = IncrementalHead(DIM)
     for low, high in TASKS:
-        head.grow(high - low)
-        with torch.no_grad():
-            head.weights[-1].copy_(3 * torch.randn(high - low, DIM, generator=torch.Generator().manual_seed(low)))
+        grow_biased(head, low, high)
     test, truth = draw(means, mix, 2000, seed=2)
     with torch.no_grad():
         assert (head(test).argmax(-1) == truth).float().mean() < 0.5

@@ -170,13 +170,18 @@ class FirstTaskConfig:
     gamma: float | None = None
 
 
+#: the optimisers' own defaults (SGD's momentum, Adam's betas), also what the other optimiser accepts unchanged
+SGD_MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+
+
 @dataclass
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = SGD_MOMENTUM
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: list(ADAM_BETAS))
     epochs: int = 20
     # the global batch of one optimiser step: over all processes (torchrun) and all accumulated micro-batches;
     # each forward sees batch_size / (processes * accumulate_steps) samples
@@ -215,9 +220,9 @@ class TrainConfig:
             raise ValueError(f"betas must be [beta1, beta2], got {self.betas}")
         # each optimiser's own settings: one another optimiser would ignore is refused (its default is left alone,
         # so a config can switch optimiser without deleting the other's keys)
-        if self.optimizer != "sgd" and self.momentum != 0.9:
+        if self.optimizer != "sgd" and self.momentum != SGD_MOMENTUM:
             raise ValueError(f"momentum ({self.momentum}) is SGD's; {self.optimizer} takes betas (now {self.betas})")
-        if self.optimizer == "sgd" and list(self.betas) != [0.9, 0.999]:
+        if self.optimizer == "sgd" and tuple(self.betas) != ADAM_BETAS:
             raise ValueError(f"betas ({self.betas}) are Adam's; sgd takes momentum (now {self.momentum})")
         if self.length_buckets < 0:
             raise ValueError(f"length_buckets must be 0 (off) or a number of batches, got {self.length_buckets}")

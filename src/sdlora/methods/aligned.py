@@ -69,20 +69,11 @@ class AlignedHead(nn.Module):
             return {}
         return {"alignment_loss": self.align(high, self._generator(low, features.device))}
 
-    @torch.enable_grad()
     def align(self, seen: int, generator: torch.Generator) -> float:
-        """Retrain every row of the head on pseudo-features of classes [0, seen); old rows' flags are restored."""
-        params = list(self.head.parameters())
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            return align_classifier(self.head, params, self.stats, seen, seen, epochs=self.epochs,
-                                    batch_size=self.samples, lr=self.lr, momentum=MOMENTUM,
-                                    weight_decay=WEIGHT_DECAY, generator=generator)
-        finally:
-            for p, flag in zip(params, flags, strict=True):
-                p.requires_grad_(flag)
+        """Retrain every row of the head on pseudo-features of classes [0, seen) (old rows' flags kept)."""
+        return align_classifier(self.head, list(self.head.parameters()), self.stats, seen, seen,
+                                epochs=self.epochs, batch_size=self.samples, lr=self.lr, momentum=MOMENTUM,
+                                weight_decay=WEIGHT_DECAY, generator=generator)
 
     @torch.no_grad()
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:

@@ -27,7 +27,8 @@ retrained by SGD on pseudo-features of every seen class, with no data of earlier
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +103,9 @@ class ClassGaussians(nn.Module):
         """The class means of classes [0, upto) [upto, D] (HiDe-Prompt's contrastive term pushes features away)."""
         return self.means[:upto]
 
-    def class_means(self, upto: int) -> torch.Tensor:
-        """mu_c of classes [0, upto) [upto, D] (where drift compensation weighs a class's samples from)."""
-        return self.means[:upto]
+    #: mu_c of classes [0, upto) (where drift compensation weighs a class's samples from): one Gaussian per class,
+    #: so its anchors
+    class_means = anchors
 
     @torch.no_grad()
     def shift_means(self, shift: torch.Tensor) -> None:
@@ -310,6 +311,7 @@ def class_statistics(dim: int, kind: StatsKind, eps: float = 1e-4, centroids: in
     return ClassGaussians(dim, kind, eps)
 
 
+@torch.enable_grad()
 def align_classifier(classifier: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter],
                      stats: ClassStatistics, seen: int, steps: int, *, epochs: int, batch_size: int, lr: float,
                      momentum: float, weight_decay: float, generator: torch.Generator) -> float:
@@ -321,7 +323,8 @@ def align_classifier(classifier: Callable[[torch.Tensor], torch.Tensor], params:
     shuffles it and takes `steps` batches of `batch_size` (the release takes as many batches as there are classes
     in the earlier tasks; the last batch may be short, and fewer batches are taken when the pool runs out, which
     only multi-centroid statistics with many zero-variance clusters can cause); cross-entropy over the seen
-    classes' logits. Only the pseudo-features of the batches taken are drawn."""
+    classes' logits. Only the pseudo-features of the batches taken are drawn. `params` train whatever their
+    `requires_grad` (frozen old rows included) and get their flags back afterwards."""
     if steps < 1 or epochs < 1:
         return 0.0
     device = stats.means.device
@@ -332,16 +335,30 @@ def align_classifier(classifier: Callable[[torch.Tensor], torch.Tensor], params:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     factors = stats.factors(seen)
     loss_sum, batches = 0.0, 0
-    for _ in range(epochs):
-        order = torch.randperm(pool_labels.shape[0], generator=generator, device=device)[: steps * batch_size]
-        labels = pool_labels[order]
-        features = stats.sample(pool_components[order], factors, generator)
-        loss_sum, batches = 0.0, 0
-        for i in range(0, labels.shape[0], batch_size):
-            loss = F.cross_entropy(classifier(features[i:i + batch_size])[:, :seen], labels[i:i + batch_size])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, batches = loss_sum + float(loss.detach()), batches + 1
-        schedule.step()
+    with trainable(params):
+        for _ in range(epochs):
+            order = torch.randperm(pool_labels.shape[0], generator=generator, device=device)[: steps * batch_size]
+            labels = pool_labels[order]
+            features = stats.sample(pool_components[order], factors, generator)
+            loss_sum, batches = 0.0, 0
+            for i in range(0, labels.shape[0], batch_size):
+                loss = F.cross_entropy(classifier(features[i:i + batch_size])[:, :seen], labels[i:i + batch_size])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum, batches = loss_sum + float(loss.detach()), batches + 1
+            schedule.step()
     return loss_sum / batches
+
+
+@contextmanager
+def trainable(params: list[nn.Parameter]) -> Iterator[None]:
+    """`params` require grad inside the block (frozen old head rows included) and get their flags back after."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)

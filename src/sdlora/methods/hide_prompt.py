@@ -233,28 +233,19 @@ class HiDePrompt(TaskPromptMethod):
         self.tii.eval()
         return mean_loss
 
-    @torch.enable_grad()
     def align(self, task: TaskInfo, generator: torch.Generator) -> dict[str, float]:
         """Classifier alignment of the TII head (on pseudo-features of the frozen features' statistics) and of the
         head (of the prompted features' statistics) over every seen class; uses the stored statistics only. Steps
         per epoch = classes of the earlier tasks."""
         o = self.options
-        tii_params = list(self.tii.parameters())
-        head_params = list(self.head.parameters())
-        flags = [p.requires_grad for p in head_params]
-        for p in (*tii_params, *head_params):
-            p.requires_grad_(True)
         common = {"epochs": o.ca_epochs, "momentum": o.ca_momentum, "weight_decay": o.ca_weight_decay,
                   "generator": generator}
         self.tii.train()
-        tii_loss = align_classifier(self.tii, tii_params, self.tii_stats, task.total, task.known,
+        tii_loss = align_classifier(self.tii, list(self.tii.parameters()), self.tii_stats, task.total, task.known,
                                     batch_size=o.tii_ca_batch_size, lr=o.tii_ca_lr, **common)
         self.tii.eval()
-        head_loss = align_classifier(self.head, head_params, self.tap_stats, task.total, task.known,
-                                     batch_size=o.ca_batch_size, lr=o.ca_lr, **common)
-        self.tii.requires_grad_(False)
-        for p, flag in zip(head_params, flags, strict=True):
-            p.requires_grad_(flag)
+        head_loss = align_classifier(self.head, list(self.head.parameters()), self.tap_stats, task.total,
+                                     task.known, batch_size=o.ca_batch_size, lr=o.ca_lr, **common)
         return {"tii_alignment_loss": tii_loss, "head_alignment_loss": head_loss}
 
     # -- parameters and persistence ----------------------------------------------------------------
