@@ -24,6 +24,8 @@ from sdlora.typed import ConfigError
 
 #: defaults of the numeric settings, for the methods that have the feature they tune
 SDC_SIGMA = 0.3
+#: drift 'affine': a of the ridge towards the identity (`sdlora.methods.drift`), chosen on the validation splits
+AFFINE_RIDGE = 0.3
 HEAD_INIT_SCALE = 10.0
 #: OAS, chosen from the statistics: level with the best fixed value on full CLINC150 / HWU64, far above a small fixed
 #: one with few samples per class (benchmarks/README.md, "Shrinkage")
@@ -67,6 +69,11 @@ class ClassifierConfig:
     the current task's samples show: mu_c += sum_i w_ic (f_new(x_i) - f_old(x_i)) / sum_i w_ic,
     w_ic = exp(-||g_old(x_i) - g(mu_c)||^2 / (2 sigma^2)), g = L2-normalisation; current data only. It moves
     prototypes, so it needs `kind: prototypes`.
+    `drift: affine`: one affine map y ~ x P + b of the feature space, fitted by ridge regression towards the
+    identity on the current task's samples (features before / after training; `sdlora.methods.drift`), moves the
+    old class means (mu P + b) and the LDA / ridge heads' shared covariance (P^T S P); `affine_ridge` a (default
+    0.3): the ridge, lam = a tr(C) / D for C the covariance of the samples before training. Kinds `prototypes`,
+    `lda` and `ridge` without `random_features` (a random feature map is not affine).
     `head_init`: new head rows are `random` (official) or the class means of the task's features
     (`class_mean`, the LP-then-FT idea: a random head distorts pretrained features):
     rows = scale * mu_c / (||mu_c|| * mean ||f||), i.e. the logits start as scaled cosines.
@@ -98,10 +105,11 @@ class ClassifierConfig:
     """
 
     kind: Literal["linear", "prototypes", "lda", "ridge", "aligned"] | None = None
-    drift: Literal["none", "sdc"] | None = None
+    drift: Literal["none", "sdc", "affine"] | None = None
     sdc_sigma: float | None = None  # sigma of the SDC weights w_ic (default 0.3)
     head_init: Literal["random", "class_mean"] | None = None
     head_init_scale: float | None = None  # `scale` of the class-mean rows (default 10.0)
+    affine_ridge: float | None = None  # drift 'affine': a, the ridge towards the identity (default 0.3)
     # kinds 'lda' / 'ridge': a of shrunk(A, a) = (1 - a) A + a (tr A / D) I; 'oas' (lda only, the lda default):
     # chosen from the statistics (ridge default 1e-2)
     shrinkage: float | Literal["oas"] | None = None
@@ -119,7 +127,7 @@ class ClassifierConfig:
     head_lr: float | None = None  # learning rate of the linear head (default: train.lr)
 
     def __post_init__(self) -> None:
-        for name in ("sdc_sigma", "head_init_scale", "bandwidth", "random_features", "alignment_epochs",
+        for name in ("sdc_sigma", "affine_ridge", "head_init_scale", "bandwidth", "random_features", "alignment_epochs",
                      "alignment_lr", "alignment_samples"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -146,7 +154,7 @@ class ClassifierSupport:
 
     kinds: tuple[Literal["linear", "prototypes", "lda", "ridge", "aligned"], ...] = (
         "linear", "prototypes", "lda", "ridge", "aligned")
-    drifts: tuple[Literal["none", "sdc"], ...] = ("none", "sdc")
+    drifts: tuple[Literal["none", "sdc", "affine"], ...] = ("none", "sdc", "affine")
     head_inits: tuple[Literal["random", "class_mean"], ...] = ("random", "class_mean")
     reasons: Mapping[str, str] = field(default_factory=dict)
 
@@ -166,10 +174,16 @@ class ClassifierSupport:
             if getattr(given, name) not in (None, default) and not self.head_inits:
                 out[name] = self.reasons.get("training", "this method trains no linear head")
         kind = given.kind or self.kinds[0]
-        if given.drift == "sdc" and kind not in STATISTICS_KINDS and "drift" not in out:
+        if given.drift in ("sdc", "affine") and kind not in STATISTICS_KINDS and "drift" not in out:
             out["drift"] = ("drift compensation moves the class prototypes (or the class means of the LDA / ridge "
                             "heads and of alignment's statistics), which only kinds 'prototypes', 'lda', 'ridge' "
                             "and 'aligned' keep")
+        if given.drift == "affine" and "drift" not in out and (kind == "aligned" or given.random_features):
+            out["drift"] = ("the affine map moves statistics of the feature itself (prototypes, the LDA / ridge "
+                            "heads without random_features); a random feature map is not affine and alignment's "
+                            "per-class statistics take 'sdc'")
+        if given.affine_ridge is not None and given.drift != "affine" and "drift" not in out:
+            out["affine_ridge"] = "affine_ridge tunes drift 'affine'; set drift: affine with it"
         if "kind" not in out:
             for name, (what, kinds) in TUNES.items():
                 if getattr(given, name) is not None and kind not in kinds:
@@ -196,6 +210,8 @@ class ClassifierSupport:
         return dataclasses.replace(
             given, kind=given.kind or self.kinds[0], drift=given.drift or self.drifts[0],
             sdc_sigma=given.sdc_sigma if given.sdc_sigma is not None else (SDC_SIGMA if has_sdc else None),
+            affine_ridge=given.affine_ridge if given.affine_ridge is not None else (
+                AFFINE_RIDGE if given.drift == "affine" else None),
             head_init=given.head_init or (self.head_inits[0] if has_head else None),
             head_init_scale=given.head_init_scale if given.head_init_scale is not None else (
                 HEAD_INIT_SCALE if has_head else None),

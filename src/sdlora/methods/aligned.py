@@ -84,6 +84,10 @@ class AlignedHead(nn.Module):
         self.stats.shift_means(shift)
         return float(shift.norm(dim=-1).mean())
 
+    def compensate_affine(self, before: torch.Tensor, after: torch.Tensor, upto: int, ridge: float) -> float:
+        """Refused (`method_config.ClassifierSupport` says so first): the per-class statistics take SDC."""
+        raise ValueError("classifier alignment's statistics take drift 'sdc', not 'affine'")
+
     @staticmethod
     def lift(features: torch.Tensor) -> torch.Tensor:
         return features.float()

@@ -52,6 +52,9 @@ class ClassHead(Protocol):
     def compensate_drift(self, before: torch.Tensor, after: torch.Tensor, upto: int, sigma: float) -> float:
         """SDC on classes [0, upto) from the same samples' features before and after; returns the mean shift."""
 
+    def compensate_affine(self, before: torch.Tensor, after: torch.Tensor, upto: int, ridge: float) -> float:
+        """The affine drift (`methods.drift`) on classes [0, upto), from the same samples; returns the mean shift."""
+
     def lift(self, features: torch.Tensor) -> torch.Tensor:
         """What (W, b) of `export_head` apply to: logits = lift(f) W^T + b."""
 

@@ -189,6 +189,13 @@ class PooledGaussians(nn.Module):
         upto = shift.shape[0]
         self.sums[:upto] += self.counts[:upto, None] * shift.to(self.sums)
 
+    @torch.no_grad()
+    def map_affine(self, p: torch.Tensor, b: torch.Tensor) -> None:
+        """Every stored class through f -> f P + b: s_c -> s_c P + n_c b, W -> P^T W P (`methods.drift`)."""
+        p, b = p.to(self.sums), b.to(self.sums)
+        self.sums = self.sums @ p + self.counts[:, None] * b
+        self.scatter = p.T @ self.scatter @ p
+
 
 class ClassMultiCentroids(nn.Module):
     """HiDe-Prompt's 'multi-centroid' statistics: K = `centroids` k-means clusters per class, each with its mean

@@ -4,12 +4,13 @@
 
 A method composes one (`Method.classifier`) and calls its hooks from its own lifecycle:
 
-    before_task(task, pass_)        drift: sdc, from the second task: the task's features under the function the
-                                    stored statistics describe (SDC's "before")
+    before_task(task, pass_)        drift sdc / affine, from the second task: the task's features under the
+                                    function the stored statistics describe (the drift's "before")
     begin_task(task)                new head rows; old rows frozen with `method.classifier.freeze_old_head`
     prepare_task(task, pass_, kept) head_init: class_mean: the new rows from the class means of the features
                                     training starts from, rows = scale * mu_c / (||mu_c|| * mean ||f||)
-    end_task(task, pass_)           SDC moves old classes' statistics by the drift of this task's samples; the new
+    end_task(task, pass_)           SDC (or the affine map) moves old classes' statistics by the drift of this
+                                    task's samples; the new
                                     classes' statistics are fitted (from the pass after training)
     logits(features, training)      the linear head while training, the statistics head (if any) at evaluation
     loss(logits, labels, task)      CE over the current task's logits (`method.classifier.loss: current`) or all
@@ -39,6 +40,22 @@ from sdlora.methods.prototypes import ClassPrototypes
 FeaturePass = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
+def _sdc(head: ClassHead, before: torch.Tensor, after: torch.Tensor, upto: int, cfg: ClassifierConfig) -> float:
+    assert cfg.sdc_sigma is not None  # resolved wherever drift is sdc
+    return head.compensate_drift(before, after, upto, cfg.sdc_sigma)
+
+
+def _affine(head: ClassHead, before: torch.Tensor, after: torch.Tensor, upto: int, cfg: ClassifierConfig) -> float:
+    assert cfg.affine_ridge is not None  # resolved wherever drift is affine
+    return head.compensate_affine(before, after, upto, cfg.affine_ridge)
+
+
+#: `drift` -> how it moves the old classes' statistics (head, before, after, classes [0, upto), the settings),
+#: returning the mean shift of the class means
+DRIFTS: dict[str, Callable[[ClassHead, torch.Tensor, torch.Tensor, int, ClassifierConfig], float]] = {
+    "sdc": _sdc, "affine": _affine}
+
+
 class Classifier(nn.Module):
     """The linear head, the optional head from class statistics and what moves them across tasks."""
 
@@ -56,7 +73,7 @@ class Classifier(nn.Module):
     # -- lifecycle -------------------------------------------------------------------------------
     def before_task(self, task: TaskInfo, pass_: FeaturePass) -> None:
         self._start_features = None
-        if self.class_head is not None and self.cfg.drift == "sdc" and task.index > 0:
+        if self.class_head is not None and self.cfg.drift in DRIFTS and task.index > 0:
             self._start_features = pass_()
             self.features_before = self._start_features[0]
 
@@ -82,7 +99,7 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def end_task(self, task: TaskInfo, pass_: FeaturePass) -> dict[str, Any]:
-        """SDC on old classes (when the task's "before" features were taken), then the new classes' statistics,
+        """The drift on old classes (when the task's "before" features were taken), then the new classes' statistics,
         from `pass_` (made only with a statistics head); returns results.json's `prototype_shift` and what the
         statistics head reports."""
         info: dict[str, Any] = {}
@@ -90,9 +107,9 @@ class Classifier(nn.Module):
             return info
         after, labels = pass_()
         if self.features_before is not None:
-            assert self.cfg.sdc_sigma is not None  # resolved: sdc's sigma is filled in wherever drift is taken
-            info["prototype_shift"] = self.class_head.compensate_drift(self.features_before, after, task.known,
-                                                                       self.cfg.sdc_sigma)
+            assert self.cfg.drift is not None
+            info["prototype_shift"] = DRIFTS[self.cfg.drift](self.class_head, self.features_before, after,
+                                                             task.known, self.cfg)
             self.features_before = None
         info.update(self.class_head.fit(after, labels, task.known, task.total))
         return info

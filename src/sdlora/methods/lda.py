@@ -34,7 +34,8 @@ estimate from the current task's samples, mu_c += sum_i w_ic (h(after_i) - h(bef
 space the statistics live in (h); without a feature map that is g, and with one the head also keeps the class
 means of g (`anchors`, moved by the same weights) to weigh the samples as SDC does. The covariance is not
 compensated: SDC estimates one shift per class, not a change of spread, so S keeps each task's within-class
-scatter as measured when that task ended.
+scatter as measured when that task ended. `drift: affine` (`methods.drift`) moves both, by one affine map of g
+fitted on the same samples (heads on g only: a random feature map is not affine).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdlora.methods.class_stats import PooledGaussians
+from sdlora.methods.drift import affine_drift
 from sdlora.methods.prototypes import ClassPrototypes, sdc_weights
 from sdlora.methods.random_features import RandomFeatures
 
@@ -192,6 +194,20 @@ class LDAHead(nn.Module):
                                weights @ (self._map(g_after) - self._map(g_before)))
         self.refresh()
         return float(g_shift.norm(dim=-1).mean())
+
+    @torch.no_grad()
+    def compensate_affine(self, before: torch.Tensor, after: torch.Tensor, upto: int, ridge: float) -> float:
+        """The affine drift of g (`methods.drift`) on every stored class's statistics (all are old: the task's
+        own are fitted after); returns the mean shift of the class means of g."""
+        if self.feature_map is not None:
+            raise ValueError("drift 'affine' needs the head on g itself: a random feature map is not affine")
+        if upto == 0:
+            return 0.0
+        assert upto == self.num_classes, "drift is compensated before the task's own classes are fitted"
+        means = self.stats.means
+        self.stats.map_affine(*affine_drift(self.embed(before), self.embed(after), ridge))
+        self.refresh()
+        return float((self.stats.means - means).norm(dim=-1).mean())
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(self.lift(features), self.weight, self.bias)

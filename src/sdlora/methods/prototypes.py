@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from sdlora.collectives import gather_shards
 from sdlora.data.length_order import dataset_order
 from sdlora.devices import move_to
+from sdlora.methods.drift import affine_drift
 
 
 @torch.no_grad()
@@ -93,6 +94,18 @@ class ClassPrototypes(nn.Module):
             return 0.0
         shift = sdc_shift(self.means[:upto], before, after, sigma)
         self.means[:upto] += shift
+        return float(shift.norm(dim=-1).mean())
+
+    @torch.no_grad()
+    def compensate_affine(self, before: torch.Tensor, after: torch.Tensor, upto: int, ridge: float) -> float:
+        """The affine drift of the feature (`methods.drift`) on the means of classes [0, upto): mu -> mu P + b;
+        returns the mean shift of the prototypes (in feature units)."""
+        if upto == 0:
+            return 0.0
+        p, b = affine_drift(before, after, ridge)
+        moved = (self.means[:upto].double() @ p + b).to(self.means)
+        shift = moved - self.means[:upto]
+        self.means[:upto] = moved
         return float(shift.norm(dim=-1).mean())
 
     @staticmethod
