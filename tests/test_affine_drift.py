@@ -114,6 +114,7 @@ def test_sdlora_with_affine_drift_resumes_to_the_same_results(tmp_path):
 
 @pytest.mark.parametrize(("method", "classifier", "message"), [
     ("sdlora", {"kind": "lda", "drift": "sdc", "affine_ridge": 1.0}, "affine_ridge tunes drift 'affine'"),
+    ("sdlora", {"kind": "lda", "drift": "affine", "sdc_sigma": 0.3}, "sdc_sigma weighs SDC's samples"),
     ("sdlora", {"kind": "lda", "drift": "affine", "random_features": 64}, "a random feature map is not affine"),
     ("sdlora", {"kind": "aligned", "drift": "affine"}, "alignment's per-class statistics take 'sdc'"),
     ("sdlora", {"kind": "linear", "drift": "affine"}, "drift compensation moves the class prototypes"),

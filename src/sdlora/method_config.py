@@ -184,6 +184,8 @@ class ClassifierSupport:
                             "per-class statistics take 'sdc'")
         if given.affine_ridge is not None and given.drift != "affine" and "drift" not in out:
             out["affine_ridge"] = "affine_ridge tunes drift 'affine'; set drift: affine with it"
+        if given.sdc_sigma is not None and given.drift == "affine" and "drift" not in out:
+            out["sdc_sigma"] = "sdc_sigma weighs SDC's samples (drift 'sdc'); drift 'affine' fits one map to all"
         if "kind" not in out:
             for name, (what, kinds) in TUNES.items():
                 if getattr(given, name) is not None and kind not in kinds:
