@@ -2,6 +2,8 @@
 one, the statistics it moves against statistics refitted on the moved features, an SD-LoRA run that resumes to the
 same results, and the config's refusals."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,7 +15,10 @@ from sdlora.methods.class_stats import PooledGaussians
 from sdlora.methods.drift import affine_drift
 from sdlora.methods.lda import LDAHead
 from sdlora.methods.prototypes import ClassPrototypes
+from sdlora.registry import METHODS
 from sdlora.typed import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DIM = 6
 EXACT = 1e-10  # a ridge small enough that an exact affine drift is recovered to float64 rounding
@@ -109,7 +114,17 @@ def test_sdlora_with_affine_drift_resumes_to_the_same_results(tmp_path):
     result = check_resume_equals_uninterrupted(tmp_path, affine_sdlora(), stop_at=(1, 1, False))
     assert all(info["prototype_shift"] > 0 for info in result["task_info"][1:])  # the map moved the means
     resolved = result["config"]["method"]["classifier"]
-    assert (resolved["drift"], resolved["affine_ridge"]) == ("affine", AFFINE_RIDGE)
+    assert (resolved["drift"], resolved["affine_ridge"], resolved["sdc_sigma"]) == ("affine", AFFINE_RIDGE, None)
+
+
+def test_a_shipped_config_switches_to_affine_with_one_key_and_its_resolved_form_loads_again():
+    """`--set classifier.drift=affine` on configs/clinc150.yaml; the resolved settings (as config.yaml keeps them
+    for `sdlora learn` / `eval`) resolve to themselves."""
+    cfg = load_config(ROOT / "configs" / "clinc150.yaml", ["classifier.drift=affine"])
+    support = METHODS.get(cfg.method.name).classifier_support
+    resolved = build.resolve_classifier(cfg)
+    assert (resolved.drift, resolved.affine_ridge, resolved.sdc_sigma) == ("affine", AFFINE_RIDGE, None)
+    assert support.resolve(resolved) == resolved
 
 
 @pytest.mark.parametrize(("method", "classifier", "message"), [

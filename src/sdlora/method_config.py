@@ -185,7 +185,8 @@ class ClassifierSupport:
         if given.affine_ridge is not None and given.drift != "affine" and "drift" not in out:
             out["affine_ridge"] = "affine_ridge tunes drift 'affine'; set drift: affine with it"
         if given.sdc_sigma is not None and given.drift == "affine" and "drift" not in out:
-            out["sdc_sigma"] = "sdc_sigma weighs SDC's samples (drift 'sdc'); drift 'affine' fits one map to all"
+            out["sdc_sigma"] = ("sdc_sigma weighs SDC's samples (drift 'sdc'); drift 'affine' fits one map to all of "
+                                 "them: set it to null")
         if "kind" not in out:
             for name, (what, kinds) in TUNES.items():
                 if getattr(given, name) is not None and kind not in kinds:
@@ -208,7 +209,8 @@ class ClassifierSupport:
         given = given or ClassifierConfig()
         for name, why in self.problems(given).items():
             raise ConfigError(f"{key}.{name}: {getattr(given, name)!r} is refused: {why}")
-        has_sdc, has_head = "sdc" in self.drifts, bool(self.head_inits)
+        # sdc's sigma is filled in wherever SDC is possible, except beside drift 'affine', which refuses it
+        has_sdc, has_head = "sdc" in self.drifts and given.drift != "affine", bool(self.head_inits)
         return dataclasses.replace(
             given, kind=given.kind or self.kinds[0], drift=given.drift or self.drifts[0],
             sdc_sigma=given.sdc_sigma if given.sdc_sigma is not None else (SDC_SIGMA if has_sdc else None),
