@@ -33,6 +33,20 @@ def tiny(**sections: Any) -> dict[str, Any]:
     return data
 
 
+def check_classifier_refused(method: str, classifier: dict[str, Any], message: str) -> None:
+    """`method` (sdlora at rank 2) with `classifier` settings is refused, the ConfigError matching `message`."""
+    import pytest
+
+    from sdlora.config import load_config
+    from sdlora.engine import build
+    from sdlora.typed import ConfigError
+
+    data = tiny(method={"name": method, **({"options": {"rank": 2}} if method == "sdlora" else {}),
+                        "classifier": classifier})
+    with pytest.raises(ConfigError, match=message):
+        build.validate_plugins(load_config(data=data))
+
+
 def results_without_timing(folder: Path) -> dict[str, Any]:
     data = json.loads((folder / "results.json").read_text())
     for key in TIMING:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
 from sdlora.config import load_config
 from sdlora.engine import build
 from sdlora.method_config import AFFINE_RIDGE
@@ -16,7 +16,6 @@ from sdlora.methods.drift import affine_drift
 from sdlora.methods.lda import LDAHead
 from sdlora.methods.prototypes import ClassPrototypes
 from sdlora.registry import METHODS
-from sdlora.typed import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +136,4 @@ def test_a_shipped_config_switches_to_affine_with_one_key_and_its_resolved_form_
     ("ncm", {"kind": "lda", "drift": "affine"}, "ncm's backbone is frozen"),
 ])
 def test_affine_settings_that_make_no_sense_are_refused(method, classifier, message):
-    data = tiny(method={"name": method, **({"options": {"rank": 2}} if method == "sdlora" else {}),
-                        "classifier": classifier})
-    with pytest.raises(ConfigError, match=message):
-        build.validate_plugins(load_config(data=data))
+    check_classifier_refused(method, classifier, message)

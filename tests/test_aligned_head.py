@@ -9,16 +9,14 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from engine_helpers import check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
 from export_helpers import check_exported_head
 from sdlora.cli import main
 from sdlora.config import load_config
-from sdlora.engine import build
 from sdlora.engine.runner import run_config
 from sdlora.method_config import ALIGNMENT, ClassifierConfig
 from sdlora.methods.aligned import AlignedHead
 from sdlora.methods.head import IncrementalHead
-from sdlora.typed import ConfigError
 
 DIM, TASKS = 4, [(0, 2), (2, 4), (4, 6)]
 
@@ -187,7 +185,4 @@ def test_export_and_load_reproduce_the_aligned_logits(tmp_path):
     ("ncm", {"kind": "aligned"}, "ncm has no trained head"),
 ])
 def test_alignment_settings_that_make_no_sense_are_refused(method, classifier, message):
-    data = tiny(method={"name": method, **({"options": {"rank": 2}} if method == "sdlora" else {}),
-                        "classifier": classifier})
-    with pytest.raises(ConfigError, match=message):
-        build.validate_plugins(load_config(data=data))
+    check_classifier_refused(method, classifier, message)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_helpers import check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
 from export_helpers import check_exported_head
 from scripts import load_benchmark_script
 from sdlora.cli import main
@@ -21,7 +21,6 @@ from sdlora.engine.runner import run_config
 from sdlora.method_config import HEAD_TRAINING, ClassifierConfig
 from sdlora.methods.class_stats import PooledGaussians
 from sdlora.methods.lda import LDAHead, lda_weights, oas_shrinkage
-from sdlora.typed import ConfigError
 
 TASKS = [(0, 3), (3, 5), (5, 9)]  # classes [low, high) per task
 
@@ -234,10 +233,7 @@ def test_export_and_load_reproduce_the_lda_logits(tmp_path):
                                 "from class statistics"),
 ])
 def test_settings_that_make_no_sense_are_refused(method, classifier, message):
-    data = tiny(method={"name": method, **({"options": {"rank": 2}} if method == "sdlora" else {}),
-                        "classifier": classifier})
-    with pytest.raises(ConfigError, match=message):
-        build.validate_plugins(load_config(data=data))
+    check_classifier_refused(method, classifier, message)
 
 
 def test_lda_defaults_are_filled_only_for_the_lda_kind():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import sdlora
-from engine_helpers import check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
 from export_helpers import train, vit_run_config
 from sdlora.cli import main
 from sdlora.config import load_config
@@ -21,7 +21,6 @@ from sdlora.engine.restore import restore_run
 from sdlora.method_config import HEAD_TRAINING, ClassifierConfig
 from sdlora.methods.lda import LDAHead, RidgeHead, ridge_weights
 from sdlora.methods.random_features import RandomFeatures
-from sdlora.typed import ConfigError
 from test_lda_head import class_data, fit_by_tasks
 
 DIM, WIDTH = 6, 40
@@ -224,9 +223,7 @@ def test_exports_refuse_a_head_over_random_features_and_the_run_folder_predicts(
     ({"kind": "ridge", "random_features": 64, "feature_map": "rff", "bandwidth": 0}, "bandwidth must be > 0"),
 ])
 def test_random_feature_settings_that_make_no_sense_are_refused(classifier, message):
-    data = tiny(method={"name": "sdlora", "options": {"rank": 2}, "classifier": classifier})
-    with pytest.raises(ConfigError, match=message):
-        build.validate_plugins(load_config(data=data))
+    check_classifier_refused("sdlora", classifier, message)
 
 
 @pytest.mark.parametrize(("classifier", "expected"), [
