@@ -33,6 +33,12 @@ def tiny(**sections: Any) -> dict[str, Any]:
     return data
 
 
+def tiny_sdlora(**classifier: Any) -> dict[str, Any]:
+    """`tiny` SD-LoRA (rank 2, 2 epochs) with class-mean head init and these classifier settings."""
+    return tiny(method={"name": "sdlora", "options": {"rank": 2},
+                        "classifier": {"head_init": "class_mean", **classifier}}, train={"epochs": 2})
+
+
 def check_classifier_refused(method: str, classifier: dict[str, Any], message: str) -> None:
     """`method` (sdlora at rank 2) with `classifier` settings is refused, the ConfigError matching `message`."""
     import pytest

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny_sdlora
 from sdlora.config import load_config
 from sdlora.engine import build
 from sdlora.method_config import AFFINE_RIDGE
@@ -103,14 +103,8 @@ def test_prototypes_move_as_their_features():
     torch.testing.assert_close(moved.means, refit.means, atol=1e-5, rtol=0)
 
 
-def affine_sdlora(**classifier) -> dict:
-    return tiny(method={"name": "sdlora", "options": {"rank": 2},
-                        "classifier": {"kind": "lda", "drift": "affine", "head_init": "class_mean", **classifier}},
-                train={"epochs": 2})
-
-
 def test_sdlora_with_affine_drift_resumes_to_the_same_results(tmp_path):
-    result = check_resume_equals_uninterrupted(tmp_path, affine_sdlora(), stop_at=(1, 1, False))
+    result = check_resume_equals_uninterrupted(tmp_path, tiny_sdlora(kind="lda", drift="affine"), stop_at=(1, 1, False))
     assert all(info["prototype_shift"] > 0 for info in result["task_info"][1:])  # the map moved the means
     resolved = result["config"]["method"]["classifier"]
     assert (resolved["drift"], resolved["affine_ridge"], resolved["sdc_sigma"]) == ("affine", AFFINE_RIDGE, None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny
+from engine_helpers import check_classifier_refused, check_resume_equals_uninterrupted, tiny_sdlora
 from export_helpers import check_exported_head
 from sdlora.cli import main
 from sdlora.config import load_config
@@ -141,9 +141,7 @@ def test_checkpoint_state_round_trips_and_the_next_alignment_is_the_same():
 
 
 def aligned_sdlora(**classifier) -> dict:
-    return tiny(method={"name": "sdlora", "options": {"rank": 2},
-                        "classifier": {"kind": "aligned", "drift": "sdc", "head_init": "class_mean", **classifier}},
-                train={"epochs": 2})
+    return tiny_sdlora(**{"kind": "aligned", "drift": "sdc", **classifier})
 
 
 def test_sdlora_with_the_aligned_head_resumes_to_the_same_results(tmp_path):
