@@ -10,8 +10,8 @@ A method composes one (`Method.classifier`) and calls its hooks from its own lif
     prepare_task(task, pass_, kept) head_init: class_mean: the new rows from the class means of the features
                                     training starts from, rows = scale * mu_c / (||mu_c|| * mean ||f||)
     end_task(task, pass_)           SDC (or the affine map) moves old classes' statistics by the drift of this
-                                    task's samples; the new
-                                    classes' statistics are fitted (from the pass after training)
+                                    task's samples; the new classes' statistics are fitted (from the pass after
+                                    training)
     logits(features, training)      the linear head while training, the statistics head (if any) at evaluation
     loss(logits, labels, task)      CE over the current task's logits (`method.classifier.loss: current`) or all
                                     seen
