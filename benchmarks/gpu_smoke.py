@@ -5,6 +5,9 @@ the activations, the floor of any adapter method) and of SD-LoRA per task, infer
 backbone and of the merged SD-LoRA model (they should match: merging costs nothing at inference), the
 largest output difference between merged and unmerged models, and peak GPU memory. `--profile` adds
 torch.profiler's operator tables of a few frozen-backbone and SD-LoRA steps (where a throughput gap goes).
+`--compile MODE` (`train.compile`'s modes: default, reduce-overhead = CUDA graphs, max-autotune) compiles the
+backbone after the eager floor is measured, measures the compiled frozen backbone too, and trains SD-LoRA through
+it (each task's compile falls in its warm-up steps), so every ratio is against the eager floor of the same run.
 
 Drives the model directly (no trainer, no data loader): `TimmViT` -> `SDLoRA` method -> SGD loop with
 bf16 autocast on a GPU. `--device cpu --tiny` runs a 2-block 32x32 ViT in seconds (used as a check here).
@@ -23,6 +26,7 @@ import torch
 from sdlora.backbones.timm_vit import TimmViT
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
+from sdlora.engine.compiled import COMPILE_MODES, compile_backbone
 from sdlora.methods.sdlora import SDLoRA
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
@@ -46,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also print torch.profiler's operators (by self GPU time; CPU time on a CPU) of 3 "
                         "frozen-backbone and 3 SD-LoRA steps of the last task")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--compile", choices=["none", *COMPILE_MODES], default="none",
+                   help="train.compile's mode for the backbone (after the eager floor is measured)")
     return p.parse_args(argv)
 
 
@@ -132,6 +138,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     results["backbone_infer_img_s"] = images_per_second(backbone_infer, args.eval_batches, args.warmup,
                                                         args.batch_size, device)
     results["backbone_peak_gib"] = peak_memory_gib(device)
+    if args.compile != "none":
+        compile_backbone(backbone, args.compile, device)
+        compiled = images_per_second(backbone_step, args.steps, args.warmup, args.batch_size, device)
+        results["compiled_backbone_train_img_s"] = compiled
+        print(f"frozen backbone compiled ({args.compile}): training {compiled:,.1f} img/s "
+              f"({compiled / results['backbone_train_img_s']:.2f} x eager)")
 
     train_cfg = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, batch_size=args.batch_size)
     method = SDLoRA(backbone, SDLoRA.Options(current_mode=args.mode), train_cfg).to(device)

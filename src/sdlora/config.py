@@ -205,6 +205,9 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # used only on a GPU
     num_workers: int = 0
+    # opt-in: the backbone's forward through torch.compile with this mode (sdlora.engine.compiled): the same
+    # results within float rounding, a compile at the start and at each task start
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
     # (loss, freeze_old_head, head_lr, head_init, head_init_scale and classifier moved to method.classifier:
     # sdlora.method_config; the old keys are still read, sdlora.config_migration)
     # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none

@@ -105,7 +105,7 @@ def benchmark_cell(run: dict) -> str:
 SEED_KEYS = frozenset({"seeds", "name", "source", "published"})
 #: config keys that change speed or logging only
 NEUTRAL_KEYS = frozenset({"device", "benchmark.data_root", "train.loggers", "train.num_workers",
-                          "train.eval_batch_size"})
+                          "train.eval_batch_size", "train.compile"})
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, str]:

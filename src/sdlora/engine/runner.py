@@ -31,7 +31,9 @@ RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
 
 
 #: config keys a resumed run (and `sdlora learn --set`) may change: they change nothing already computed
-MAY_CHANGE_ON_RESUME = ("benchmark.options.on_corrupt",)
+#: keys a resumed run may change: how corrupt files are handled, and whether the backbone is compiled (a run whose
+#: compile fails goes on eager)
+MAY_CHANGE_ON_RESUME = ("benchmark.options.on_corrupt", "train.compile")
 
 
 class OutputExists(FileExistsError):

@@ -33,6 +33,7 @@ from sdlora.engine.checkpoint import (
     unprefixed,
     write_json_atomic,
 )
+from sdlora.engine.compiled import compile_backbone, eager
 from sdlora.engine.distributed import Reorder
 from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
@@ -70,6 +71,7 @@ class Trainer:
         self.scenario: Scenario = scenario if scenario is not None else build.build_scenario(cfg, data, seed)
         self.method: Method = build.build_model(cfg, seed, device)
         self.backbone = self.method.backbone
+        compile_backbone(self.backbone, cfg.train.compile, device)
         self.record = record.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.counter = 0
@@ -254,7 +256,8 @@ class Trainer:
                 loader = DataLoader(eval_set, batch_size=self.cfg.train.eval_batch_size,
                                     collate_fn=self.backbone.collate)
                 inputs, _ = next(iter(loader))
-                return cost.inference_cost(self.method, move_to(inputs, self.device))
+                with eager():  # FLOPs are counted operator by operator
+                    return cost.inference_cost(self.method, move_to(inputs, self.device))
             except Exception as err:  # noqa: BLE001 - a finished run is not lost to its cost measurement
                 log.warning("inference cost not measured: %s: %s", type(err).__name__, err)
                 return None
