@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     p.add_argument("--tiny", action="store_true", help="2-block ViT on 32x32 inputs (CPU check)")
     p.add_argument("--tasks", type=int, default=2)
+    p.add_argument("--timed-tasks", type=int, nargs="+", default=None,
+                   help="tasks (1-based) that train and are timed; the others only store a random direction (no "
+                        "step, no compile), e.g. --tasks 20 --timed-tasks 1 20. Default: every task")
     p.add_argument("--classes-per-task", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed training steps per task")
@@ -152,6 +155,12 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
         task = TaskInfo(t, t * args.classes_per_task, (t + 1) * args.classes_per_task, args.tasks)
         method.begin_task(task)
         method.to(device)
+        if args.timed_tasks is not None and t + 1 not in args.timed_tasks:
+            with torch.no_grad():  # a stored direction without training: non-zero, distinct magnitudes
+                for p in method.adapter.trainable_parameters():
+                    p.add_(torch.randn_like(p) * 0.02)
+            method.end_task(task, None)  # type: ignore[arg-type]  # no loader needed by SD-LoRA
+            continue
         optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9)
         labels = torch.randint(task.known, task.total, (args.batch_size,), device=device)
         method.train()

@@ -12,6 +12,8 @@ the last task open):
   adapter needs, so SD-LoRA can come out below 1 against it).
 * merged inference ratio = adapter.merge()d model / plain backbone, forward under no_grad.
 * unmerged inference ratio = the adapted model without merging, forward under no_grad (for information).
+* with `--compile MODE` (`train.compile`'s modes): the same SD-LoRA steps through `torch.compile(model)` (compiled
+  outside the timed rounds), as a ratio to the eager frozen step (the floor stays eager) and to the eager step.
 
 Repetitions are interleaved (baselines and every task count in each round, rotating the order); a ratio is
 the median over rounds of (time / the baseline's time in the same round), which cancels the drift of a
@@ -40,6 +42,7 @@ import timm
 import torch
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.engine.compiled import COMPILE_MODES, configure_compiler, torch_mode
 
 PRESETS = {
     # name: (timm architecture, overrides, image size)
@@ -131,7 +134,8 @@ def frozen_base(preset: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]
     return base, torch.randn(batch, 3, img, img)
 
 
-def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str) -> list[str]:
+def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str,
+        compile_mode: str = "none") -> list[str]:
     base, x = frozen_base(preset, batch)
     x_grad = x.clone().requires_grad_(True)
     models = {t: adapted(base, t, kernel) for t in task_counts}
@@ -153,8 +157,19 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
         floor_grad["on"] = False
 
     steps = {"qkv0": frozen_qkv0, "pixels": frozen_pixels}
-    train = Rounds({**steps, **{t: sdlora_step(*models[t], x, weight) for t in task_counts}}, reps)
+    eager_steps = {t: sdlora_step(*models[t], x, weight) for t in task_counts}
+    for step in eager_steps.values():
+        step()  # the kernel `auto` picks, read before any compiled call
     kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
+    compiled = {}
+    if compile_mode != "none":
+        configure_compiler()
+        for t in task_counts:
+            model, adapter = models[t]
+            compiled[("compiled", t)] = sdlora_step(torch.compile(model, mode=torch_mode(compile_mode)), adapter, x,
+                                                    weight)
+            compiled[("compiled", t)]()  # the compile, outside the timed rounds
+    train = Rounds({**steps, **eager_steps, **compiled}, reps)
 
     def infer(model: torch.nn.Module) -> Callable[[], None]:
         def fwd() -> None:
@@ -187,6 +202,11 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str)
             f"| {train.cell(t, 'pixels')} | {train.cell(t, task_counts[0])} "
             f"| {merged.cell(t, 'plain')} | {unmerged.cell(t, 'plain')} |"
         )
+    if compiled:
+        lines += ["", f"compiled ({compile_mode}), the same steps:", "",
+                  "| tasks | compiled train / frozen (qkv0) | compiled train / eager train |", "|---|---|---|"]
+        lines += [f"| {t} | {train.cell(('compiled', t), 'qkv0')} | {train.cell(('compiled', t), t)} |"
+                  for t in task_counts]
     return lines
 
 
@@ -224,6 +244,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="auto", help="auto | factored | fused_proj | fused_wgrad")
     parser.add_argument("--rank", type=int, default=10, help="rank per task (the text main job: 8)")
     parser.add_argument("--profile", action="store_true", help="operator profile of the fewest / most tasks")
+    parser.add_argument("--compile", choices=["none", *COMPILE_MODES], default="none",
+                        help="also time the SD-LoRA steps through torch.compile with this mode")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RANK["rank"] = args.rank
@@ -237,7 +259,7 @@ def main() -> None:
         if args.profile:
             lines = profile_steps(preset, args.tasks, args.batch, args.kernel)
         else:
-            lines = run(preset, args.tasks, args.reps, args.batch, args.kernel)
+            lines = run(preset, args.tasks, args.reps, args.batch, args.kernel, args.compile)
         print("\n".join(lines), flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

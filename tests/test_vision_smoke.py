@@ -30,3 +30,14 @@ def test_gpu_smoke_profile_prints_operator_tables(capsys):
     out = capsys.readouterr().out
     assert "profile: frozen backbone, 3 steps" in out and "profile: SD-LoRA task 2, 3 steps" in out
     assert out.count("Self CPU time total") == 2  # one profiler table per profiled step function
+
+
+def test_gpu_smoke_times_chosen_tasks_through_the_compiled_backbone(capsys):
+    """`--timed-tasks`: the other tasks store a direction without a step; `--compile`: the compiled frozen backbone
+    is measured beside the eager floor, and SD-LoRA trains through it."""
+    results = load_script().main([*TINY_ARGS, "--tasks", "3", "--timed-tasks", "1", "3", "--compile", "default"])
+    out = capsys.readouterr().out
+    assert "frozen backbone compiled (default)" in out and "task 3/3: SD-LoRA training" in out
+    assert "task 2/3" not in out and "sdlora_train_img_s_task2" not in results
+    assert results["compiled_backbone_train_img_s"] > 0 and results["sdlora_train_img_s_task3"] > 0
+    assert results["merge_max_abs_diff"] < 1e-4

@@ -45,12 +45,22 @@ def compile_backbone(backbone: nn.Module, mode: str, device: torch.device) -> No
     if mode == "reduce-overhead" and device.type != "cuda":
         log.warning("train.compile reduce-overhead uses CUDA graphs on a GPU only: on %s it compiles as default",
                     device.type)
+    configure_compiler()
+    backbone.compile(mode=torch_mode(mode))
+
+
+def torch_mode(mode: str) -> str | None:
+    """torch.compile's `mode` argument for a `train.compile` mode."""
+    return None if mode == "default" else mode
+
+
+def configure_compiler() -> None:
+    """The compiler settings a continual run needs (process-wide, as torch keeps them)."""
     torch._inductor.config.fallback_random = True  # dropout masks: eager's, so the seed's results are kept
     dynamo = torch._dynamo.config
     dynamo.skip_nnmodule_hook_guards = False  # hooks added later (InfLoRA's input taps) must recompile, not vanish
     dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
     dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, RECOMPILE_LIMIT * 4)
-    backbone.compile(mode=None if mode == "default" else mode)
 
 
 @contextlib.contextmanager
