@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from engine_helpers import Interrupt, tiny
 from export_helpers import INTENTS, text_run_config, write_text_files
 from sdlora.config import load_config
+from sdlora.engine.compiled import cloned
 from sdlora.engine.runner import run_config
 from sdlora.typed import ConfigError
 
@@ -64,19 +65,30 @@ def test_compiled_run_equals_eager_and_resumes_eager(tmp_path):
         torch.testing.assert_close(got_tensors[key], value, rtol=1e-3, atol=1e-5, msg=key)
 
 
-def test_compiled_inflora_sees_its_input_taps(tmp_path):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_inflora_sees_its_input_taps(tmp_path, caplog, mode):
     """InfLoRA reads each adapted layer's inputs through forward hooks added after the backbone was compiled: the
-    compiled run must call them (torch skips hook guards by default, and the taps would see no input)."""
+    compiled run must call them (torch skips hook guards by default, and the taps would see no input).
+    `reduce-overhead` (CUDA graphs on a GPU) compiles as default on the CPU, says so, and clones its outputs."""
     def run(mode: str) -> Path:
         data = tiny(method={"name": "inflora", "options": {"rank": 2}}, train={"epochs": 1, "compile": mode})
         run_config(load_config(data=data), tmp_path / mode, quiet=True, stream=io.StringIO())
         return tmp_path / mode / "seed-3"
 
-    eager, compiled = run("none"), run("default")
+    eager, compiled = run("none"), run(mode)
+    assert ("CUDA graphs on a GPU only" in caplog.text) == (mode == "reduce-overhead")
     assert losses(compiled) == pytest.approx(losses(eager), rel=1e-4)
     ref, got = final_tensors(eager), final_tensors(compiled)
     for key, value in ref.items():
         torch.testing.assert_close(got[key], value, rtol=1e-3, atol=1e-5, msg=key)
+
+
+def test_reduce_overhead_outputs_are_copies():
+    """A CUDA graph's outputs live in memory its next replay overwrites: what the backbone returns is a copy."""
+    out = torch.ones(3)
+    forward = cloned(lambda x: out)
+    got = forward(None)
+    assert torch.equal(got, out) and got.data_ptr() != out.data_ptr()
 
 
 def test_unknown_compile_mode_is_refused():

@@ -1,12 +1,13 @@
 """`train.compile`: the backbone's forward through `torch.compile` (opt-in), for every pass of a run.
 
-The backbone module is compiled in place (`nn.Module.compile`): its state_dict keys, checkpoints and exports are
-those of an eager run, and every path that calls it is compiled: the training step's forward and backward (the
-adapted layers' kernels, the prompts' prefixes), the feature passes and evaluation. The head, the loss and the
-optimiser step stay eager.
+The backbone's forward is replaced by its compiled version in place: the module, its state_dict keys, checkpoints
+and exports are those of an eager run, and every path that calls it is compiled: the training step's forward and
+backward (the adapted layers' kernels, the prompts' prefixes), the feature passes and evaluation. The head, the
+loss and the optimiser step stay eager.
 
 Modes are torch.compile's: `default`; `reduce-overhead` (CUDA graphs on a GPU: the host-bound step of a fixed-shape
-ViT; on the CPU it compiles as `default`); `max-autotune` (searches kernels, long compiles). A continual run changes
+ViT; its outputs are cloned out of the graph's memory, which the next replay overwrites; on the CPU it compiles as
+`default`); `max-autotune` (searches kernels, long compiles). A continual run changes
 the compiled module at every task start (new directions, prompts, a longer stored rank) and text batches change
 length: both recompile. The recompile limit is raised to `RECOMPILE_LIMIT` so that a long run never falls back
 to eager silently; input shapes that keep changing (text lengths) are compiled dynamically after their second
@@ -20,8 +21,10 @@ hook guards).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +49,19 @@ def compile_backbone(backbone: nn.Module, mode: str, device: torch.device) -> No
         log.warning("train.compile reduce-overhead uses CUDA graphs on a GPU only: on %s it compiles as default",
                     device.type)
     configure_compiler()
-    backbone.compile(mode=torch_mode(mode))
+    compiled = torch.compile(backbone.forward, mode=torch_mode(mode))
+    # in place: the module, its state_dict and its hooks stay; only the forward it calls is the compiled one
+    backbone.forward = cloned(compiled) if mode == "reduce-overhead" else compiled
+
+
+def cloned(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` with its output copied out. A CUDA graph's next replay overwrites its outputs, and the feature passes
+    keep every batch's features (torch raises on reading an overwritten output; cloning is its remedy)."""
+    @functools.wraps(fn)
+    def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return fn(*args, **kwargs).clone()
+
+    return forward
 
 
 def torch_mode(mode: str) -> str | None:
