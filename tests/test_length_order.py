@@ -235,6 +235,24 @@ def test_text_run_with_length_aware_passes_matches_dataset_order_passes(tmp_path
         assert (t1[key] - t2[key]).abs().max() <= 1e-4 * max(float(t2[key].abs().max()), 1.0), key
 
 
+def test_worker_processes_give_the_same_run(tmp_path):
+    """`train.num_workers: 2`: collate (tokenisation) in worker processes for the epochs and the length-aware passes,
+    overlapping the forward; the run is the one of `num_workers: 0`, to the bit (the same batches, in order)."""
+    import io
+
+    from sdlora.config import load_config
+    from sdlora.engine.runner import run_config
+    from test_distributed import final_state
+
+    for workers in (0, 2):
+        data = text_run(tmp_path, num_workers=workers, length_buckets=2)
+        run_config(load_config(data=data), tmp_path / f"w{workers}", quiet=True, stream=io.StringIO())
+    (r0, t0), (r2, t2) = final_state(tmp_path / "w0"), final_state(tmp_path / "w2")
+    assert r2["config"]["train"]["num_workers"] == 2
+    assert r0["accuracy_matrix"] == r2["accuracy_matrix"]
+    assert t0.keys() == t2.keys() and all(torch.equal(t0[k], t2[k]) for k in t0)
+
+
 def test_length_buckets_pad_training_batches_less_and_keep_every_sample(tmp_path):
     """`train.length_buckets`: the trainer's epoch loader holds the same samples, in batches that pad less."""
     from sdlora.config import load_config
