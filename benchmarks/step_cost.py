@@ -12,6 +12,9 @@ the last task open):
   adapter needs, so SD-LoRA can come out below 1 against it).
 * merged inference ratio = adapter.merge()d model / plain backbone, forward under no_grad.
 * unmerged inference ratio = the adapted model without merging, forward under no_grad (for information).
+* FLOP count ratio = FLOPs of the step / FLOPs of the frozen step (qkv0), counted by `torch.utils.flop_counter`
+  over one call (matrix products and attention, forward and backward; element-wise ops not counted): what the
+  arithmetic alone predicts, free of the machine's noise.
 * with `--compile MODE` (`train.compile`'s modes): the same SD-LoRA steps through `torch.compile(model)` (compiled
   outside the timed rounds), as a ratio to the eager frozen step (the floor stays eager) and to the eager step.
 
@@ -43,6 +46,7 @@ import torch
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.engine.compiled import COMPILE_MODES, configure_compiler, torch_mode
+from sdlora.engine.cost import EXTRA_FORMULAS
 
 PRESETS = {
     # name: (timm architecture, overrides, image size)
@@ -90,6 +94,13 @@ def sdlora_step(model: torch.nn.Module, adapter: SDLoRAAdapter, x: torch.Tensor,
     return step
 
 
+def flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of `fn` (forward and backward), `torch.utils.flop_counter`'s table and the CPU attention."""
+    with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -135,7 +146,7 @@ def frozen_base(preset: str, batch: int) -> tuple[torch.nn.Module, torch.Tensor]
 
 
 def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str,
-        compile_mode: str = "none") -> list[str]:
+        compile_mode: str = "none", count_only: bool = False) -> list[str]:
     base, x = frozen_base(preset, batch)
     x_grad = x.clone().requires_grad_(True)
     models = {t: adapted(base, t, kernel) for t in task_counts}
@@ -161,6 +172,16 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str,
     for step in eager_steps.values():
         step()  # the kernel `auto` picks, read before any compiled call
     kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
+    floor_flops = flops(frozen_qkv0)
+    count = {t: flops(step) / floor_flops for t, step in eager_steps.items()}
+    if count_only:
+        arch, overrides, img = PRESETS[preset]
+        return [f"preset {preset}: {arch} {overrides} img {img}, batch {batch}, rank {RANK['rank']} on q,v of every "
+                f"qkv; frozen step (qkv0) {floor_flops / 1e9:.2f} GFLOP", "",
+                "| tasks | stored rank | kernel (auto) | FLOP count, train / frozen (qkv0) "
+                f"| FLOP count, train / {task_counts[0]}-task train |", "|---|---|---|---|---|",
+                *(f"| {t} | {RANK['rank'] * (t - 1)} | {','.join(kernels[t])} | {count[t]:.3f} "
+                  f"| {count[t] / count[task_counts[0]]:.3f} |" for t in task_counts)]
     compiled = {}
     if compile_mode != "none":
         configure_compiler()
@@ -193,14 +214,15 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str,
         "cells: median of per-round ratios (ratio of the minima)",
         "",
         "| tasks | stored rank | kernel (auto) | train / frozen (qkv0) | train / frozen (pixels) "
-        f"| train / {task_counts[0]}-task train | merged inference / plain | unmerged inference / plain |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| train / {task_counts[0]}-task train | merged inference / plain | unmerged inference / plain "
+        "| FLOP count, train / frozen (qkv0) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in task_counts:
         lines.append(
             f"| {t} | {RANK['rank'] * (t - 1)} | {','.join(kernels[t])} | {train.cell(t, 'qkv0')} "
             f"| {train.cell(t, 'pixels')} | {train.cell(t, task_counts[0])} "
-            f"| {merged.cell(t, 'plain')} | {unmerged.cell(t, 'plain')} |"
+            f"| {merged.cell(t, 'plain')} | {unmerged.cell(t, 'plain')} | {count[t]:.3f} |"
         )
     if compiled:
         lines += ["", f"compiled ({compile_mode}), the same steps:", "",
@@ -244,6 +266,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="auto", help="auto | factored | fused_proj | fused_wgrad")
     parser.add_argument("--rank", type=int, default=10, help="rank per task (the text main job: 8)")
     parser.add_argument("--profile", action="store_true", help="operator profile of the fewest / most tasks")
+    parser.add_argument("--count-only", action="store_true",
+                        help="only the FLOP counts (one call each, no timing): deterministic, fast at any batch")
     parser.add_argument("--compile", choices=["none", *COMPILE_MODES], default="none",
                         help="also time the SD-LoRA steps through torch.compile with this mode")
     args = parser.parse_args()
@@ -259,7 +283,7 @@ def main() -> None:
         if args.profile:
             lines = profile_steps(preset, args.tasks, args.batch, args.kernel)
         else:
-            lines = run(preset, args.tasks, args.reps, args.batch, args.kernel, args.compile)
+            lines = run(preset, args.tasks, args.reps, args.batch, args.kernel, args.compile, args.count_only)
         print("\n".join(lines), flush=True)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 

@@ -12,7 +12,7 @@ from engine_helpers import tiny
 from sdlora.config import load_config
 from sdlora.data.scenario import TaskInfo
 from sdlora.engine import build
-from sdlora.engine.cost import count_flops, inference_cost
+from sdlora.engine.cost import EXTRA_FORMULAS, count_flops, inference_cost
 from sdlora.engine.runner import run_config
 
 DIM, CLASSES, BATCH = 32, 6, 16  # the tiny ViT's width, the synthetic benchmark's classes, eval_batch_size
@@ -151,3 +151,24 @@ def test_plain_backbone_bypasses_the_wrappers_and_counts_without_them():
     assert count_flops(plain, x) < count_flops(method.backbone, x)
     with method.backbone.plain():
         assert count_flops(method.backbone, x) == count_flops(plain, x)
+
+
+def test_in_place_matrix_products_and_cpu_attention_backward_are_counted():
+    """torch's FLOP table lacks addmm_ (the adapter folded into a weight copy) and the CPU attention's backward."""
+    a, b = torch.randn(4, 3), torch.randn(3, 5)
+    assert count_flops(lambda w: w.addmm_(a, b), torch.zeros(4, 5)) == 2 * 4 * 3 * 5
+    q = torch.randn(1, 2, 6, 8, requires_grad=True)
+    with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+    forward = 2 * (2 * 2 * 6 * 6 * 8)  # q k^T and p v: 2 heads, 6 x 6 scores of width 8
+    assert counter.get_total_flops() == forward * 3.5  # backward: both products' gradients and the recomputed scores
+
+
+def test_step_cost_counts_the_growing_fold():
+    """benchmarks/step_cost.py --count-only: the stored directions' fold and contraction grow the step's count."""
+    from scripts import load_benchmark_script
+
+    lines = load_benchmark_script("step_cost").run("tiny", [1, 8], 0, 4, "fused_wgrad", count_only=True)
+    rows = [line.split("|") for line in lines if line.startswith("| 1 ") or line.startswith("| 8 ")]
+    one, eight = (float(row[4]) for row in rows)
+    assert 1.0 < one < eight  # vs the frozen step: the adapter adds work, 7 stored directions more

@@ -13,8 +13,8 @@ below; checked on CPU only).
                     learning (the linear head, class statistics, subspace bases, ... beside what it predicts
                     with); extra_stored_numbers: beyond the plain backbone
 
-Counted ops: matrix products, convolutions and attention (incl. the CPU kernel of scaled_dot_product_attention,
-which torch's table lacks), 2 FLOPs per multiply-add; element-wise ops are not counted.
+Counted ops: matrix products (incl. the in-place addmm_), convolutions and attention (incl. the CPU kernel of
+scaled_dot_product_attention), 2 FLOPs per multiply-add; element-wise ops are not counted.
 """
 
 from __future__ import annotations
@@ -32,9 +32,23 @@ def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, 
     return int(flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape))
 
 
-#: attention kernels that torch's FLOP table misses (the CPU one), counted as its other SDPA kernels are
-EXTRA_FORMULAS = {getattr(torch.ops.aten, name): _sdpa_flops
-                  for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+def _addmm_flops(self_shape: Any, a_shape: Any, b_shape: Any, *args: Any, **kwargs: Any) -> int:
+    (m, k), (_, n) = a_shape, b_shape
+    return 2 * m * k * n
+
+
+def _sdpa_backward_flops(grad_out_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *args: Any,
+                         **kwargs: Any) -> int:
+    return int(flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape))
+
+
+#: kernels that torch's FLOP table misses, counted as their table entries are: the CPU attention (its backward for
+#: benchmarks that count training steps, benchmarks/step_cost.py) and the in-place addmm_ (an adapter folded into a
+#: weight copy, `sdlora.adapters.kernels`)
+EXTRA_FORMULAS = {getattr(torch.ops.aten, name): formula
+                  for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_flops),
+                                        ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_backward_flops),
+                                        ("addmm_", _addmm_flops))
                   if hasattr(torch.ops.aten, name)}
 
 
