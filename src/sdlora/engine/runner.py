@@ -30,9 +30,8 @@ SEED_REPORTS = ("metrics.csv", "accuracy_curve.png", "accuracy_matrix.png")
 RUN_FILES = ("summary.json", "config.yaml", "results.json", "checkpoints")
 
 
-#: config keys a resumed run (and `sdlora learn --set`) may change: they change nothing already computed
-#: keys a resumed run may change: how corrupt files are handled, and whether the backbone is compiled (a run whose
-#: compile fails goes on eager)
+#: config keys a resumed run (and `sdlora learn --set`) may change: they change nothing already computed (how corrupt
+#: files are handled; whether the backbone is compiled, so a run whose compile fails goes on eager)
 MAY_CHANGE_ON_RESUME = ("benchmark.options.on_corrupt", "train.compile")
 
 
