@@ -7,7 +7,8 @@ largest output difference between merged and unmerged models, and peak GPU memor
 torch.profiler's operator tables of a few frozen-backbone and SD-LoRA steps (where a throughput gap goes).
 `--compile MODE` (`train.compile`'s modes: default, reduce-overhead = CUDA graphs, max-autotune) compiles the
 backbone after the eager floor is measured, measures the compiled frozen backbone too, and trains SD-LoRA through
-it (each task's compile falls in its warm-up steps), so every ratio is against the eager floor of the same run.
+it (each task's compile falls in its warm-up steps), so every ratio is against the eager floor of the same run;
+inference stays eager on both sides.
 
 Drives the model directly (no trainer, no data loader): `TimmViT` -> `SDLoRA` method -> SGD loop with
 bf16 autocast on a GPU. `--device cpu --tiny` runs a 2-block 32x32 ViT in seconds (used as a check here).
@@ -26,7 +27,7 @@ import torch
 from sdlora.backbones.timm_vit import TimmViT
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
-from sdlora.engine.compiled import COMPILE_MODES, compile_backbone
+from sdlora.engine.compiled import COMPILE_MODES, compile_backbone, eager
 from sdlora.methods.sdlora import SDLoRA
 
 TINY = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, float | None]:
     results["merge_max_abs_diff"] = float((after - before).abs().max())
 
     def merged_infer() -> None:
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(), eager():  # against the plain backbone's eager inference
             method(x)
 
     reset_peak(device)
