@@ -46,7 +46,7 @@ import torch
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.engine.compiled import COMPILE_MODES, configure_compiler, torch_mode
-from sdlora.engine.cost import EXTRA_FORMULAS
+from sdlora.engine.cost import flops_of
 
 PRESETS = {
     # name: (timm architecture, overrides, image size)
@@ -92,13 +92,6 @@ def sdlora_step(model: torch.nn.Module, adapter: SDLoRAAdapter, x: torch.Tensor,
         (model(x) @ weight).sum().backward()
 
     return step
-
-
-def flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of `fn` (forward and backward), `torch.utils.flop_counter`'s table and the CPU attention."""
-    with torch.utils.flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -172,8 +165,8 @@ def run(preset: str, task_counts: list[int], reps: int, batch: int, kernel: str,
     for step in eager_steps.values():
         step()  # the kernel `auto` picks, read before any compiled call
     kernels = {t: sorted({w.last_kernel for w in models[t][1].wrappers.values()}) for t in task_counts}
-    floor_flops = flops(frozen_qkv0)
-    count = {t: flops(step) / floor_flops for t, step in eager_steps.items()}
+    floor_flops = flops_of(frozen_qkv0)
+    count = {t: flops_of(step) / floor_flops for t, step in eager_steps.items()}
     if count_only:
         arch, overrides, img = PRESETS[preset]
         return [f"preset {preset}: {arch} {overrides} img {img}, batch {batch}, rank {RANK['rank']} on q,v of every "

@@ -175,6 +175,10 @@ SGD_MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 
 
+#: `train.compile`: none, or torch.compile's mode (sdlora.engine.compiled)
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
+
+
 @dataclass
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -207,7 +211,7 @@ class TrainConfig:
     num_workers: int = 0
     # opt-in: the backbone's forward through torch.compile with this mode (sdlora.engine.compiled): the same
     # results within float rounding, a compile at the start and at each task start
-    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"
+    compile: CompileMode = "none"
     # (loss, freeze_old_head, head_lr, head_init, head_init_scale and classifier moved to method.classifier:
     # sdlora.method_config; the old keys are still read, sdlora.config_migration)
     # scalar loggers (sdlora.engine.loggers): csv (scalars.csv), tensorboard, wandb; [] for none

@@ -24,15 +24,17 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
+from sdlora.config import CompileMode
+
 log = logging.getLogger(__name__)
 
 #: the modes `train.compile` takes besides "none" (torch.compile's)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = tuple(mode for mode in get_args(CompileMode) if mode != "none")
 
 #: compiled versions kept per compiled frame before torch falls back to eager (torch's default is 8; a run
 #: recompiles at most a few times a task)

@@ -52,11 +52,17 @@ EXTRA_FORMULAS = {getattr(torch.ops.aten, name): formula
                   if hasattr(torch.ops.aten, name)}
 
 
+def flops_of(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn`, a backward it runs included (torch's table and `EXTRA_FORMULAS`)."""
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def count_flops(fn: Callable[[Any], Any], inputs: Any) -> int:
     """FLOPs of `fn(inputs)` without gradient and autocast (counts do not depend on the dtype)."""
-    with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FORMULAS) as counter:
-        fn(inputs)
-    return int(counter.get_total_flops())
+    with torch.no_grad():
+        return flops_of(lambda: fn(inputs))
 
 
 def batch_size(inputs: Any) -> int:
