@@ -73,10 +73,9 @@ from sdlora.methods.base import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "epochs": 2, "batch_size": 32, "eval_batch_size": 256,
-         "loss": "current"}
+TRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "epochs": 2, "batch_size": 32, "eval_batch_size": 256}
 CLASSIFIER = {"kind": "prototypes", "drift": "sdc", "sdc_sigma": 0.3, "head_init": "class_mean",
-              "head_init_scale": 60.0}
+              "head_init_scale": 60.0, "loss": "current"}
 
 TINY_VIT: dict[str, Any] = {
     "name": "engine-overhead-tiny-vit",
