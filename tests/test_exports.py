@@ -52,6 +52,21 @@ def test_timm_export_loads_through_timm_pretrained_path_strictly(tiny_vit_run, t
     card = (out / "README.md").read_text()
     assert "library_name: timm" in card and manifest["backbone"]["weights_sha256"] in card
     assert "--format timm" in card and "hf upload" in card and "final_accuracy" in card
+    # the card's own code, as a user pastes it: by name too, timm then preprocesses as the run did (not as the tag)
+    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("path/to/this/folder", str(out))
+    scope: dict = {}
+    with no_library_warnings():
+        exec(code, scope)  # the by-name load comes last
+    card_model = scope["model"]
+    with torch.no_grad():
+        torch.testing.assert_close(card_model.eval()(x), expected, atol=1e-5, rtol=1e-5)
+    def data_config(model) -> dict:
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in timm.data.resolve_model_data_config(model).items()}
+
+    run_config = data_config(local)
+    assert data_config(card_model) == run_config
+    assert run_config["mean"] == (0.0, 0.0, 0.0)  # the run's normalisation: none, where the tag's is 0.5
+    assert data_config(by_name)["mean"] != run_config["mean"]  # without the overlay
 
 
 def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(tiny_text_run, tmp_path, capsys):
@@ -66,8 +81,10 @@ def test_hf_export_loads_with_automodel_silently_and_reproduces_the_classifier(t
         tok = AutoTokenizer.from_pretrained(out)
     assert model.config.id2label == {0: "alarm clock", 1: "pay my bill", 2: "play some jazz", 3: "weather in paris"}
     assert model.config.label2id["pay my bill"] == 1
-    texts = ["pay my bill now", "play some jazz tonight", "weather"]
-    batch = tok(texts, padding=True, truncation=True, max_length=16, return_tensors="pt")
+    texts = ["pay my bill now", "play some jazz tonight", "weather", " ".join(["alarm clock please"] * 12)]
+    assert tok.model_max_length == 16  # the run's max_length: truncation=True cuts the long text where the run did
+    batch = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    assert batch["input_ids"].shape[1] == 16
     head = load_file(str(out / "classifier.safetensors"))
     with torch.no_grad():
         h, m = model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1).float()

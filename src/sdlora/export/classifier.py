@@ -97,8 +97,10 @@ class Classifier:
         readable = list(range(len(items)))
         if self.takes == "images":
             readable = [i for i, x in enumerate(items) if readable_image(x, on_corrupt)]
-        scores = self.scores(self.logits([items[i] for i in readable], batch_size))
-        values, index = scores.topk(min(top_k, len(self.class_names)), dim=-1)
+        logits = self.logits([items[i] for i in readable], batch_size)
+        # ranked by the logits: a softmax of the LDA head's large logits underflows to ties at 0.0 past the first
+        index = logits.topk(min(top_k, len(self.class_names)), dim=-1).indices
+        values = self.scores(logits).gather(-1, index)
         out: list[TopK] = [[] for _ in items]
         for i, vs, ix in zip(readable, values.tolist(), index.tolist(), strict=True):
             out[i] = [(self.class_names[c], float(v)) for v, c in zip(vs, ix, strict=True)]

@@ -67,15 +67,25 @@ def hf_encoder(source: ExportSource) -> Any:
     return fresh.eval()
 
 
+def save_run_tokenizer(source: ExportSource, folder: Path) -> None:
+    """The run's tokenizer, truncating where the run did: `model_max_length` = the run's `max_length` (the model's
+    own, often 512, would let `tok(texts, truncation=True)` read past what the run saw and change predictions), and
+    no stale `max_length` of the original model's files."""
+    tokenizer = copy.deepcopy(source.backbone.tokenizer)
+    tokenizer.model_max_length = source.backbone.options.max_length
+    tokenizer.init_kwargs.pop("max_length", None)
+    tokenizer.save_pretrained(folder)
+
+
 def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     encoder = hf_encoder(source)
     options = source.backbone.options
     normalize = bool(options.normalize) or source.classifier in NORMALIZED_KINDS
     classifier = SDLoRAForSequenceClassification.from_encoder(encoder, source.head_weight, source.head_bias,
-                                                              options.pooling, normalize)
+                                                              options.pooling, normalize, options.max_length)
     # config.json (+ auto_map), model.safetensors (the encoder's keys), classifier.safetensors, modeling_sdlora.py
     classifier.save_pretrained(folder)
-    source.backbone.tokenizer.save_pretrained(folder)
+    save_run_tokenizer(source, folder)
     builder = SEQUENCE_HEADS.get(encoder.config.model_type)
     # the stock class applies W to the un-normalised feature: the same argmax for a linear or cosine head only
     sequence = (options.pooling == "cls" and not options.normalize and builder is not None
@@ -83,7 +93,7 @@ def write_hf(source: ExportSource, folder: Path) -> dict[str, Any]:
     if sequence:
         assert builder is not None  # part of `sequence`
         builder(encoder, source.head_weight, source.head_bias).save_pretrained(folder / SEQUENCE_FOLDER)
-        source.backbone.tokenizer.save_pretrained(folder / SEQUENCE_FOLDER)
+        save_run_tokenizer(source, folder / SEQUENCE_FOLDER)
     return {"classifier_file": CLASSIFIER_FILE, "pooling": options.pooling, "normalize": options.normalize,
             "max_length": options.max_length, "sequence_classification": SEQUENCE_FOLDER if sequence else None,
             "remote_code": "modeling_sdlora.SDLoRAForSequenceClassification", "notes": []}

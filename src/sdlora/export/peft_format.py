@@ -78,10 +78,11 @@ def write_peft(source: ExportSource, folder: Path) -> dict[str, Any]:
             layer.lora_B["default"].weight.copy_(b)
     peft_model.save_pretrained(str(folder), save_embedding_layers=False)
     if source.backbone.modality == "text":  # a text encoder: its tokenizer and the run's head beside the adapter
-        source.backbone.tokenizer.save_pretrained(folder)
         from safetensors.torch import save_file
 
-        from sdlora.export.hf_format import CLASSIFIER_FILE
+        from sdlora.export.hf_format import CLASSIFIER_FILE, save_run_tokenizer
+
+        save_run_tokenizer(source, folder)
 
         save_file({"weight": source.head_weight.contiguous(), "bias": source.head_bias.contiguous()},
                   str(folder / CLASSIFIER_FILE), metadata={"classifier": source.classifier})

@@ -49,23 +49,27 @@ def write_timm(source: ExportSource, folder: Path) -> dict[str, Any]:
     data_config = timm_eval_config(options_from_spec(source.preprocess)) if source.preprocess else None
     save_for_hf(model, str(folder), model_config={"label_names": source.class_names}, model_args=kwargs or None,
                 safe_serialization=True, data_config=data_config)
-    return {"weights": WEIGHTS, "timm_tag": source.backbone.tag, "model_kwargs": kwargs}
+    return {"weights": WEIGHTS, "timm_tag": source.backbone.tag, "model_kwargs": kwargs, "data_config": data_config}
 
 
 def timm_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
     kwargs = "".join(f", {k}={v!r}" for k, v in manifest["model_kwargs"].items())
     c = source.num_classes
+    # by name, the tag's own pretrained_cfg would preprocess (its mean, std, crop_pct): the overlay puts the run's
+    data = "".join(f",\n        {k}={tuple(v) if isinstance(v, list) else v!r}"
+                   for k, v in (manifest.get("data_config") or {}).items())
     return f"""```python
 import timm
 model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)
 # or by name, through timm's usual pretrained path (strict=True):
-model = timm.create_model("{manifest["timm_tag"]}", pretrained=True, num_classes={c}{kwargs},
-                          pretrained_cfg_overlay=dict(file="path/to/this/folder/{WEIGHTS}", num_classes={c}))
-labels = model.pretrained_cfg["label_names"]  # with local-dir:; else the classes below
+model = timm.create_model(
+    "{manifest["timm_tag"]}", pretrained=True, num_classes={c}{kwargs},
+    pretrained_cfg_overlay=dict(file="path/to/this/folder/{WEIGHTS}", num_classes={c}{data}))
+labels = model.pretrained_cfg.get("label_names")  # with local-dir:; else the classes below
 ```
 
-The folder's pretrained_cfg holds the run's evaluation transform (size, resize, crop, interpolation, mean and std):
-`timm.data.create_transform(**timm.data.resolve_model_data_config(model))` preprocesses as the run did."""
+Either way the model's pretrained_cfg holds the run's evaluation transform (size, resize, crop, interpolation, mean
+and std): `timm.data.create_transform(**timm.data.resolve_model_data_config(model))` preprocesses as the run did."""
 
 
 def load_timm(folder: Path, manifest: dict[str, Any], device: str = "cpu") -> Any:

@@ -11,7 +11,9 @@ or LDA classifier, L2-normalises the feature; no stock `*ForSequenceClassificati
 
 Layout, chosen so that `AutoModel.from_pretrained(FOLDER)` (no custom code) also loads without a load report:
 * `config.json` stays the encoder's own config (`model_type` bert, ...) plus `id2label` / `label2id`,
-  `sdlora_pooling` ("mean" | "cls") and `sdlora_normalize` (bool);
+  `sdlora_pooling` ("mean" | "cls"), `sdlora_normalize` (bool) and `sdlora_max_length` (the run's truncation:
+  the saved tokenizer's `model_max_length`, so `tok(texts, truncation=True)` cuts where the run did; a longer input
+  is warned about once);
 * `model.safetensors` holds the encoder's own keys only (the stock AutoModel class uses every one of them);
 * the head lives in `classifier.safetensors` (`weight` [C, H], `bias` [C]): a key in `model.safetensors`
   would be reported UNEXPECTED by AutoModel. `from_pretrained` reads it, `save_pretrained` writes it.
@@ -23,6 +25,7 @@ Self-contained on purpose (torch, safetensors, transformers only): this file is 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from typing import Any
 
@@ -33,6 +36,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import cached_file
+
+logger = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.safetensors"
 POOLINGS = ("mean", "cls")
@@ -67,6 +72,8 @@ class SDLoRAForSequenceClassification(PreTrainedModel):
         if self.pooling not in POOLINGS:
             raise ValueError(f"sdlora_pooling must be one of {POOLINGS}, got {self.pooling!r}")
         self.normalize = bool(getattr(config, "sdlora_normalize", False))
+        self.max_length = getattr(config, "sdlora_max_length", None)
+        self.warned_length = False
         self.backbone = AutoModel.from_config(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
@@ -75,6 +82,11 @@ class SDLoRAForSequenceClassification(PreTrainedModel):
                 labels: torch.Tensor | None = None, **kwargs: Any) -> SequenceClassifierOutput:
         """Logits [N, num_labels]; with `labels` also the cross-entropy loss. Other keyword arguments
         (token_type_ids, output_hidden_states, ...) go to the encoder."""
+        if (self.max_length and input_ids is not None and input_ids.shape[-1] > self.max_length
+                and not self.warned_length):
+            self.warned_length = True
+            logger.warning("inputs of %d tokens, but the run read at most %d: tokenize with truncation=True to "
+                           "predict as it did", input_ids.shape[-1], self.max_length)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         kwargs.pop("return_dict", None)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
@@ -88,10 +100,12 @@ class SDLoRAForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_encoder(cls, encoder: PreTrainedModel, weight: torch.Tensor, bias: torch.Tensor, pooling: str = "mean",
-                     normalize: bool = False) -> Any:
+                     normalize: bool = False, max_length: int | None = None) -> Any:
         """Wrap a loaded encoder (its config carries id2label / label2id) and a head [C, H], [C]."""
         config = copy.deepcopy(encoder.config)  # save_pretrained writes auto_map into it
         config.sdlora_pooling, config.sdlora_normalize = pooling, normalize
+        if max_length is not None:
+            config.sdlora_max_length = max_length
         model = cls(config)
         with torch.no_grad():
             model.backbone.load_state_dict(encoder.state_dict(), strict=True)
