@@ -191,6 +191,33 @@ def test_jsonl_with_integer_labels_and_custom_columns(tmp_path):
     assert data.val is None
 
 
+def test_a_row_whose_field_count_differs_from_the_header_is_an_error(tmp_path):
+    (tmp_path / "extra.csv").write_text("text,label\nhello,greet\nhi there, friend,greet\n")  # unquoted comma
+    (tmp_path / "short.csv").write_text("text,label\nhello,greet\njust text\n")
+    (tmp_path / "open.csv").write_text('text,label\nhello,greet\n"never closed,greet\nbye,leave\n')
+    for name, fields, line in (("extra", 3, 3), ("short", 1, 3), ("open", 1, 4)):
+        with pytest.raises(TextFileError, match=rf"{name}.csv line {line}: {fields} fields?, the header has 2 "
+                                                 r"\(a field that holds the delimiter .* double quotes"):
+            load_files(tmp_path, train_file=f"{name}.csv", test_file=f"{name}.csv")
+
+
+def test_tsv_is_read_literally_one_row_a_line(tmp_path):
+    (tmp_path / "train.tsv").write_text('text\tlabel\n"hi there\tgreet\nbye now\tleave\nsay "yo" ok\tgreet\n'
+                                        '"a ""b"""\t"leave"\n')  # the last row as pandas' to_csv(sep="\t") writes it
+    data = load_files(tmp_path, train_file="train.tsv", test_file="train.tsv")
+    assert [data.train[i] for i in range(4)] == [('"hi there', 0), ("bye now", 1), ('say "yo" ok', 0), ('a "b"', 1)]
+    (tmp_path / "tab.tsv").write_text("text\tlabel\nhi\tthere\tgreet\n")
+    with pytest.raises(TextFileError, match=r"tab.tsv line 2: 3 fields, the header has 2 \(a TSV field cannot hold"):
+        load_files(tmp_path, train_file="tab.tsv", test_file="tab.tsv")
+
+
+def test_integer_labels_of_equal_value_sort_the_same_in_every_process():
+    from sdlora.data.benchmarks.text_files import sorted_labels
+
+    # "1" and "01" are distinct classes of equal value: ordered by their text, not by the set's hash order
+    assert sorted_labels(["2", "01", "1", "02", "10", "001"]) == ["001", "01", "1", "02", "2", "10"]
+
+
 def test_format_option_overrides_the_extension(tmp_path):
     write_jsonl(tmp_path / "train.txt", [{"text": "x", "label": "a"}])
     with pytest.raises(TextFileError, match="set benchmark.options.format"):

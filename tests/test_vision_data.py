@@ -51,6 +51,20 @@ def run_config(name: str, data_root: Path, **options) -> object:
     })
 
 
+def test_hidden_files_and_folders_are_not_images_of_a_class(tmp_path):
+    from sdlora.serving.predict_io import read_image_folder
+
+    root = make_tree(tmp_path / "mine", classes=["a", "b"], train=2, test=1)
+    (root / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    write_png(root / "train" / "b" / ".thumbnails" / "0.png", 99)
+    write_png(root / "train" / "b" / "more" / "2.PNG", 98)  # a visible sub-folder and an upper-case suffix count
+    data = load_benchmark("image_folder", {"root": "mine", "image_size": 8, "normalize": "none"}, tmp_path)
+    assert sorted(Path(p).relative_to(root).as_posix() for p in data.train.paths) == [
+        "train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png", "train/b/more/2.PNG"]
+    assert [Path(p).name for p, _ in read_image_folder(root / "train", "text")] == [
+        "0.png", "1.png", "0.png", "1.png", "2.PNG"]  # predict lists what training would read
+
+
 def test_image_folder_tree_gives_the_scenario_counts(tmp_path):
     make_tree(tmp_path / "imagenet-r")
     data = load_benchmark("imagenet_r", {"image_size": 16}, tmp_path)
@@ -193,6 +207,32 @@ def test_domainnet_inconsistent_labels_are_refused(tmp_path):
     (base / "clipart_test.txt").write_text("clipart/apple/clipart_test_0.png 1\n")
     with pytest.raises(ValueError, match="label 1"):
         load_benchmark("domainnet", {"domains": ["clipart"]}, tmp_path)
+
+
+@pytest.mark.parametrize("label", ["-1", "²", "x"])
+def test_domainnet_labels_must_be_plain_non_negative_integers(tmp_path, label):
+    base = write_domainnet(tmp_path, ["apple", "bee"], ["clipart"], per_class=1)
+    (base / "clipart_test.txt").write_text(f"clipart/apple/clipart_test_0.png 0\nclipart/bee/x.png {label}\n")
+    with pytest.raises(ValueError, match="clipart_test.txt:2: expected '<path> <label>' with a label 0, 1, ..."):
+        load_benchmark("domainnet", {"domains": ["clipart"]}, tmp_path)
+
+
+@pytest.mark.parametrize(("values", "mode", "expected"), [
+    (np.array([0, 257, 32896, 65535], dtype=np.uint16), "I;16", [0, 1, 128, 255]),  # 16-bit: v / 257
+    (np.array([0, 100, 200, 255], dtype=np.int32), "I", [0, 100, 200, 255]),  # integers within 8 bits: as they are
+    (np.array([0.0, 0.5, 1.0, 0.25], dtype=np.float32), "F", [0, 128, 255, 64]),  # fractions of white
+])
+def test_wide_greyscale_is_scaled_to_8_bits_not_clipped(tmp_path, values, mode, expected):
+    from sdlora.data.image_folder import open_rgb
+
+    image = Image.fromarray(np.tile(values, (2, 1)))
+    assert image.mode == mode
+    path = tmp_path / "wide.tiff"
+    image.save(path)
+    rgb = np.asarray(open_rgb(path))
+    assert rgb.shape == (2, 4, 3) and rgb[0, :, 0].tolist() == expected and (rgb[..., 0] == rgb[..., 2]).all()
+    if mode == "I;16":
+        assert Image.open(path).convert("RGB").getpixel((2, 0))[0] == 255  # what PIL alone makes of 32896
 
 
 @pytest.mark.parametrize("entry", ["../../etc/passwd", "/etc/passwd", "clipart/../../x.png", "C:\\x\\y.png",

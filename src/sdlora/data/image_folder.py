@@ -32,10 +32,27 @@ class CorruptImageError(OSError):
     """An image file could not be read; the message names the file."""
 
 
+#: single-channel modes whose values go past 255 (16-bit PNG / TIFF greyscale, 32-bit integers, floats)
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit (or wider) greyscale image as 8-bit "L", its range scaled, not clipped: PIL's own `convert("RGB")`
+    clips at 255, so a 16-bit scan would turn white. Integers above 255 are read as 16-bit (v / 257); floats in
+    [0, 1] as fractions of white, others clipped to [0, 255]."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F" and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    elif image.mode != "F" and values.size and values.max() > 255:
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode one image fully, as RGB (errors surface here, not later in a transform)."""
+    """Decode one image fully, as RGB (errors surface here, not later in a transform); wide greyscale is scaled to
+    8 bits first (`to_8bit`)."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return (to_8bit(image) if image.mode in WIDE_MODES else image).convert("RGB")
 
 
 def verify_image(path: str | Path) -> None:
@@ -122,6 +139,18 @@ class Inventory:
         return {split: len({label for _, label in samples}) for split, samples in self.splits.items()}
 
 
+def is_visible_image(path: Path, root: Path) -> bool:
+    """An image file by its extension (torchvision's list), with no hidden part below `root`: macOS' `._x.png`
+    resource forks and `.thumbnails/` are not images of the class."""
+    parts = path.relative_to(root).parts
+    return path.suffix.lower() in IMG_EXTENSIONS and not any(part.startswith(".") for part in parts)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every visible image file below `folder`, sorted (`is_visible_image`)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_visible_image(p, folder))
+
+
 def class_folders(directory: Path) -> list[str]:
     """Sorted names of the visible sub-folders (one per class, as torchvision's ImageFolder)."""
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
@@ -152,7 +181,7 @@ def scan_split_folders(root: Path, split_dirs: dict[str, str]) -> Inventory:
             if name not in present:
                 inventory.warnings.append(f"missing class folder {directory / name}")
         samples = make_dataset(str(directory), {c: i for c, i in class_to_idx.items() if c in present},
-                               extensions=IMG_EXTENSIONS, allow_empty=True)
+                               is_valid_file=lambda p, d=directory: is_visible_image(Path(p), d), allow_empty=True)
         with_images = {label for _, label in samples}
         for name in sorted(present & set(classes)):
             if class_to_idx[name] not in with_images:

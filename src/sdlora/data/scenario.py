@@ -8,6 +8,7 @@ remapped to their position in the order, so task t owns labels [known_t, known_t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,40 @@ def split_tasks(num_classes: int, init_classes: int | None, increment: int,
     if num_tasks is not None:
         if num_tasks <= 0:
             raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+        if num_tasks > len(sizes):
+            raise ValueError(f"num_tasks={num_tasks}, but {num_classes} classes split as init_classes={first}, "
+                             f"increment={increment} make {len(sizes)} tasks; set num_tasks <= {len(sizes)}")
         sizes = sizes[:num_tasks]
     return sizes
+
+
+def check_labels(data: BenchmarkData) -> None:
+    """Every split's labels lie in 0..K-1: a label outside (-1 from a list, say) would be remapped to another class
+    without a word (numpy reads label_map[-1] as the last entry)."""
+    for split in ("train", "test", "val"):
+        targets = getattr(data, f"{split}_targets")
+        if targets is None or not len(targets):
+            continue
+        targets = np.asarray(targets)
+        bad = np.unique(targets[(targets < 0) | (targets >= data.num_classes)])
+        if bad.size:
+            raise ValueError(f"the benchmark's {split} labels must lie in 0..{data.num_classes - 1}; found "
+                             f"{bad[:10].tolist()}")
+
+
+def check_same_classes(recorded: Sequence[str], current: Sequence[str], what: str) -> None:
+    """The classes a run trained on (`recorded`, in label order) are still the first ones of the data read now
+    (`current`): a file edited since the run (a class added that sorts first, say) would otherwise shift every
+    label onto another class without a word. `what`: the command, for the message."""
+    recorded, current = list(recorded), list(current)[:len(recorded)]
+    if current == recorded:
+        return
+    changed = [f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(recorded, current, strict=False)) if a != b]
+    if len(current) < len(recorded):
+        changed.append(f"{len(recorded) - len(current)} class(es) gone")
+    raise ValueError(f"{what}: the benchmark's classes are not the ones the run trained on (label: trained -> now: "
+                     f"{'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''}); the data changed since the "
+                     "run: give it the data it trained on")
 
 
 class RemappedSubset(Dataset):
@@ -92,6 +125,7 @@ class Scenario:
     def __init__(self, data: BenchmarkData, class_order: str | list[int], init_classes: int | None,
                  increment: int, seed: int, num_tasks: int | None = None) -> None:
         self.data = data
+        check_labels(data)
         self.class_order = make_class_order(class_order, data.num_classes, seed, data.class_orders)
         self.task_sizes = split_tasks(data.num_classes, init_classes, increment, num_tasks)
         self.label_map = np.full(data.num_classes, -1, dtype=np.int64)
@@ -126,6 +160,25 @@ class Scenario:
     def eval_set(self, t: int, split: str = "test") -> RemappedSubset:
         """Evaluation data of every class seen up to task t."""
         return self._subset(split, 0, self.task(t).total)
+
+    def check_samples(self, eval_split: str) -> None:
+        """Before any training: every class of the run's tasks has training samples and every task has samples in
+        `eval_split`, so a run does not stop at the task that lacks them, hours in, with a message about a count."""
+        targets = getattr(self.data, f"{eval_split}_targets")
+        if targets is None:
+            raise ValueError(f"eval_split: {eval_split!r}, but this benchmark has no {eval_split!r} split")
+        names, used = self.class_names(), int(self.bounds[-1])
+        counts = {split: np.bincount(self.label_map[np.asarray(t)], minlength=len(names))
+                  for split, t in (("train", self.data.train_targets), (eval_split, targets))}
+        empty = [names[c] for c in range(used) if counts["train"][c] == 0]
+        if empty:
+            raise ValueError(f"{len(empty)} class(es) have no training samples: {empty[:10]} (an empty class "
+                             "folder, or a class only in the test data?)")
+        for t in range(self.num_tasks):
+            low, high = int(self.bounds[t]), int(self.bounds[t + 1])
+            if counts[eval_split][low:high].sum() == 0:
+                raise ValueError(f"task {t + 1} has no {eval_split} samples (its classes {names[low:high][:10]}): "
+                                 "its accuracy cannot be measured")
 
     def task_of_label(self, labels: np.ndarray) -> np.ndarray:
         """Task index of each remapped label."""

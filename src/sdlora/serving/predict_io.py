@@ -21,8 +21,11 @@ def _empty(path: Path, line: int) -> ValueError:
 
 
 def read_lines(path: Path, column: str) -> list[tuple[str, Columns]]:
-    """A text file: one input per line (trailing empty lines ignored; an empty line in between is an error)."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    """A text file: one input per line, lines ended by \\n or \\r\\n only (not by the other characters
+    `str.splitlines` breaks at, such as U+2028 or a form feed, which would shift every later prediction off its line);
+    trailing empty lines ignored; an empty line in between is an error."""
+    text = path.read_text(encoding="utf-8-sig")
+    lines = [line.strip() for line in text.replace("\r\n", "\n").split("\n")]
     while lines and not lines[-1]:
         lines.pop()
     for number, line in enumerate(lines, start=1):
@@ -49,10 +52,11 @@ def read_table(path: Path, column: str) -> list[tuple[str, Columns]]:
 
 
 def read_image_folder(path: Path, column: str) -> list[tuple[str, Columns]]:
-    """A folder: every image file below it (sorted paths)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    """A folder: every visible image file below it (sorted paths; hidden files and folders skipped, as in
+    training)."""
+    from sdlora.data.image_folder import image_files
 
-    return [(str(p), {}) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+    return [(str(p), {}) for p in image_files(path)]
 
 
 #: input kind -> (reader, what it holds)
@@ -98,9 +102,14 @@ def rows(inputs: list[str], predictions: list[TopK], columns: list[Columns] | No
                "top_k": [{"label": label, "score": round(score, 6)} for label, score in top]}
 
 
+#: characters that `str.splitlines` and some JSON-lines readers take for a line end inside a JSON string
+LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def write_jsonl(records: list[dict[str, Any]], stream: TextIO) -> None:
+    """One JSON object a line; the Unicode line separators escaped, so a record never spans two lines."""
     for record in records:
-        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.write(json.dumps(record, ensure_ascii=False).translate(LINE_BREAKS) + "\n")
 
 
 def write_csv(records: list[dict[str, Any]], stream: TextIO) -> None:

@@ -46,8 +46,9 @@ def read_split_list(path: Path, base: Path) -> tuple[list[tuple[str, int]], dict
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            problems.append(f"{path}:{number}: expected '<path> <label>', got {line.strip()!r}")
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
+            problems.append(f"{path}:{number}: expected '<path> <label>' with a label 0, 1, ..., got "
+                            f"{line.strip()!r}")
             continue
         rel, label = parts[0], int(parts[1])
         if not inside(rel):

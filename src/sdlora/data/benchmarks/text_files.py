@@ -25,11 +25,38 @@ from sdlora.registry import BENCHMARKS
 Row = tuple[int, dict[str, Any]]  # (line number, column -> value)
 
 
-def read_delimited(path: Path, delimiter: str) -> Iterator[Row]:
+def unquote(field: str | None) -> str | None:
+    """A TSV field written with CSV quoting (pandas' `to_csv(sep="\\t")`) without its quotes: a field in double quotes
+    whose inner quotes are doubled loses the outer pair and the doubling; other fields stay as they are."""
+    inner = field[1:-1] if field is not None and len(field) >= 2 and field[0] == field[-1] == '"' else None
+    if inner is not None and '"' not in inner.replace('""', ""):
+        return inner.replace('""', '"')
+    return field
+
+
+def read_delimited(path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> Iterator[Row]:
+    """Rows of a CSV (quoted fields may hold the delimiter and line breaks) or a TSV (read literally: one line a row,
+    a quote is a character, as the TSV format has it; a whole field in quotes is unquoted). A row with more fields
+    than the header is an error: the extra field would shift the label silently."""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        for row in reader:
-            yield reader.line_num, row
+        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
+        literal = quoting == csv.QUOTE_NONE
+        try:
+            if literal and reader.fieldnames:
+                reader.fieldnames = [unquote(name) for name in reader.fieldnames]
+            for row in reader:
+                header = len(reader.fieldnames or ())
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
+                if fields != header:
+                    hint = ("a TSV field cannot hold a tab or a line break" if literal else
+                            "a field that holds the delimiter or a line break goes in double quotes, and a quote "
+                            "opened must be closed")
+                    raise TextFileError(f"{path} line {reader.line_num}: {fields} field{'s' * (fields != 1)}, the "
+                                        f"header has {header} ({hint})")
+                yield reader.line_num, {k: unquote(v) for k, v in row.items()} if literal else row
+        except csv.Error as err:
+            raise TextFileError(f"{path} line {reader.line_num}: unreadable {path.suffix.lstrip('.').upper() or 'CSV'} "
+                                f"({err})") from None
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
@@ -48,9 +75,11 @@ def read_jsonl(path: Path) -> Iterator[Row]:
 
 READERS: dict[str, Callable[[Path], Iterator[Row]]] = {
     "csv": partial(read_delimited, delimiter=","),
-    "tsv": partial(read_delimited, delimiter="\t"),
+    "tsv": partial(read_delimited, delimiter="\t", quoting=csv.QUOTE_NONE),
     "jsonl": read_jsonl,
 }
+
+
 def label_text(value: Any, path: Path, line: int) -> str:
     """A label as a string: JSON ints and strings are accepted ("3" and 3 are the same class)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -78,8 +107,6 @@ def read_text_file(path: Path, fmt: str, text_column: str, label_column: str,
     except UnicodeDecodeError as err:
         line = path.read_bytes().count(b"\n", 0, err.start) + 1
         raise TextFileError(f"{path} line {line}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
-    except csv.Error as err:
-        raise TextFileError(f"{path} line {len(texts) + 2}: unreadable CSV ({err})") from None
     except RecursionError:
         raise TextFileError(f"{path} line {len(texts) + 1}: JSON nested too deeply") from None
     if not texts:
@@ -105,10 +132,11 @@ def _read_rows(rows: Iterator[Row], path: Path, text_column: str, label_column: 
 
 
 def sorted_labels(labels: list[str]) -> list[str]:
-    """Unique labels, sorted numerically when all are integers (2 before 10), else as strings."""
+    """Unique labels, sorted numerically when all are integers (2 before 10; equal numbers by their text), else as
+    strings."""
     unique = set(labels)
     if all(re.fullmatch(r"-?\d+", label) for label in unique):
-        return sorted(unique, key=int)
+        return sorted(unique, key=lambda label: (int(label), label))  # "1" before "01": the same in every process
     return sorted(unique)
 
 
