@@ -13,6 +13,7 @@ from PIL import Image
 import sdlora
 from export_helpers import text_run_config, train, write_text_files
 from sdlora.cli import main
+from sdlora.serving.evaluate import evaluate_run
 from sdlora.serving.learn import learn
 
 NEW = ["cancel my order", "track my package"]
@@ -100,6 +101,28 @@ def test_an_interrupted_learn_resumes_to_the_same_results(finished, tmp_path):
     assert b["accuracy_matrix"] == a["accuracy_matrix"] and b["task_info"] == a["task_info"]
 
 
+def test_a_learn_stopped_after_its_last_checkpoint_is_neither_used_nor_resumed_by_train(finished, tmp_path, capsys):
+    seed, new = finished
+    crashed = copy_run(seed, tmp_path)
+
+    def crash(task, epochs, finished_task):
+        if finished_task:  # the new task's final checkpoint is written: the model holds 6 classes, the record 4
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn(crashed, Path(new["train_file"]), Path(new["test_file"]), on_checkpoint=crash)
+    capsys.readouterr()
+    for command in (["predict", str(crashed), new["test_file"]], ["eval", str(crashed)],
+                    ["export", str(crashed), "--out", str(tmp_path / "hf"), "--format", "hf"],
+                    ["train", str(crashed.parent / "config.yaml"), "--out", str(crashed.parent), "--resume"]):
+        assert main([*command, "--quiet"]) != 0, command
+        assert "`sdlora learn` of task 3 did not complete" in capsys.readouterr().err, command
+    assert not (tmp_path / "hf").exists()
+    assert main(["learn", str(crashed), "--resume", "--quiet"]) == 0
+    assert evaluate_run(crashed)["per_task"] == pytest.approx(json.loads((crashed / "results.json").read_text())[
+        "accuracy_matrix"][-1], abs=1e-3)  # the 3 tasks, as learn measured them
+
+
 def test_learn_without_the_old_training_file(finished, tmp_path):
     seed, new = finished
     run = copy_run(seed, tmp_path)
@@ -117,6 +140,14 @@ def test_learn_without_the_old_training_file(finished, tmp_path):
     # the old tasks keep their last measured accuracy and count, flagged as not re-evaluated
     assert result["task_test_counts"] == [6, 6, 6] and result["task_info"][2]["not_re_evaluated"] == [0, 1]
     assert result["accuracy_matrix"][2][:2] == before["accuracy_matrix"][1]
+    moved = tmp_path / "gone.csv"
+    shutil.move(old_train, moved)  # the old data unreachable again, now for eval
+    try:
+        evaluated = evaluate_run(run)
+    finally:
+        shutil.move(moved, old_train)
+    assert evaluated["per_task"][:2] == [None, None] and evaluated["not_evaluated"] == [1, 2]  # never 0.0
+    assert evaluated["per_task"][2] == evaluated["accuracy"] == pytest.approx(result["accuracy_matrix"][2][2], abs=1e-3)
 
 
 def image_folder(root, classes, per_class, seed):
@@ -138,3 +169,17 @@ def test_a_vit_run_learns_new_classes_from_image_folders(tiny_vit_run, tmp_path)
     assert result["task_test_counts"] == [6, 6, 6, 4] and len(result["accuracy_matrix"][3]) == 4
     top = sdlora.load(run).predict([str(test_dir / "yak" / "0.png")], top_k=8)[0]
     assert sorted(label for label, _ in top) == sorted(result["class_names"])
+
+
+def test_learning_one_seed_of_several_keeps_their_summaries_apart(tmp_path):
+    data = text_run_config(tmp_path / "data")
+    data["seeds"] = [3, 4]
+    train(data, tmp_path / "run")
+    new = write_text_files(tmp_path / "new", NEW)
+    assert main(["learn", str(tmp_path / "run"), "--seed", "3", "--data", new["train_file"], "--test",
+                 new["test_file"], "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "metrics" not in summary  # no mean over a 3-task seed and a 2-task seed
+    assert [(g["seeds"], g["task_sizes"]) for g in summary["groups"]] == [([3], [2, 2, 2]), ([4], [2, 2])]
+    grown = json.loads((tmp_path / "run" / "seed-3" / "results.json").read_text())
+    assert summary["groups"][0]["metrics"]["final_accuracy"]["mean"] == grown["metrics"]["final_accuracy"]

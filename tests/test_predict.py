@@ -35,6 +35,17 @@ def test_load_run_and_hf_export_predict_the_runs_classes(tiny_text_run, tmp_path
     assert np.allclose([s for t in exported for _, s in t], [s for t in top for _, s in t], atol=1e-5)
 
 
+def test_top_k_follows_the_logits_where_the_softmax_underflows(tiny_text_run, monkeypatch):
+    clf = sdlora.load(tiny_text_run)
+    # the LDA head's logits are hundreds apart: past the first, every softmax score is exactly 0.0
+    big = torch.tensor([[995.0, 364.0, 528.0, 10.0], [-20.0, 700.0, 100.0, 400.0]])
+    monkeypatch.setattr(clf, "logits", lambda items, batch_size: big[:len(items)])
+    names = clf.class_names
+    top = clf.predict(TEXTS[:2], top_k=3)
+    assert [[label for label, _ in t] for t in top] == [[names[0], names[2], names[1]], [names[1], names[3], names[2]]]
+    assert [[score for _, score in t] for t in top] == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+
+
 def test_predict_cli_reads_text_csv_and_jsonl_and_writes_csv_or_jsonl(tiny_text_run, tmp_path, capsys):
     expected = [t[0][0] for t in sdlora.load(tiny_text_run).predict(TEXTS)]
     (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n\n")
@@ -113,6 +124,15 @@ def test_predict_writes_one_row_per_input_row_and_says_what_it_cannot(tiny_text_
     record = json.loads(out.out)
     assert record["id"] == "7" and record["input_label"] == "alarm clock" and len(record["top_k"]) == 4
     assert "--top-k 9: the model knows 4 classes" in out.err
+    # a line ends at \n or \r\n only: U+2028 and a form feed inside a line do not split it
+    (tmp_path / "odd.txt").write_bytes("alarm\u2028please\r\npay\x0cmy bill\nweather\n\n".encode())
+    assert main(["predict", str(tiny_text_run), str(tmp_path / "odd.txt")]) == 0
+    inputs = [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()]
+    assert inputs == ["alarm\u2028please", "pay\x0cmy bill", "weather"]
+    with open(tmp_path / "wide.csv", "w", newline="") as f:
+        f.write("id,text\n7,hello, world\n")  # an unquoted comma: an error, not a prediction of 'hello'
+    assert main(["predict", str(tiny_text_run), str(tmp_path / "wide.csv")]) != 0
+    assert "wide.csv line 2: 3 fields, the header has 2" in capsys.readouterr().err
 
 
 def test_predict_on_a_single_file_export_names_what_it_can_read(tiny_text_run, tmp_path, capsys):

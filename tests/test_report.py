@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,13 @@ def test_collect_runs_finds_every_results_json(runs_root):
     assert sorted(r["seed"] for r in again) == [1, 2]
     with pytest.raises(FileNotFoundError):
         collect_runs([runs_root / "missing"])
+
+
+def test_collect_runs_skips_the_copy_an_interrupted_learn_keeps(runs_root, tmp_path):
+    backup = tmp_path / "copy" / "seq" / "seed-1" / ".learn-backup"
+    shutil.copytree(runs_root / "seq", tmp_path / "copy" / "seq")
+    shutil.copytree(runs_root / "seq" / "seed-1", backup)
+    assert sorted(r["seed"] for r in collect_runs([tmp_path / "copy"])) == [1, 2]
 
 
 def test_report_table_markdown(runs_root):
@@ -213,6 +221,13 @@ def test_report_says_what_a_cut_down_run_trained_and_shows_no_spread_for_one_see
     line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
     assert line.startswith("| clinc150 [30/150 classes, <=10 per class] | clinc150-smoke | sdlora | 1 | 94.50 | ")
     assert "±" not in line
+    # grown by `sdlora learn` (+3 classes): results.json keeps only the 33 trained names, learn records the 150
+    record.update(task_sizes=[15, 15, 3], class_names=[f"intent_{i}" for i in range(33)],
+                  accuracy_matrix=[[96.0], [94.0, 95.0], [93.0, 94.0, 90.0]])
+    record["data"] = {"learn": {"learned": [{"task": 2}], "benchmark_classes": 150}}
+    (run / "results.json").write_text(json.dumps(record))
+    line = report_table(collect_runs([tmp_path]), "md").splitlines()[2]
+    assert line.startswith("| clinc150 [30/150 classes, <=10 per class] | clinc150-smoke +1 learned | sdlora | 1 |")
 
 
 def test_runs_under_one_name_with_different_settings_are_never_averaged(tmp_path):

@@ -34,7 +34,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sdlora.engine.runner import run_config
 
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
-    run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except KeyboardInterrupt:  # Ctrl-C: a line that says how to go on, not a traceback
+        if args.verbose:
+            traceback.print_exc()
+        resumable = any(out.glob("seed-*/checkpoints/latest.json"))
+        again = " ".join(["sdlora train", args.config, *(f"--set {s}" for s in args.set), "--out", str(out)])
+        print("\nsdlora: interrupted; " + (f"continue with `{again} --resume`" if resumable else
+                                           "nothing was saved yet"), file=sys.stderr)
+        return 130
     if distributed.is_main():
         print(f"\nrun written to {out}")
     return 0
@@ -199,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. train.lr=0.01 (repeatable)")
     t.add_argument("--out", help="output folder (default runs/<config name>)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    continuing = t.add_mutually_exclusive_group()
+    continuing.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    continuing.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--device", help="cpu, cuda, cuda:1... (default: the config's, auto)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--nproc", type=int, default=1, metavar="N",

@@ -313,6 +313,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = from_dict(RunConfig, data, "")
     if not cfg.seeds:
         raise ConfigError("seeds: at least one seed is required")
+    repeated = sorted({s for s in cfg.seeds if cfg.seeds.count(s) > 1})
+    if repeated:  # one folder per seed: a repeat would train it twice and count it twice in the summary
+        raise ConfigError(f"seeds: {repeated} given more than once; each seed runs once")
     return cfg
 
 

@@ -43,7 +43,8 @@ def collect_runs(paths: list[Path]) -> list[dict]:
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"no such run directory or file: {path}")
-        found = [path] if path.is_file() else sorted(path.rglob("results.json"))
+        found = [path] if path.is_file() else sorted(  # not in hidden folders: `learn`'s .learn-backup is a copy
+            f for f in path.rglob("results.json") if not any(p.startswith(".") for p in f.relative_to(path).parts))
         files.update(dict.fromkeys(f.resolve() for f in found))
     runs = []
     for file in files:
@@ -85,10 +86,13 @@ def run_setting(run: dict) -> str:
     """What a cut-down run trained, when it is not its whole benchmark: `30/150 classes`, `<=12 per class`
     (`benchmark.num_tasks`, `benchmark.options.max_per_class`); "" for a full run."""
     parts = []
-    trained, names = sum(run.get("task_sizes") or []), run.get("class_names") or []
-    learned = sum(len(t.get("classes", [])) for t in ((run.get("data") or {}).get("learn") or {}).get("learned", []))
-    if names and trained - learned < len(names) - learned:
-        parts.append(f"{trained - learned}/{len(names) - learned} classes")
+    sizes, names = run.get("task_sizes") or [], run.get("class_names") or []
+    learn = (run.get("data") or {}).get("learn") or {}
+    trained = sum(sizes[:len(sizes) - len(learn.get("learned", []))])  # by `train`; `learn` added the rest
+    # a grown run keeps only the names it trained, so the benchmark's count comes from learn's record
+    available = learn.get("benchmark_classes") or len(names) - (sum(sizes) - trained)
+    if names and trained < available:
+        parts.append(f"{trained}/{available} classes")
     per_class = (((run.get("config") or {}).get("benchmark") or {}).get("options") or {}).get("max_per_class")
     if per_class:
         parts.append(f"<={per_class} per class")

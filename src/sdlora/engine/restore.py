@@ -32,14 +32,26 @@ def check_weights(info: dict, record: dict, results_file: Path) -> None:
                          f"vs {recorded[:12]}... in {results_file}); the pretrained weights changed")
 
 
+def check_finished(run: RunFolder, meta: dict) -> None:
+    """Only a finished run is restored: a checkpoint between two tasks of an interrupted `train` or `learn` holds a
+    model of fewer classes than the run's, and before the first results.json no class names at all."""
+    pending = run.pending
+    if pending is not None:
+        raise ValueError(f"{run.folder}: `sdlora learn` of task {pending['task'] + 1} did not complete; finish it with "
+                         f"`sdlora learn {run.out} --resume`, or put the run back as it was with `--abandon`")
+    if not meta["position"]["finished"] or run.record.get("status") != "complete":
+        task, tasks = meta["position"]["task"] + 1, len(run.record.get("task_sizes", []))
+        where = (f"the last checkpoint is in the middle of task {task}" if not meta["position"]["finished"] else
+                 f"it stopped after task {task}" + (f" of {tasks}" if tasks else ""))
+        raise ValueError(f"{run.folder}: the run is not finished ({where}); finish it first with `sdlora train "
+                         f"{run.config_file} --out {run.out} --resume`")
+
+
 def restore_run(run_dir: Path, seed: int | None = None, device: str = "cpu") -> RestoredRun:
     """The finished model of a run folder: `build.build_model` (seed, backbone, method) + its last checkpoint."""
     run = RunFolder.open(run_dir, seed)
     meta, tensors = run.checkpoint()
-    if not meta["position"]["finished"]:
-        raise ValueError(f"{run.folder}: the last checkpoint is in the middle of task {meta['position']['task'] + 1}; "
-                         + ("finish it with `sdlora learn ... --resume` (or --abandon) first" if run.pending else
-                            "finish the run with `sdlora train ... --resume` first"))
+    check_finished(run, meta)
     method = build.build_model(run.cfg, run.seed, device)
     check_weights(method.backbone.info(), run.record, run.folder / "results.json")
     method.load_checkpoint_state(meta["method"], unprefixed(tensors, "method", device))

@@ -19,6 +19,7 @@ from sdlora.engine.checkpoint import write_json_atomic, write_text_atomic
 from sdlora.engine.csvlog import write_metrics_csv
 from sdlora.engine.lock import LOCK_NAME, output_lock
 from sdlora.engine.metrics import summarize_runs
+from sdlora.engine.run_folder import LEARNED
 from sdlora.engine.trainer import CheckpointHook, Trainer, micro_batch_size
 from sdlora.method_config import HEAD_TRAINING
 from sdlora.terminal import interactive as interactive  # re-exported (moved to the light sdlora.terminal)
@@ -59,6 +60,8 @@ def holds_run(out: Path) -> bool:
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse (before anything is written) to mix a new run into a folder that holds another."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
     if holds_run(out) and not resume and not overwrite:
         raise OutputExists(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
 
@@ -154,8 +157,10 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
 
 def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, overwrite: bool, quiet: bool,
                 on_checkpoint: CheckpointHook | None, stream: TextIO | None) -> dict[str, Any]:
+    data = build.build_benchmark(cfg)  # before --overwrite clears the folder: data that fails leaves the old run
+    for seed in cfg.seeds:  # the class order may depend on the seed
+        build.build_scenario(cfg, data, seed).check_samples(cfg.eval_split)
     distributed.from_main(lambda: _prepare_locked(cfg, out, resume, overwrite))
-    data = build.build_benchmark(cfg)
     main = distributed.is_main()
     log.info("%s", run_summary(cfg, data, dev, out))
     results = []
@@ -209,7 +214,10 @@ def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, size
     loss = getattr(classifier, "loss", None) or HEAD_TRAINING["loss"]
     evaluated = getattr(data, f"{cfg.eval_split}_targets", None)
     evaluated = evaluated if evaluated is not None else []
-    model = cfg.backbone.options.get("model")
+    options = cfg.backbone.options
+    model = "random init" if options.get("random_init_config") else options.get("model")
+    if model and options.get("pretrained") is False:
+        model += ", random init"
     per_class = b.options.get("max_per_class")
     lines = [f"{cfg.method.name} on {b.name}: {shape} ({sum(sizes)} of {data.num_classes} classes"
              + (f", at most {per_class} samples per class" if per_class else "") + "); the data holds "
@@ -232,7 +240,15 @@ def _prepare_locked(cfg: RunConfig, out: Path, resume: bool, overwrite: bool) ->
 
 
 def _previous_results(path: Path, resume: bool) -> dict[str, Any]:
-    """The seed's results.json when resuming and it exists, else {}."""
+    """The seed's results.json when resuming and it exists, else {}. A seed that `sdlora learn` grew is continued by
+    `learn` alone: `train --resume` would run the config's tasks over the learned ones."""
+    learned = path.parent / LEARNED
+    if resume and learned.is_file():
+        pending = [t for t in json.loads(learned.read_text())["tasks"] if t["status"] != "complete"]
+        if pending:
+            raise ValueError(f"{path.parent}: `sdlora learn` of task {pending[-1]['task'] + 1} did not complete; "
+                             f"continue it with `sdlora learn {path.parent.parent} --resume` (or put the run back "
+                             "with --abandon), not with `train --resume`")
     return json.loads(path.read_text()) if resume and path.is_file() else {}
 
 
@@ -254,7 +270,15 @@ def write_summary(out: Path) -> dict[str, Any]:
     summary_file = out / "summary.json"
     if not results or not summary_file.is_file():
         return {}
-    summary = {**summarize_runs(results), "out": json.loads(summary_file.read_text()).get("out", str(out))}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for result in results:  # `learn --seed` grows one seed: its classes are no longer the others'
+        groups.setdefault(tuple(result["class_names"][:sum(result["task_sizes"])]), []).append(result)
+    where = {"out": json.loads(summary_file.read_text()).get("out", str(out))}
+    if len(groups) == 1:
+        summary = {**summarize_runs(results), **where}
+    else:  # no mean over seeds that learned different classes: one summary per group of seeds that match
+        summary = {"seeds": [r.get("seed") for r in results], **where,
+                   "groups": [{**summarize_runs(g), "task_sizes": g[0]["task_sizes"]} for g in groups.values()]}
     write_json_atomic(summary_file, summary)
     return summary
 

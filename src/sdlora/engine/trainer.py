@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from sdlora.config import RunConfig, TrainConfig
 from sdlora.data.base import BenchmarkData
 from sdlora.data.length_order import bucket_order, pass_loader
-from sdlora.data.scenario import Scenario, TaskInfo
+from sdlora.data.scenario import Scenario, TaskInfo, check_same_classes
 from sdlora.devices import move_to
 from sdlora.engine import build, cost, distributed
 from sdlora.engine.checkpoint import (
@@ -138,6 +138,7 @@ class Trainer:
             "rng": rng_meta,
             "record": self.record.progress(),
             "loggers": self.loggers.positions(),
+            "classes": self.scenario.class_names(self.scenario.task(task).total),  # what the model knows so far
         }
         tensors = prefixed(tensors, "method") | rng_tensors
         if optimizer is not None and not finished:
@@ -157,6 +158,8 @@ class Trainer:
         if loaded is None:
             return 0, 0, None, {}
         meta, tensors = loaded
+        if "classes" in meta:  # checkpoints written before it was saved cannot tell
+            check_same_classes(meta["classes"], self.scenario.class_names(), "--resume")
         self.counter = meta["counter"] + 1
         self.step = meta.get("step", 0)
         self.log_positions = meta.get("loggers", {})

@@ -8,6 +8,7 @@ true class, columns = predicted class, and `confusion.png`), from the same predi
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from sdlora.data.length_order import pass_loader
 from sdlora.engine.loop import predictions
 from sdlora.engine.restore import restore_run
 from sdlora.serving.learn_data import run_scenario
+
+log = logging.getLogger("sdlora")
 
 
 def evaluate_run(run_dir: Path, seed: int | None = None, split: str = "test", device: str = "cpu",
@@ -35,10 +38,16 @@ def evaluate_run(run_dir: Path, seed: int | None = None, split: str = "test", de
     confusion = np.bincount(true * task.total + predicted, minlength=task.total ** 2).reshape(task.total, task.total)
     owner = scenario.task_of_label(np.arange(task.total))
     correct, samples = np.diag(confusion), confusion.sum(1)  # per true class
-    per_task = [100.0 * correct[owner == k].sum() / max(samples[owner == k].sum(), 1) for k in range(task.index + 1)]
+    counts = [int(samples[owner == k].sum()) for k in range(task.index + 1)]
+    per_task = [round(100.0 * correct[owner == k].sum() / n, 4) if n else None for k, n in enumerate(counts)]
     result = {"run": str(run.folder), "split": split, "tasks": run.tasks_done,
-              "accuracy": round(100.0 * np.trace(confusion) / max(confusion.sum(), 1), 4),
-              "per_task": [round(a, 4) for a in per_task]}
+              "accuracy": round(100.0 * np.trace(confusion) / confusion.sum(), 4) if confusion.sum() else None,
+              "per_task": per_task}
+    missing = [k + 1 for k, n in enumerate(counts) if not n]
+    if missing:  # a learned task's test file gone, or the run's benchmark data unreachable
+        result["not_evaluated"] = missing
+        log.warning("tasks %s have no %s data to read any more: per_task holds null for them, and accuracy covers "
+                    "the other tasks only", missing, split)
     if per_class is not None:
         folder = Path(per_class) if str(per_class) else run.folder / f"per_class_{split}"
         write_per_class(folder, scenario.class_names(task.total), owner, confusion)

@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from sdlora.config import RunConfig
 from sdlora.data.base import BenchmarkData, ListDataset
-from sdlora.data.scenario import RemappedSubset, Scenario
+from sdlora.data.scenario import RemappedSubset, Scenario, check_same_classes
 from sdlora.engine import build
 from sdlora.serving.learn_files import check_task_path
 
@@ -44,13 +44,11 @@ def read_text_task(path: Path, text_column: str, label_column: str) -> NewTask:
 
 def read_image_task(path: Path, text_column: str, label_column: str) -> NewTask:
     """An image folder: one sub-folder per class (torchvision's ImageFolder layout), images below it."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    from sdlora.data.image_folder import class_folders
+    from sdlora.data.image_folder import class_folders, image_files
 
     items, labels = [], []
     for name in class_folders(path):
-        files = sorted(p for p in (path / name).rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        files = image_files(path / name)
         items += [str(p) for p in files]
         labels += [name] * len(files)
     if not items:
@@ -103,6 +101,9 @@ def original_part(cfg: RunConfig, base: dict[str, Any]) -> tuple[Sequence[Datase
         (train, t0), (test, t1) = _empty(), _empty()
         return [train, test], [t0, t1], False
     trained = np.asarray(base["class_order"][:sum(base["task_sizes"])], dtype=np.int64)
+    if "class_names" in base:
+        check_same_classes(base["class_names"][:len(trained)],
+                           [data.class_names[c] for c in trained if c < data.num_classes], "the run's data")
     mapping = np.full(data.num_classes, -1, dtype=np.int64)
     mapping[trained] = np.arange(len(trained))
     parts = [RemappedSubset(base, np.flatnonzero(mapping[targets] >= 0), targets, mapping)
@@ -118,7 +119,8 @@ def combined_data(cfg: RunConfig, base: dict[str, Any], learned: list[dict[str, 
     sizes = list(base["task_sizes"])
     names = list(base["class_names"])[:sum(sizes)]
     trains, tests, train_ts, test_ts = [train], [test], [train_t], [test_t]
-    info: dict[str, Any] = {"original_reachable": reachable, "learned": []}
+    info: dict[str, Any] = {"original_reachable": reachable, "learned": [],
+                            "benchmark_classes": len(base["class_names"])}  # of which the run trained sum(sizes)
     for i, entry in enumerate(learned):
         index = {name: len(names) + k for k, name in enumerate(entry["classes"])}
         names += entry["classes"]
@@ -149,6 +151,8 @@ def run_scenario(run: Any) -> Scenario:
     """The scenario of a run folder (`RunFolder`): the config's, grown by the tasks `learn` completed."""
     done = [t for t in run.learned if t["status"] == "complete"]
     if not done:
-        return build.build_scenario(run.cfg, build.build_benchmark(run.cfg), run.seed)
+        scenario = build.build_scenario(run.cfg, build.build_benchmark(run.cfg), run.seed)
+        check_same_classes(run.trained_classes, scenario.class_names(), "the run's data")
+        return scenario
     data, sizes = combined_data(run.cfg, run.base, done, None)
     return GrowingScenario(data, sizes)
