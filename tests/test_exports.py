@@ -331,6 +331,20 @@ def test_export_never_mixes_into_an_existing_output_and_leaves_nothing_on_refusa
     assert main(["export", str(tiny_text_run), "--out", str(single), "--overwrite"]) == 0
 
 
+def test_the_single_file_names_its_classes_and_an_image_run_its_preprocessing(tiny_text_run, tiny_vit_run, tmp_path):
+    from safetensors import safe_open
+
+    for run, images_run in ((tiny_text_run, False), (tiny_vit_run, True)):
+        out = tmp_path / f"{run.parent.parent.name}.safetensors"
+        assert main(["export", str(run), "--out", str(out)]) == 0
+        with safe_open(str(out), "pt") as f:
+            meta, rows = f.metadata(), f.get_tensor("head.weight").shape[0]
+        assert json.loads(meta["class_names"]) == json.loads((run / "results.json").read_text())["class_names"][:rows]
+        assert ("preprocess" in meta) == images_run
+        if images_run:
+            assert json.loads(meta["preprocess"])["model_data"]["input_size"] == [3, 32, 32]
+
+
 @pytest.mark.slow
 def test_the_peft_card_of_a_minilm_run_loads_offline_as_written(clinc_two_task_run, tmp_path):
     """The model card's code, run as a user pastes it (FOLDER replaced), with the hub out of reach."""

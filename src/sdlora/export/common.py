@@ -29,6 +29,15 @@ def classifier_kind(method: Any) -> str:
     return "linear" if head is None else str(head.export_kind)
 
 
+def class_names_of(run: Any, num_classes: int) -> list[str]:
+    """A `RestoredRun`'s class names in head-row order (trained, then learned); their count must be the head's
+    (`restore_run` lets only a finished run through: a mismatch is a broken folder, never a silent relabelling)."""
+    names = run.run.trained_classes
+    if len(names) != num_classes:
+        raise ValueError(f"{run.folder}: the head has {num_classes} classes but the run names {len(names)}")
+    return names
+
+
 @dataclass
 class ExportSource:
     """A finished run, reduced to what exports write: merged backbone, classifier, names and record."""
@@ -55,7 +64,7 @@ class ExportSource:
         results = run.folder / "results.json"
         record = json.loads(results.read_text()) if results.is_file() else {}
         num = state["head.weight"].shape[0]
-        names = list(record.get("class_names") or [str(i) for i in range(num)])[:num]
+        names = class_names_of(run, num)
         return cls(backbone=method.backbone, method=method, merged_backbone=merged,
                    head_weight=state["head.weight"], head_bias=state["head.bias"],
                    classifier=classifier_kind(method), class_names=names,
