@@ -183,3 +183,18 @@ def test_learning_one_seed_of_several_keeps_their_summaries_apart(tmp_path):
     assert [(g["seeds"], g["task_sizes"]) for g in summary["groups"]] == [([3], [2, 2, 2]), ([4], [2, 2])]
     grown = json.loads((tmp_path / "run" / "seed-3" / "results.json").read_text())
     assert summary["groups"][0]["metrics"]["final_accuracy"]["mean"] == grown["metrics"]["final_accuracy"]
+
+
+def test_eval_says_when_a_learned_tasks_test_file_changed(finished, tmp_path, caplog):
+    seed, _ = finished
+    run = copy_run(seed, tmp_path)
+    new = write_text_files(tmp_path / "new", NEW)
+    learn(run, Path(new["train_file"]), Path(new["test_file"]))
+    with caplog.at_level("WARNING", logger="sdlora"):
+        evaluate_run(run)
+    assert "changed since task" not in caplog.text
+    with open(new["test_file"], "a") as f:
+        f.write(f"{NEW[0]} once more,{NEW[0]}\n")
+    with caplog.at_level("WARNING", logger="sdlora"):
+        evaluate_run(run)
+    assert f"{Path(new['test_file']).resolve()} changed since task 3 was learned" in caplog.text

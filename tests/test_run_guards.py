@@ -51,6 +51,9 @@ def test_overwrite_that_fails_on_its_data_keeps_the_old_run(tmp_path):
     assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == before
     with pytest.raises(ValueError, match="give one of them"):
         go(data, tmp_path / "run", resume=True, overwrite=True)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="--out .*file is a file; a run writes a folder"):
+        go(data, tmp_path / "file")
 
 
 def test_a_seed_given_twice_is_refused():

@@ -62,6 +62,8 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse (before anything is written) to mix a new run into a folder that holds another."""
     if resume and overwrite:
         raise ValueError("--resume continues the run in the folder and --overwrite replaces it: give one of them")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; a run writes a folder: give a folder's path")
     if holds_run(out) and not resume and not overwrite:
         raise OutputExists(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
 

@@ -24,8 +24,9 @@ def low_rank_deltas(method: Any) -> dict[str, tuple[Tensor, Tensor]]:
 
     adapter = getattr(method, "adapter", None)
     if not isinstance(adapter, SDLoRAAdapter):
+        other = "timm" if method.backbone.modality == "images" else "hf"
         raise ValueError(f"--format peft writes SD-LoRA's merged update; this run's method "
-                         f"{type(method).__name__} has no SD-LoRA adapter (use --format timm or hf)")
+                         f"{type(method).__name__} has no SD-LoRA adapter (use --format {other})")
     out: dict[str, tuple[Tensor, Tensor]] = {}
     for name, wrapper in adapter.wrappers.items():
         bank = wrapper.bank

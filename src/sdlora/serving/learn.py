@@ -26,7 +26,6 @@ from typing import Any
 
 from sdlora.config import RunConfig, config_to_dict, load_config
 from sdlora.config_migration import LEGACY
-from sdlora.data.download import sha256_file
 from sdlora.engine import build
 from sdlora.engine.checkpoint import write_json_atomic
 from sdlora.engine.lock import output_lock
@@ -44,7 +43,7 @@ from sdlora.engine.trainer import CheckpointHook, Trainer
 from sdlora.method_config import HEAD_TRAINING
 from sdlora.registry import BACKBONES, METHODS
 from sdlora.serving.backup import drop_backup, restore_backup, take_backup
-from sdlora.serving.learn_data import GrowingScenario, NewTask, combined_data, read_task
+from sdlora.serving.learn_data import GrowingScenario, NewTask, combined_data, fingerprint, read_task
 from sdlora.serving.learn_files import check_task_files
 from sdlora.typed import ConfigError
 
@@ -73,19 +72,6 @@ class LearnRecord(RunRecord):
         if any(n == 0 for n in counts):
             raise ValueError(f"task(s) {[j + 1 for j, n in enumerate(counts) if n == 0]} have no test samples")
         super().add_task(row, counts, trainable, seconds, {**info, "not_re_evaluated": stale})
-
-
-def fingerprint(path: Path | str) -> str:
-    """sha256 of a file; of a folder, sha256 over its files' relative paths and sizes (cheap, catches edits)."""
-    import hashlib
-
-    path = Path(path)
-    if path.is_file():
-        return sha256_file(path)
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
-    return h.hexdigest()
 
 
 def fixed_by_the_model(key: str) -> bool:
@@ -155,7 +141,8 @@ def _start(run: RunFolder, train_file: Path | None, test_file: Path | None, text
     new, test = read_task(train_file, text_column, label_column), read_task(test_file, text_column, label_column)
     classes = check_new_task(run, cfg, new, test, train_file, test_file)
     entry = {"task": len(run.record["accuracy_matrix"]), "train": str(train_file.resolve()),
-             "test": str(test_file.resolve()), "sha256": fingerprint(train_file), "classes": classes,
+             "test": str(test_file.resolve()), "sha256": fingerprint(train_file),
+             "test_sha256": fingerprint(test_file), "classes": classes,
              "text_column": text_column, "label_column": label_column, "set": list(overrides), "status": "running"}
     learned = run.learned_file()
     take_backup(run.folder, run.out)

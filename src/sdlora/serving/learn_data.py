@@ -34,6 +34,21 @@ class NewTask:
     kind: str  # "text" | "images": what a backbone's `modality` must be to take them
 
 
+def fingerprint(path: Path | str) -> str:
+    """sha256 of a file; of a folder, sha256 over its files' relative paths and sizes (cheap, catches edits)."""
+    import hashlib
+
+    from sdlora.data.download import sha256_file
+
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
 def read_text_task(path: Path, text_column: str, label_column: str) -> NewTask:
     """A CSV / TSV / JSON-lines file of (text, label) rows."""
     from sdlora.data.benchmarks.text_files import read_text_file
@@ -133,6 +148,9 @@ def combined_data(cfg: RunConfig, base: dict[str, Any], learned: list[dict[str, 
         reachable_test = bool(test_file and Path(test_file).exists())
         if reachable_test:
             assert test_file is not None  # reachable_test
+            if entry.get("test_sha256") not in (None, fingerprint(test_file)):
+                log.warning("%s changed since task %d was learned: its accuracy is over the file as it is now",
+                            test_file, entry["task"] + 1)
             test_task = read_task(Path(test_file), entry["text_column"], entry["label_column"])
             unknown = sorted(set(test_task.labels) - set(index))
             if unknown:
