@@ -165,7 +165,8 @@ def compare_counts(known: KnownCounts | None, num_classes: int, counts: dict[str
         report.note(f"split ({found}) differs from the known layouts ({expected})")
 
 
-def check_inventory(inventory: Inventory, known: KnownCounts | None, report: Report) -> None:
+def check_inventory(inventory: Inventory, known: KnownCounts | None, report: Report) -> int:
+    """Counts, problems and every file's readability of a benchmark of image files; returns its number of classes."""
     counts = inventory.counts()
     per_split_classes = inventory.classes_per_split()
     for split, n in counts.items():
@@ -180,10 +181,12 @@ def check_inventory(inventory: Inventory, known: KnownCounts | None, report: Rep
     report.listing("unreadable images", [f"{p}  ({why})" for p, why, missing in failures if not missing])
     if not failures:
         report.ok("every image opens")
+    return len(inventory.class_names)
 
 
-def check_loaded(bench: Any, known: KnownCounts | None, report: Report) -> None:
-    """Benchmarks without image files (CIFAR-100 arrays, text): counts from the loaded targets."""
+def check_loaded(bench: Any, known: KnownCounts | None, report: Report) -> int:
+    """Benchmarks without image files (CIFAR-100 arrays, text): counts from the loaded targets; returns the number
+    of classes."""
     load = getattr(bench, "load_local", bench.load)
     data = load()
     counts = {"train": len(data.train_targets), "test": len(data.test_targets)}
@@ -191,6 +194,7 @@ def check_loaded(bench: Any, known: KnownCounts | None, report: Report) -> None:
         targets = getattr(data, f"{split}_targets")
         report.say(f"{split}: {counts[split]:,} samples in {len(set(targets.tolist()))} classes")
     compare_counts(known, data.num_classes, counts, report)
+    return data.num_classes
 
 
 __all__ = [
