@@ -19,7 +19,7 @@ def write(tmp_path, data, name="cfg.yaml"):
 def test_yaml_numbers_with_exponents_are_floats(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tiny()).replace("lr: 0.05", "lr: 1e-3"))
-    cfg = load_config(path, ["train.weight_decay=5E-4", "train.gamma=-2.5e+1"])
+    cfg = load_config(path, ["train.weight_decay=5E-4", "train.scheduler=multistep", "train.gamma=-2.5e+1"])
     assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 0.0005 and cfg.train.gamma == -25.0
     assert parse_yaml("[1e3, .5, 1_000, 0x10, +1.e2, 1e, e3, 1.0.0]", "t") == [1000.0, 0.5, 1000, 16, 100.0,
                                                                               "1e", "e3", "1.0.0"]

@@ -156,8 +156,8 @@ def test_a_files_key_overrides_its_bases_other_spelling(tmp_path):
     write("old.yaml", old_style())
     write("new.yaml", new_style())
     child = write("a.yaml", {"base": "old.yaml", "method": {"classifier": {"kind": "linear", "drift": "none"}}})
-    with pytest.warns(ConfigDeprecationWarning):  # the base's other old keys still apply
-        assert load_config(child).method.classifier == ClassifierConfig("linear", "none", 0.5, "class_mean", 7.0)
+    with pytest.warns(ConfigDeprecationWarning):  # the base's other old keys still apply (sdc_sigma: not without sdc)
+        assert load_config(child).method.classifier == ClassifierConfig("linear", "none", None, "class_mean", 7.0)
     child = write("b.yaml", {"base": "new.yaml", "train": {"head_init": "random"}})
     with pytest.warns(ConfigDeprecationWarning):
         assert load_config(child).method.classifier.head_init == "random"
@@ -173,9 +173,9 @@ def test_a_files_key_overrides_its_bases_other_spelling(tmp_path):
 
 def test_set_with_the_old_key_still_works():
     with pytest.warns(ConfigDeprecationWarning, match="train.classifier.kind is now method.classifier.kind"):
-        cfg = resolved(new_style(), ["train.classifier.kind=linear", "train.classifier.drift=none",
-                                     "train.head_init_scale=3"])
-    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.5, "class_mean", 3.0, **TRAINS)
+        cfg = resolved(new_style(classifier={**NEW, "sdc_sigma": None}), [
+            "train.classifier.kind=linear", "train.classifier.drift=none", "train.head_init_scale=3"])
+    assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.3, "class_mean", 3.0, **TRAINS)
     with pytest.warns(ConfigDeprecationWarning):  # a whole old mapping replaces kind, drift and sdc_sigma
         cfg = resolved(new_style(), ["train.classifier={kind: linear}"])
     assert cfg.method.classifier == ClassifierConfig("linear", "none", 0.3, "class_mean", 7.0, **TRAINS)

@@ -8,8 +8,8 @@ BASE = {"benchmark": {"name": "synthetic"}, "backbone": {"name": "timm_vit"}, "m
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(data=BASE, overrides=["train.lr=0.5", "train.milestones=[3, 6]", "train.grad_clip=null",
-                                            "benchmark.options.num_classes=4", "seed=7"])
+    cfg = load_config(data=BASE, overrides=["train.lr=0.5", "train.scheduler=multistep", "train.milestones=[3, 6]",
+                                            "train.grad_clip=null", "benchmark.options.num_classes=4", "seed=7"])
     assert cfg.train.lr == 0.5 and cfg.train.milestones == [3, 6] and cfg.train.grad_clip is None
     assert cfg.benchmark.options == {"num_classes": 4}
     assert cfg.seeds == [7]  # `seed` is a shortcut for a one-element `seeds`

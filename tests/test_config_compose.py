@@ -74,7 +74,7 @@ def write(folder, name, data):
 BASE = {"benchmark": {"name": "synthetic", "increment": 2, "options": {"num_classes": 6, "seed": 1}},
         "backbone": {"name": "timm_vit"},
         "method": {"name": "sdlora", "options": {"rank": 4, "norm": "factors"}},
-        "train": {"lr": 0.1, "milestones": [1, 2]}}
+        "train": {"lr": 0.1, "scheduler": "multistep", "milestones": [1, 2]}}
 
 
 def test_deep_merge_chains_and_relative_paths(tmp_path):

@@ -60,8 +60,10 @@ def test_timm_export_loads_through_timm_pretrained_path_strictly(tiny_vit_run, t
     card_model = scope["model"]
     with torch.no_grad():
         torch.testing.assert_close(card_model.eval()(x), expected, atol=1e-5, rtol=1e-5)
+
     def data_config(model) -> dict:
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in timm.data.resolve_model_data_config(model).items()}
+        resolved = timm.data.resolve_model_data_config(model)
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items()}
 
     run_config = data_config(local)
     assert data_config(card_model) == run_config

@@ -318,6 +318,6 @@ def test_data_check_compares_clinc150_with_its_published_sizes(data_root, capsys
     assert "split (train 1,500 / test 1,500) matches" in capsys.readouterr().out
     for setting, message in (("benchmark.init_classes=151", "init_classes=151 exceeds the 150 classes"),
                              ("benchmark.num_tasks=11", "num_tasks=11, but 150 classes"),
-                             ("benchmark.class_order=[0, 1, 1]", "class_order: the list must be a permutation of 0..149")):
+                             ("benchmark.class_order=[0, 1, 1]", "class_order: the list must be a permutation")):
         assert main(["data", "check", config, "--set", f"benchmark.data_root={data_root}", "--set", setting]) == 1
         assert f"ERROR: benchmark: {message}" in capsys.readouterr().out  # what train would stop on

@@ -17,14 +17,14 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 
 from sdlora import config_migration
 from sdlora.method_config import ClassifierConfig as ClassifierConfig  # re-exported
 from sdlora.method_config import MethodConfig
-from sdlora.typed import ConfigError, from_dict, to_dict
+from sdlora.typed import ConfigError, ReadWhen, from_dict, to_dict
 
 #: YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3` (no dot) as a string
 _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -175,6 +175,9 @@ SGD_MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 
 
+#: keys of the multistep schedule only
+MULTISTEP = ReadWhen("scheduler", ("multistep",))
+
 #: `train.compile`: none, or torch.compile's mode (sdlora.engine.compiled)
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 
@@ -202,9 +205,9 @@ class TrainConfig:
     # cosine: CosineAnnealingLR(T_max=epochs, eta_min=min_lr); quarter_cosine: lr * cos(0.495 pi e / (epochs - 1))
     # for epoch e (InfLoRA's / CODA-Prompt's CosineSchedule; min_lr unused)
     scheduler: Literal["constant", "multistep", "cosine", "quarter_cosine"] = "constant"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    milestones: Annotated[list[int], MULTISTEP] = field(default_factory=list)
+    gamma: Annotated[float, MULTISTEP] = 0.1
+    min_lr: Annotated[float, ReadWhen("scheduler", ("cosine",))] = 0.0
     first_task: FirstTaskConfig = field(default_factory=FirstTaskConfig)
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"  # used only on a GPU
@@ -231,6 +234,10 @@ class TrainConfig:
             raise ValueError(f"momentum ({self.momentum}) is SGD's; {self.optimizer} takes betas (now {self.betas})")
         if self.optimizer == "sgd" and tuple(self.betas) != ADAM_BETAS:
             raise ValueError(f"betas ({self.betas}) are Adam's; sgd takes momentum (now {self.momentum})")
+        first = self.first_task
+        if self.scheduler != "multistep" and (first.milestones is not None or first.gamma is not None):
+            raise ValueError(f"first_task.milestones and first_task.gamma shape the multistep schedule; with "
+                             f"scheduler {self.scheduler!r} they change nothing: remove them")
         if self.length_buckets < 0:
             raise ValueError(f"length_buckets must be 0 (off) or a number of batches, got {self.length_buckets}")
         if self.batch_size % self.accumulate_steps:

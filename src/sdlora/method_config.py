@@ -99,9 +99,11 @@ class ClassifierConfig:
     How the linear head trains (every kind trains through it): `loss: current` (default, the official code):
     cross-entropy over the current task's logits only, CE(z[:, known:total], y - known); `seen`: over every
     class seen so far, CE(z[:, :total], y) (needed when a task has one class: one logit gives a zero loss).
-    `freeze_old_head` (default true): old tasks' rows get no update (with weight decay or Adam they would move
-    even without a gradient). `head_lr`: the head's learning rate (default null: the body's `train.lr`). They
-    were `train.loss`, `train.freeze_old_head` and `train.head_lr` (still read: `sdlora.config_migration`).
+    `freeze_old_head` (default true): old tasks' rows get no update. Unfrozen, they move with `loss: seen` (their
+    logits are in the loss) or by weight decay; with `loss: current` and no weight decay they get no gradient and
+    stay put (Adam's state starts at zero every task), so `false` there changes nothing and is refused.
+    `head_lr`: the head's learning rate (default null: the body's `train.lr`). They were `train.loss`,
+    `train.freeze_old_head` and `train.head_lr` (still read: `sdlora.config_migration`).
     """
 
     kind: Literal["linear", "prototypes", "lda", "ridge", "aligned"] | None = None
@@ -184,6 +186,14 @@ class ClassifierSupport:
                             "per-class statistics take 'sdc'")
         if given.affine_ridge is not None and given.drift != "affine" and "drift" not in out:
             out["affine_ridge"] = "affine_ridge tunes drift 'affine'; set drift: affine with it"
+        drift = given.drift or self.drifts[0]
+        if given.sdc_sigma not in (None, SDC_SIGMA) and drift == "none" and "sdc_sigma" not in out:
+            out["sdc_sigma"] = "sdc_sigma weighs SDC's samples; with drift 'none' it changes nothing: set drift: sdc"
+        head_init = given.head_init or (self.head_inits[0] if self.head_inits else None)
+        scale = given.head_init_scale
+        if scale not in (None, HEAD_INIT_SCALE) and head_init == "random" and "head_init_scale" not in out:
+            out["head_init_scale"] = ("head_init_scale scales the class-mean rows (head_init 'class_mean'); random "
+                                      "rows change nothing with it: set head_init: class_mean")
         if given.sdc_sigma is not None and given.drift == "affine" and "drift" not in out:
             out["sdc_sigma"] = ("sdc_sigma weighs SDC's samples (drift 'sdc'); drift 'affine' fits one map to all of "
                                  "them: set it to null")

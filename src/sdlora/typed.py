@@ -40,6 +40,46 @@ class Range:
 PositiveInt = Annotated[int, Range(min=1)]
 
 
+@dataclass(frozen=True)
+class ReadWhen:
+    """`Annotated[T, ReadWhen("drift", ("sdc",))]`: the key is read only when key `other` of the same mapping has one
+    of `values` (`negate`: none of them). A value other than the key's default where it is not read would change
+    nothing, so `from_dict` refuses it, naming the key that decides (the default stays accepted: a config may switch
+    `other` without deleting the key, and a saved config that records every default loads again)."""
+
+    other: str
+    values: tuple[Any, ...]
+    negate: bool = False
+
+    def holds(self, obj: Any) -> bool:
+        return (getattr(obj, self.other) in self.values) != self.negate
+
+    def why(self, obj: Any) -> str:
+        values = " or ".join(map(repr, self.values))
+        return (f"it is read only when {self.other} is {'not ' if self.negate else ''}{values} "
+                f"(here {self.other}: {getattr(obj, self.other)!r})")
+
+
+def default_of(fld: dataclasses.Field) -> Any:
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return dataclasses.MISSING
+
+
+def check_read(obj: Any, hints: dict[str, Any], key: str) -> None:
+    """Refuse a non-default value of a key that `ReadWhen` says is not read here (`obj` a built dataclass)."""
+    for fld in dataclasses.fields(obj):
+        hint = hints.get(fld.name)
+        marks = get_args(hint)[1:] if get_origin(hint) is Annotated else ()
+        for mark in marks:
+            value = getattr(obj, fld.name)
+            if isinstance(mark, ReadWhen) and not mark.holds(obj) and value != default_of(fld):
+                sub = f"{key}.{fld.name}" if key else fld.name
+                raise ConfigError(f"{sub}: {value!r} would change nothing: {mark.why(obj)}; remove it")
+
+
 def did_you_mean(word: str, choices: list[str] | set[str]) -> str:
     """' (did you mean 'x'?)' for the closest known name, or ''."""
     close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
@@ -153,9 +193,11 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
         elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{sub}: required key is missing (expected {_type_name(hints[name])})")
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{label}: {err}") from err
+    check_read(obj, hints, key)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:
@@ -170,4 +212,4 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["ConfigError", "PositiveInt", "Range", "convert", "did_you_mean", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "PositiveInt", "Range", "ReadWhen", "convert", "did_you_mean", "from_dict", "to_dict"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Annotated, Any
 
 from sdlora.adapters.choices import KERNEL_KINDS, MODE_DEFAULTS, NORM_NAMES
 from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
-from sdlora.typed import PositiveInt
+from sdlora.typed import PositiveInt, ReadWhen
 
 KD_FITS = ("joint", "per_layer")
 KD_RESIDUALS = ("relative", "paper")
@@ -44,13 +44,13 @@ class SDLoRAConfig:
     """
 
     targets: list[str] | None = None  # None: DEFAULT_TARGETS (timm ViT q, v); the method gives the backbone's
-    rank: PositiveInt = 10
+    rank: Annotated[PositiveInt, ReadWhen("rank_schedule", (None,))] = 10  # a schedule starts at task 0
     rank_schedule: list[list[int]] | str | None = None
     variant: str = "plain"
     current_mode: str = "continuous"
     norm: str | None = None
     magnitude_init: float | None = None
-    kd_tau: float = 9e-4
+    kd_tau: Annotated[float, ReadWhen("variant", ("kd",))] = 9e-4
     kd_fit: str = "joint"
     kd_residual: str = "relative"
     kernel: str = "auto"
@@ -68,6 +68,9 @@ class SDLoRAConfig:
             self.rank_schedule = "rr"
         if self.rank_schedule is not None:
             self.rank_schedule = normalize_schedule(self.rank_schedule)
+        if self.variant == "rr" and self.rank_schedule != normalize_schedule("rr"):
+            raise ValueError(f"variant 'rr' only fills in its rank_schedule ({normalize_schedule('rr')}); with "
+                             f"another schedule ({self.rank_schedule}) it is variant 'plain': say that")
         _choice("current_mode", self.current_mode, list(MODE_DEFAULTS))
         if self.norm is not None:
             _choice("norm", self.norm, list(NORM_NAMES))

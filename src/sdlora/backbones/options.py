@@ -8,7 +8,9 @@ is the backbone's `check_options`, run by `engine.build.validate_plugins` once e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from sdlora.typed import ReadWhen
 
 
 @dataclass
@@ -17,7 +19,7 @@ class TimmViTOptions:
     weights come from, and extra `timm.create_model` arguments."""
 
     model: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
-    pretrained: bool = True
+    pretrained: bool = True  # from the hub; a pretrained_file is the weights whatever this says
     pretrained_file: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. img_size, depth (tiny test models)
 
@@ -32,7 +34,7 @@ class HFEncoderOptions:
     normalize: bool = False  # L2-normalise the pooled feature
     tokenizer: str | None = None  # None: the tokenizer of `model`
     random_init_config: dict[str, Any] | None = None  # {model_type: bert, ...}: random weights (tests)
-    init_seed: int = 0  # seed of the random init
+    init_seed: Annotated[int, ReadWhen("random_init_config", (None,), negate=True)] = 0  # of the random init
     config_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {hidden_dropout_prob: 0.0}
 
     def __post_init__(self) -> None:

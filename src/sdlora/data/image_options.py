@@ -8,7 +8,9 @@ line validates a config's `benchmark.options` before importing them (`sdlora.dat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from sdlora.typed import ReadWhen
 
 #: named normalisations (`sdlora.data.transforms.NORMALIZATIONS`, plus `model`: the backbone's own mean/std)
 Normalize = Literal["none", "imagenet", "inception", "model"]
@@ -16,6 +18,8 @@ Normalize = Literal["none", "imagenet", "inception", "model"]
 Augment = Literal["official", "none", "timm"]
 #: what a benchmark does with an unreadable image (`sdlora.data.image_folder`)
 OnCorrupt = Literal["skip", "stop"]
+#: random erasing's settings, read only when it erases
+ERASING = ReadWhen("re_prob", (0, 0.0), negate=True)
 
 
 @dataclass
@@ -38,11 +42,11 @@ class TimmAugment:
     ratio: list[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])  # aspect-ratio range
     hflip: float = 0.5  # horizontal flip probability (0 for text, digits, anything orientation-sensitive)
     vflip: float = 0.0
-    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    color_jitter: Annotated[float, ReadWhen("auto_augment", (None,))] = 0.4  # timm ignores it beside auto_augment
     auto_augment: str | None = None  # e.g. "rand-m9-mstd0.5-inc1" (RandAugment), "augmix-m5-w4-d2"
     re_prob: float = 0.0  # random erasing probability
-    re_mode: str = "const"
-    re_count: int = 1
+    re_mode: Annotated[str, ERASING] = "const"
+    re_count: Annotated[int, ERASING] = 1
     interpolation: str | None = None  # None: the backbone's (bicubic for ViTs), else timm's "bilinear"
     crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's, else 224/256
 

@@ -146,3 +146,16 @@ def check_degenerate(cfg: RunConfig) -> None:
             f"method.classifier.loss: 'current' with one class per task ({', '.join(single)}) gives an identically "
             "zero loss (cross-entropy over a single logit), so nothing would be learned; set "
             "method.classifier.loss: seen or put at least two classes in every task")
+    check_unread(cfg, trains)
+
+
+def check_unread(cfg: RunConfig, trains: bool) -> None:
+    """Settings across sections that would change nothing (`typed.ReadWhen` covers those within one section)."""
+    c, t = cfg.method.classifier, cfg.train
+    if trains and c.freeze_old_head is False and c.loss == "current" and t.weight_decay == 0:
+        raise ConfigError("method.classifier.freeze_old_head: false changes nothing here: with loss 'current' old "
+                          "rows get no gradient and without train.weight_decay nothing else moves them (not Adam "
+                          "either); set loss: seen or a weight decay, or leave it true")
+    if t.length_buckets and BACKBONES.get(cfg.backbone.name).modality != "text":
+        raise ConfigError(f"train.length_buckets: {t.length_buckets} changes nothing: a {cfg.backbone.name} "
+                          "backbone's inputs all have one length; remove it")

@@ -137,6 +137,9 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
     out = Path(out)
     with distributed.session(pick_device(device or cfg.device)) as dev:
         micro_batch_size(cfg.train, distributed.world_size())  # a batch the processes cannot share: stop now
+        if cfg.train.amp != "none" and dev.type != "cuda" and distributed.is_main():
+            log.warning("train.amp: %s is used on a GPU only; this run on %s computes in float32", cfg.train.amp,
+                        dev)
         distributed.from_main(lambda: check_output(out, resume, overwrite))
         # progress bars on rank 0's terminal or notebook, never in a log file
         quiet = quiet or not interactive() or not distributed.is_main()

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from sdlora.adapters.config import SDLoRAConfig
-from sdlora.typed import PositiveInt
+from sdlora.typed import PositiveInt, ReadWhen
 
 #: class statistics of HiDe-Prompt's head alignment (`sdlora.methods.class_stats`)
 StatsKind = Literal["covariance", "variance", "multi_centroid"]
+#: HiDe-Prompt's keys read only when its task-identity head trains, and only when its heads are aligned
+TII, CA = ReadWhen("tii_epochs", (0,), negate=True), ReadWhen("ca_epochs", (0,), negate=True)
 
 
 @dataclass
@@ -71,7 +73,7 @@ class SDLoRAOptions(SDLoRAConfig):
     magnitude_lr: float | None = None  # learning rate of the magnitudes (None: train.lr)
     # weight decay of the magnitudes: none by default (the released code uses none; decaying alpha pulls
     # every old task's term towards zero, i.e. it is forgetting by construction)
-    magnitude_weight_decay: float = 0.0
+    magnitude_weight_decay: Annotated[float, ReadWhen("ablation", ("fixed_old",), negate=True)] = 0.0
     ablation: Literal["none", "first_direction_only", "fixed_old"] = "none"  # Table 4
     # lambda of the pull of each old magnitude towards its value at the end of its task (module docstring)
     magnitude_anchor: float = 0.0
@@ -84,6 +86,10 @@ class SDLoRAOptions(SDLoRAConfig):
             raise ValueError(f"magnitude_weight_decay must be >= 0, got {self.magnitude_weight_decay}")
         if not self.magnitude_anchor >= 0:
             raise ValueError(f"magnitude_anchor must be >= 0, got {self.magnitude_anchor}")
+        later = [task for task, _ in self.rank_schedule or [] if task > 0]  # type: ignore[misc]  # normalised
+        if self.ablation == "first_direction_only" and later:
+            raise ValueError(f"rank_schedule entries from task {later[0]} on change nothing with ablation "
+                             "'first_direction_only' (no direction opens after the first task): remove them")
         if self.magnitude_anchor and self.ablation == "fixed_old":
             raise ValueError("magnitude_anchor has no effect with ablation 'fixed_old' (old magnitudes are "
                              "frozen): remove one of them")
@@ -96,7 +102,7 @@ class SeqLoRAOptions:
     rank: PositiveInt = 10  # SD-LoRA's default rank
     targets: list[str] | None = None  # None: the backbone's default (q and v)
     decoupled: bool = False
-    magnitude_init: float = 0.0  # decoupled only
+    magnitude_init: Annotated[float, ReadWhen("decoupled", (True,))] = 0.0
     lora_lr: float | None = None  # learning rate of the LoRA parameters (None: train.lr)
 
 
@@ -200,25 +206,28 @@ class HiDePromptOptions(TaskPromptOptions):
     # init_from_previous (TaskPromptOptions, on): C:122 --shared_prompt_pool, E^t starts as E^{t-1} (E:257)
     prompt_momentum: float = 0.01  # m: S --prompt_momentum 0.01 (C:148: 0); E:315
     contrast_weight: float = 0.5  # lambda: S --reg 0.5 (C:149 default 0.01); E:75 orth_loss
-    contrast_temperature: float = 0.8  # tau: E:539 (`/ 0.8`)
+    contrast_temperature: Annotated[float, ReadWhen("contrast_weight", (0, 0.0), negate=True)] = 0.8  # tau: E:539
     # prompt_lr (PromptOptions): lr of the prompts (None: train.lr); the release's head gets lr / 10
     # C:151 --ca_storage_efficient_method (default multi-centroid, which no script overrides; the engines
     # E:398-415/459-470 and T:185-202/324-335 fit and sample both feature kinds with it); covariance is the
     # paper's Gaussian, variance its diagonal
     statistics: StatsKind = "multi_centroid"
-    centroids: PositiveInt = 10  # C:152 --n_centroids: k-means clusters per class (multi_centroid only)
+    # C:152 --n_centroids: k-means clusters per class (multi_centroid only)
+    centroids: Annotated[PositiveInt, ReadWhen("statistics", ("multi_centroid",))] = 10
     covariance_eps: float = 1e-4  # E:391 (+ 1e-4 I; multi_centroid: diag(var) + 1e-4 I, E:467)
     tii_hidden: list[int] = field(default_factory=lambda: [2])  # C:143 --original_model_mlp_structure
     tii_epochs: int = 20  # S, TII run: --epochs 20
-    tii_lr: float = 0.0005 * 24 / 256  # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
-    tii_batch_size: PositiveInt = 192  # 8 x 24: the TII run's DistributedSampler gives each process its own 24
+    # Adam; S, TII run: --lr 0.0005, scaled by batch 24 / 256 (TT:79)
+    tii_lr: Annotated[float, TII] = 0.0005 * 24 / 256
+    # 8 x 24: the TII run's DistributedSampler gives each process its own 24
+    tii_batch_size: Annotated[PositiveInt, TII] = 192
     ca_epochs: int = 30  # C:141 --crct_epochs (S passes 30)
-    ca_lr: float = 0.005  # S --ca_lr 0.005 (head alignment: not scaled, trainers/hideprompt_trainer.py:105)
-    tii_ca_lr: float = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
-    ca_momentum: float = 0.9  # SGD momentum, E:427 and T:292
+    ca_lr: Annotated[float, CA] = 0.005  # S --ca_lr 0.005 (head alignment, unscaled: trainers/hideprompt_trainer:105)
+    tii_ca_lr: Annotated[float, CA] = 0.005 * 24 / 256  # TII alignment: --ca_lr scaled by 24 / 256 (TT:80)
+    ca_momentum: Annotated[float, CA] = 0.9  # SGD momentum, E:427 and T:292
     # E:423 gives the SGD param group weight_decay = args.weight_decay, which is 0.0 ('--weight-decay' at C:27
     # is declared before '--weight_decay' 5e-4 at C:145 and so owns the default): SGD's own 5e-4 is overridden
-    ca_weight_decay: float = 0.0
+    ca_weight_decay: Annotated[float, CA] = 0.0
     # pseudo-features per step and per class (multi_centroid: per cluster) of the pool: the release's effective
     # batches, 24 x 5 = 120 (E:440) and 24 (T:305). Each of its 8 processes draws its own pool of that many per
     # component and takes batches of that size, and DDP averages their gradients; but main.py:104 seeds every
@@ -226,8 +235,8 @@ class HiDePromptOptions(TaskPromptOptions):
     # randperm on the same shapes, from statistics all_gathered over the processes), so the 8 pools, shuffles
     # and gradients are the same draws (read from the code, not run): the average is one process's step on
     # 120 (24), not a step on 960 (192), the defaults here before
-    ca_batch_size: PositiveInt = 120
-    tii_ca_batch_size: PositiveInt = 24
+    ca_batch_size: Annotated[PositiveInt, CA] = 120
+    tii_ca_batch_size: Annotated[PositiveInt, CA] = 24
 
     def __post_init__(self) -> None:
         super().__post_init__()

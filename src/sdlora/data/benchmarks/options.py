@@ -8,7 +8,7 @@ line's early checks reach them. Image benchmarks share the transform and file op
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from sdlora.data.image_options import (
     Augment,
@@ -19,7 +19,7 @@ from sdlora.data.image_options import (
     Normalize,
     TransformOptions,
 )
-from sdlora.typed import PositiveInt
+from sdlora.typed import PositiveInt, ReadWhen
 
 #: the six DomainNet domains (`sdlora.data.benchmarks.domainnet`), all mixed by default
 DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
@@ -44,7 +44,7 @@ class Hwu64Options:
     """HWU64 (`sdlora.data.benchmarks.hwu64`): its val split is held out of train.csv."""
 
     val_fraction: float = 0.1  # of every intent's train.csv rows, held out as `val`
-    split_seed: int = 0  # the permutation that picks them (not the run's seed)
+    split_seed: Annotated[int, ReadWhen("val_fraction", (0, 0.0), negate=True)] = 0  # picks them (not the run's seed)
     verify_checksum: bool = True
 
     def __post_init__(self) -> None:
