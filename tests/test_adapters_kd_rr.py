@@ -178,6 +178,23 @@ def test_paper_residual_weighs_every_matrix_alike() -> None:
     assert outcomes["paper"][0] is False and outcomes["paper"][1] > 0.1
 
 
+@pytest.mark.parametrize("mode", ["continuous", "official"])
+def test_paper_joint_never_absorbs_what_its_own_fit_leaves(mode: str) -> None:
+    """Each matrix's new direction is a multiple of its own old one (x2 here, x3 there): on unit directions that is
+    an exact combination (paper residual 0), but no single coefficient per task fits the model's own terms, so
+    absorbing would change the trained function. It is kept instead."""
+    model, adapter = two_tasks(mode, kd_residual="paper", kd_fit="joint")
+    with torch.no_grad():
+        for wrapper, m in zip(adapter.wrappers.values(), [2.0, 3.0], strict=True):
+            bank = wrapper.bank  # the new term := m x task 1's term, in every slice of this matrix
+            bank.cur_up.zero_()
+            bank.cur_up[:, :, :2] = m * bank.past_up[:, :, :2] / bank.divisor[:, :1, None]
+            bank.cur_down.copy_(bank.past_down[:, :4])
+    info, _ = end_both(model, adapter, torch.randn(2, 3, 32, 32))  # asserts the function is unchanged
+    assert info["residual"] < 1e-6 and info["fit_residual"] > 0.01  # passes on unit directions, not on the terms
+    assert info["absorbed"] is False
+
+
 @pytest.mark.parametrize("residual, fit", [("relative", "joint"), ("relative", "per_layer"), ("paper", "per_layer")])
 def test_both_residuals_absorb_an_exact_combination(residual: str, fit: str) -> None:
     """(paper + joint needs the same combination of *unit* directions in every matrix: see the test above.)"""

@@ -59,6 +59,12 @@ def test_merge_and_unload_gives_plain_linears_and_the_same_outputs(capsys):
         torch.testing.assert_close(plain(x), adapted, atol=1e-5, rtol=1e-5)
     fresh = tiny_vit()
     fresh.load_state_dict(plain.state_dict(), strict=True)  # plain timm keys
+    # the adapter is out of the model now: unmerging would write W0 into the plain layers (the bare backbone)
+    for call in (model.adapter.unmerge, model.begin_task, lambda: model.save_pretrained("unused")):
+        with pytest.raises(RuntimeError, match="merge_and_unload\\(\\) gave the model back as plain Linear layers"):
+            call()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), adapted, atol=1e-5, rtol=1e-5)  # still the merged model
 
 
 def test_default_targets_follow_the_hf_model_type_inside_a_task_model():

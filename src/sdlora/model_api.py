@@ -106,6 +106,7 @@ class SDLoRAModel(nn.Module):
         if kwargs:
             raise TypeError(f"SDLoRAModel.save_pretrained takes no {sorted(kwargs)}: it writes the unmerged adapter "
                             "only; for a plain transformers checkpoint use merge_and_unload().save_pretrained(...)")
+        self.adapter._check_loaded("save_pretrained")
         if self.adapter.merged:
             raise RuntimeError("the directions are merged into the weights: unmerge first, or save the plain model "
                                "with merge_and_unload().save_pretrained(...)")
@@ -160,6 +161,7 @@ class SDLoRAModel(nn.Module):
         self.adapter.merge()
         for name, wrapper in self.adapter.wrappers.items():
             set_submodule(self.base_model, name, wrapper.base)
+        self.adapter.unloaded = True  # every later lifecycle call refuses (`_check_loaded`)
         return self.base_model
 
 

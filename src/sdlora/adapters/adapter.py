@@ -68,6 +68,7 @@ class SDLoRAAdapter(nn.Module):
         self.current_task: int | None = None
         self.current_rank: int | None = None
         self.history: list[dict[str, Any]] = []
+        self.unloaded = False  # merge_and_unload put plain Linear layers back: the adapter is out of the model
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -95,8 +96,15 @@ class SDLoRAAdapter(nn.Module):
         return next(iter(self.wrappers.values())).base.weight.device
 
     def _check_unmerged(self, what: str) -> None:
+        self._check_loaded(what)
         if self.merged:
             raise RuntimeError(f"{what} needs the unmerged model: call adapter.unmerge() first")
+
+    def _check_loaded(self, what: str) -> None:
+        if self.unloaded:
+            raise RuntimeError(f"{what}: merge_and_unload() gave the model back as plain Linear layers holding the "
+                               "merged weights; it cannot learn or unmerge any more (to go on learning, use merge() "
+                               "and unmerge() instead, which keep the adapter in the model)")
 
     # -- task lifecycle --------------------------------------------------------------------------
     def begin_task(self, new_direction: bool = True, preserve_stored: bool = False) -> dict[str, int | None]:
@@ -188,11 +196,16 @@ class SDLoRAAdapter(nn.Module):
             info["coefficients"] = {name: [c for c, _ in fits] for name, fits in per_matrix.items()}
         if self.config.kd_residual == "paper":  # the test on unit directions; absorption still uses the fit above
             units = torch.cat([unit_grams(g) for g in grams.values()])  # [all slices, T+1, T+1]
+            fit_residual = residual
             if joint:
                 _, residual = least_squares(units.sum(0) / units.shape[0], live, relative=False)
             else:
                 residual = max(least_squares(u, live, relative=False)[1] for u in units)
-            passes = residual <= self.config.kd_tau
+            # the joint fit that is applied must hold too: unit directions weigh every matrix alike, so the test can
+            # pass on them while the model's own terms (of other scales) leave a large residual, and absorbing
+            # would change the trained function (per layer the two residuals are the same number)
+            passes = residual <= self.config.kd_tau and (not joint or fit_residual <= self.config.kd_tau)
+            info["fit_residual"] = fit_residual
         else:
             passes = residual < self.config.kd_tau
         info["residual"] = residual
@@ -220,6 +233,7 @@ class SDLoRAAdapter(nn.Module):
 
     def unmerge(self) -> None:
         """Restore W0 bit for bit (the W0 rows were kept at merge time)."""
+        self._check_loaded("unmerge()")
         for wrapper in self.wrappers.values():
             wrapper.unmerge()
 
