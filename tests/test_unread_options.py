@@ -40,8 +40,8 @@ CASES = {
                                                                   magnitude_weight_decay=5.0)),
                                          "magnitude_weight_decay: 5.0 would change nothing: it is read only when "
                                          "ablation is not 'fixed_old'"),
-    "later ranks beside first_direction_only": (dict(method=with_options(SDLORA, ablation="first_direction_only",
-                                                                         rank_schedule=[[0, 2], [1, 6]])),
+    "later ranks beside first_direction_only": (dict(method={"name": "sdlora", "options": {
+        "ablation": "first_direction_only", "rank_schedule": [[0, 2], [1, 6]]}}),
                                                 "rank_schedule entries from task 1 on change nothing"),
     "seq_lora magnitude not decoupled": (dict(method={"name": "seq_lora", "options": {"magnitude_init": 3.0}}),
                                          "magnitude_init: 3.0 would change nothing: it is read only when decoupled "
@@ -102,3 +102,11 @@ def test_defaults_and_saved_configs_stay_accepted(tmp_path):
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert config_to_dict(build.validate_plugins(saved)) == config_to_dict(cfg)
     validate(method={**SDLORA, "classifier": {"kind": "prototypes", "sdc_sigma": 0.3, "head_init_scale": 10.0}})
+
+
+def test_the_python_api_refuses_the_same():
+    from sdlora import SDLoRAConfig
+
+    with pytest.raises(ValueError, match=r"rank: 4 would change nothing: .* \(here rank_schedule: \[\[0, 10\], "):
+        SDLoRAConfig(rank=4, variant="rr")  # rr's schedule sets every rank
+    assert SDLoRAConfig(variant="rr").rank_for_task(5) == 8

@@ -195,7 +195,9 @@ def from_dict(cls: type, data: Any, key: str = "config") -> Any:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{label}: {err}") from err
+        # a class's own `check_read` names its field ("rank: ..."): as a key below this one ("method.options.rank")
+        named = isinstance(err, ConfigError) and str(err).split(":", 1)[0] in fields and key
+        raise ConfigError(f"{label}.{err}" if named else f"{label}: {err}") from err
     check_read(obj, hints, key)
     return obj
 

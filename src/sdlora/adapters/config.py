@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 from sdlora.adapters.choices import KERNEL_KINDS, MODE_DEFAULTS, NORM_NAMES
 from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
-from sdlora.typed import PositiveInt, ReadWhen
+from sdlora.typed import PositiveInt, ReadWhen, check_read
 
 KD_FITS = ("joint", "per_layer")
 KD_RESIDUALS = ("relative", "paper")
@@ -90,6 +90,8 @@ class SDLoRAConfig:
         if isinstance(self.kd_tau, bool) or not isinstance(self.kd_tau, int | float) or not self.kd_tau >= 0:
             raise ValueError(f"kd_tau must be a number >= 0, got {self.kd_tau!r}")
         self.kd_tau = float(self.kd_tau)
+        # the Python API too (`SDLoRAConfig(rank=4, variant="rr")`), not only configs read through from_dict
+        check_read(self, get_type_hints(type(self), include_extras=True), "")
 
     @property
     def kd(self) -> bool:
