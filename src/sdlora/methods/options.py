@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, cast
 
 from sdlora.adapters.config import SDLoRAConfig
 from sdlora.typed import PositiveInt, ReadWhen
@@ -86,7 +86,8 @@ class SDLoRAOptions(SDLoRAConfig):
             raise ValueError(f"magnitude_weight_decay must be >= 0, got {self.magnitude_weight_decay}")
         if not self.magnitude_anchor >= 0:
             raise ValueError(f"magnitude_anchor must be >= 0, got {self.magnitude_anchor}")
-        later = [task for task, _ in self.rank_schedule or [] if task > 0]  # type: ignore[misc]  # normalised
+        schedule = cast(list[list[int]], self.rank_schedule or [])  # normalised by SDLoRAConfig: [[task, rank]...]
+        later = [task for task, _ in schedule if task > 0]
         if self.ablation == "first_direction_only" and later:
             raise ValueError(f"rank_schedule entries from task {later[0]} on change nothing with ablation "
                              "'first_direction_only' (no direction opens after the first task): remove them")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def unquote(field: str | None) -> str | None:
     return field
 
 
-def read_delimited(path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> Iterator[Row]:
+def read_delimited(path: Path, delimiter: str, quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> Iterator[Row]:
     """Rows of a CSV (quoted fields may hold the delimiter and line breaks) or a TSV (read literally: one line a row,
     a quote is a character, as the TSV format has it; a whole field in quotes is unquoted). A row with more fields
     than the header is an error: the extra field would shift the label silently."""
@@ -43,7 +43,7 @@ def read_delimited(path: Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL)
         literal = quoting == csv.QUOTE_NONE
         try:
             if literal and reader.fieldnames:
-                reader.fieldnames = [unquote(name) for name in reader.fieldnames]
+                reader.fieldnames = [unquote(name) or "" for name in reader.fieldnames]
             for row in reader:
                 header = len(reader.fieldnames or ())
                 fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or ())
