@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import sdlora
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
 from sdlora.testing import tiny_bert, tiny_vit
 
@@ -24,6 +25,13 @@ def test_injecting_twice_is_refused() -> None:
     SDLoRAAdapter(model, SDLoRAConfig())
     with pytest.raises(ValueError, match="already adapted"):
         SDLoRAAdapter(model, SDLoRAConfig())
+    with pytest.raises(ValueError, match=r"already adapted \(SD-LoRA layers at blocks.0.attn.qkv"):
+        sdlora.get_sdlora_model(model)  # default targets: not "no default targets" for an adapted ViT
+
+
+def test_a_dict_config_says_what_to_pass() -> None:
+    with pytest.raises(TypeError, match=r"config must be an SDLoRAConfig \(a dict: SDLoRAConfig\(\*\*it\)\)"):
+        sdlora.get_sdlora_model(tiny_vit(), {"rank": 2})
 
 
 def test_overlapping_targets() -> None:

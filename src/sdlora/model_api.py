@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from sdlora.adapters import SDLoRAAdapter, SDLoRAConfig
+from sdlora.adapters.adapter import check_injectable
 from sdlora.wrapping import set_submodule
 
 ADAPTER_FILE = "sdlora_adapter.safetensors"
@@ -178,6 +179,7 @@ def get_sdlora_model(model: nn.Module, config: SDLoRAConfig | None = None,
     from the model: timm ViT q/v, or the query/value layers of `config.model_type`.
     """
     config = config if config is not None else SDLoRAConfig()
+    check_injectable(model, config)  # before the default targets are looked up (an adapted ViT has none)
     if config.targets is None:
         config = dataclasses.replace(config, targets=default_targets(model))
     return SDLoRAModel(model, config, modules_to_train)

@@ -37,6 +37,16 @@ VERSION = 1
 STRUCTURAL_FIELDS = ("current_mode", "resolved_targets", "resolved_norm", "kd_fit")
 
 
+def check_injectable(model: nn.Module, config: Any) -> None:
+    """An SDLoRAConfig (a dict is `SDLoRAConfig(**it)`), and a model that holds no SD-LoRA layer yet."""
+    if not isinstance(config, SDLoRAConfig):
+        raise TypeError(f"config must be an SDLoRAConfig (a dict: SDLoRAConfig(**it)), got {type(config).__name__}")
+    adapted = [name for name, module in model.named_modules() if isinstance(module, SDLoRALinear)]
+    if adapted:
+        raise ValueError(f"the model is already adapted (SD-LoRA layers at {adapted[0]}, ...): inject once, and go "
+                         "on with the SDLoRAModel that get_sdlora_model returned")
+
+
 class SDLoRAAdapter(nn.Module):
     """SD-LoRA on every target Linear of `model`; see the module docstring for the lifecycle."""
 
@@ -44,8 +54,7 @@ class SDLoRAAdapter(nn.Module):
 
     def __init__(self, model: nn.Module, config: SDLoRAConfig) -> None:
         super().__init__()
-        if not isinstance(config, SDLoRAConfig):
-            raise TypeError(f"config must be an SDLoRAConfig, got {type(config).__name__}")
+        check_injectable(model, config)
         found = find_targets(model, config.resolved_targets)
         self.config = config
         self.mode = MODES[config.current_mode]()
