@@ -27,12 +27,11 @@ def with_options(method: dict, **options) -> dict:
 
 CASES = {
     "rank beside a schedule": (dict(method=with_options(SDLORA, rank=7, rank_schedule=[[0, 3]])),
-                               r"method.options.rank: 7 would change nothing: it is read only when rank_schedule is "
-                               r"None \(here rank_schedule: \[\[0, 3\]\]\)"),
-    "rank with variant rr": (dict(method=with_options(SDLORA, rank=7, variant="rr")),
-                             "method.options.rank: 7 would change nothing"),
+                               r"method.options: rank: 7 would change nothing: a rank_schedule gives every task's "
+                               r"rank, from task 0 \(here \[\[0, 3\]\]\)"),
     "rr with its own schedule": (dict(method=with_options(SDLORA, variant="rr", rank_schedule=[[0, 3], [1, 2]])),
-                                 "variant 'rr' only fills in its rank_schedule"),
+                                 r"variant 'rr' shrinks the ranks from rank 2 \(\[\[0, 2\], \[4, 2\], \[8, 1\]\]\); "
+                                 "with another rank_schedule"),
     "kd_tau without kd": (dict(method=with_options(SDLORA, kd_tau=0.5)),
                           r"kd_tau: 0.5 would change nothing: it is read only when variant is 'kd' \(here variant: "
                           "'plain'\\)"),
@@ -95,18 +94,21 @@ def test_the_same_option_is_read_once_the_deciding_key_asks_for_it(sections, whe
 def test_defaults_and_saved_configs_stay_accepted(tmp_path):
     """Defaults of keys not read (rank beside variant rr, sdc_sigma 0.3 beside drift none) load, and a run's
     saved config.yaml, which records every resolved default, loads back."""
-    data = tiny(method=with_options(SDLORA, variant="rr", rank=10, kd_tau=9e-4), train={"epochs": 1, "gamma": 0.1})
+    data = tiny(method=with_options(SDLORA, variant="rr", rank=8, kd_tau=9e-4), train={"epochs": 1, "gamma": 0.1})
     cfg = build.validate_plugins(load_config(data=data))
-    assert cfg.method.options["rank_schedule"] == [[0, 10], [4, 8], [8, 6]]  # what rr fills in
+    assert cfg.method.options["rank_schedule"] == [[0, 8], [4, 6], [8, 5]]  # rr shrinks the rank given
     run_config(load_config(data=data), tmp_path / "run", quiet=True, stream=io.StringIO())
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert config_to_dict(build.validate_plugins(saved)) == config_to_dict(cfg)
     validate(method={**SDLORA, "classifier": {"kind": "prototypes", "sdc_sigma": 0.3, "head_init_scale": 10.0}})
 
 
-def test_the_python_api_refuses_the_same():
+def test_the_python_api_refuses_the_same_and_rr_shrinks_the_rank_it_is_given():
     from sdlora import SDLoRAConfig
 
-    with pytest.raises(ValueError, match=r"rank: 4 would change nothing: .* \(here rank_schedule: \[\[0, 10\], "):
-        SDLoRAConfig(rank=4, variant="rr")  # rr's schedule sets every rank
-    assert SDLoRAConfig(variant="rr").rank_for_task(5) == 8
+    with pytest.raises(ValueError, match=r"kd_tau: 0.5 would change nothing"):
+        SDLoRAConfig(kd_tau=0.5)
+    assert SDLoRAConfig(variant="rr").rank_schedule == [[0, 10], [4, 8], [8, 6]]  # the paper's
+    assert [SDLoRAConfig(rank=4, variant="rr").rank_for_task(t) for t in (0, 3, 4, 8)] == [4, 4, 3, 2]
+    # a run recorded before rr read its rank (the paper's schedule beside rank 8) loads as it ran
+    assert SDLoRAConfig(rank=8, variant="rr", rank_schedule=[[0, 10], [4, 8], [8, 6]]).rank_for_task(0) == 10

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any, get_type_hints
 
 from sdlora.adapters.choices import KERNEL_KINDS, MODE_DEFAULTS, NORM_NAMES
-from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task
+from sdlora.adapters.rank_schedule import check_rank, normalize_schedule, rank_for_task, rr_schedule
 from sdlora.typed import PositiveInt, ReadWhen, check_read
 
 KD_FITS = ("joint", "per_layer")
 KD_RESIDUALS = ("relative", "paper")
 VARIANTS = ("plain", "rr", "kd")
 DEFAULT_TARGETS = ["blocks.*.attn.qkv[q,v]"]
+DEFAULT_RANK = 10
 
 
 def _choice(field_name: str, value: object, allowed: list[str] | tuple[str, ...]) -> None:
@@ -33,7 +34,8 @@ class SDLoRAConfig:
     targets: fnmatch patterns on module names, each with an optional output-slice suffix: ``[q,v]`` picks
         thirds of a fused qkv Linear (q first, k middle, v last); no suffix adapts the whole output.
     rank / rank_schedule: rank of every task, or a schedule ``[[first_task, rank], ...]`` (or ``"rr"``).
-    variant: ``plain``; ``rr`` (rank_schedule defaults to 10/8/6); ``kd`` (least-squares absorption).
+    variant: ``plain``; ``rr`` (rank_schedule from rank r: r, 0.8 r, 0.6 r from tasks 0, 4, 8, i.e. 10/8/6 at the
+        default rank); ``kd`` (least-squares absorption).
     current_mode: ``continuous`` (default), ``official`` or ``paper``; see `sdlora.adapters.modes`.
     norm: ``product`` (||U D||_F, the paper) or ``factors`` (||U||_F ||D||_F, the official code); None is the
         mode's own (official: factors, paper: product). `continuous` never normalises: setting it is an error.
@@ -44,7 +46,7 @@ class SDLoRAConfig:
     """
 
     targets: list[str] | None = None  # None: DEFAULT_TARGETS (timm ViT q, v); the method gives the backbone's
-    rank: Annotated[PositiveInt, ReadWhen("rank_schedule", (None,))] = 10  # a schedule starts at task 0
+    rank: PositiveInt = DEFAULT_RANK  # of every task; variant rr: the first, which it shrinks (`rr_schedule`)
     rank_schedule: list[list[int]] | str | None = None
     variant: str = "plain"
     current_mode: str = "continuous"
@@ -64,13 +66,7 @@ class SDLoRAConfig:
             self.targets = list(self.targets)
         self.rank = check_rank(self.rank, "rank")
         _choice("variant", self.variant, VARIANTS)
-        if self.rank_schedule is None and self.variant == "rr":
-            self.rank_schedule = "rr"
-        if self.rank_schedule is not None:
-            self.rank_schedule = normalize_schedule(self.rank_schedule)
-        if self.variant == "rr" and self.rank_schedule != normalize_schedule("rr"):
-            raise ValueError(f"variant 'rr' only fills in its rank_schedule ({normalize_schedule('rr')}); with "
-                             f"another schedule ({self.rank_schedule}) it is variant 'plain': say that")
+        self.rank_schedule = self._schedule()
         _choice("current_mode", self.current_mode, list(MODE_DEFAULTS))
         if self.norm is not None:
             _choice("norm", self.norm, list(NORM_NAMES))
@@ -92,6 +88,22 @@ class SDLoRAConfig:
         self.kd_tau = float(self.kd_tau)
         # the Python API too (`SDLoRAConfig(rank=4, variant="rr")`), not only configs read through from_dict
         check_read(self, get_type_hints(type(self), include_extras=True), "")
+
+    def _schedule(self) -> list[list[int]] | None:
+        """The rank schedule in use: the given one, or variant rr's from `rank`; refuses a `rank` it leaves unread
+        (a schedule starts at task 0) and an rr whose schedule is not its own (that is variant plain)."""
+        given = None if self.rank_schedule is None else normalize_schedule(self.rank_schedule)
+        if self.variant == "rr":
+            own = rr_schedule(self.rank)
+            # a saved config records the schedule it ran; runs before rr_schedule recorded the paper's at any rank
+            if given is not None and given not in (own, normalize_schedule("rr")):
+                raise ValueError(f"variant 'rr' shrinks the ranks from rank {self.rank} ({own}); with another "
+                                 f"rank_schedule ({given}) it is variant 'plain': say that")
+            return given or own
+        if given is not None and self.rank != DEFAULT_RANK:
+            raise ValueError(f"rank: {self.rank} would change nothing: a rank_schedule gives every task's rank, "
+                             f"from task 0 (here {given}); remove it")
+        return given
 
     @property
     def kd(self) -> bool:

@@ -3,7 +3,8 @@
 A schedule is a list of ``[first_task, rank]`` pairs (0-indexed tasks, strictly increasing starts, the first
 start 0); task t uses the rank of the last pair with ``first_task <= t``. The paper's RR setting (r_1 = 10,
 mu = 4, nu = 8, r_mu = 8, r_nu = 6, read as the official code's commented block) is ``RR_SCHEDULE``:
-tasks 0-3 rank 10, tasks 4-7 rank 8, tasks 8+ rank 6. Plain SD-LoRA is a constant rank.
+tasks 0-3 rank 10, tasks 4-7 rank 8, tasks 8+ rank 6. `variant: rr` shrinks any first rank r the same way
+(`rr_schedule`: r, 0.8 r, 0.6 r from tasks 0, 4, 8). Plain SD-LoRA is a constant rank.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeGuard
 
-RR_SCHEDULE: tuple[tuple[int, int], ...] = ((0, 10), (4, 8), (8, 6))
+#: RR's ranks as fractions of the first (the paper's 10 / 8 / 6 from tasks mu = 4 and nu = 8 on)
+RR_SHRINK: tuple[tuple[int, float], ...] = ((0, 1.0), (4, 0.8), (8, 0.6))
+
+
+def rr_schedule(rank: int) -> list[list[int]]:
+    """RR from a first rank: [[0, r], [4, round(0.8 r)], [8, round(0.6 r)]] (at least 1): the paper's at r = 10."""
+    return [[start, max(1, round(rank * share))] for start, share in RR_SHRINK]
+
+
+RR_SCHEDULE: tuple[tuple[int, int], ...] = tuple((start, r) for start, r in rr_schedule(10))
 
 #: names accepted in place of an explicit schedule (YAML-friendly)
 NAMED_SCHEDULES: dict[str, tuple[tuple[int, int], ...]] = {"rr": RR_SCHEDULE}
