@@ -33,8 +33,10 @@ from sdlora.config import load_config
 from sdlora.engine import distributed
 from sdlora.engine.launch import strip_option
 from sdlora.engine.runner import run_config
-from sdlora.engine.seeding import data_generator
+from sdlora.engine.seeding import data_generator, rank_streams
 from sdlora.engine.trainer import micro_batch_size
+from sdlora.methods.base import StepScalars
+from sdlora.prompts.pool import KeyedPool
 from sdlora.typed import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +141,27 @@ def _helpers_worker(rank: int, port: int) -> None:
         cov = collect_covariances({"layer": layer}, layer, batches[rank::2])["layer"]
         assert torch.allclose(cov, everything.T @ everything / everything.shape[0], atol=1e-12)
         assert micro_batch_size(load_config(data=tiny()).train, distributed.world_size()) == 2
+        # an epoch's draws come from each rank's own stream; outside it the ranks' streams stay equal
+        torch.manual_seed(5)
+        with rank_streams(5, 1, 0, rank, 2):
+            inside = torch.rand(4)
+        after = torch.rand(4)
+        both = [torch.empty(4) for _ in range(2)], [torch.empty(4) for _ in range(2)]
+        dist.all_gather(both[0], inside)
+        dist.all_gather(both[1], after)
+        assert not torch.equal(*both[0]) and torch.equal(*both[1])  # dropout masks differ, the shared RNG does not
+        torch.manual_seed(5)
+        assert torch.equal(after, torch.rand(4))  # as if the epoch drew nothing
+        # L2P's selection counts and the epoch means of step scalars: over both ranks' batches
+        torch.manual_seed(0)
+        pool = KeyedPool(6, (1, 4), 4).train()
+        query = torch.randn(3 + rank, 4)  # uneven shards
+        local = torch.bincount(pool.select(query, 2).flatten(), minlength=6).float()
+        assert torch.equal(pool.current_counts, distributed.all_reduce_sum(local)) and pool.current_counts.sum() == 14
+        scalars = StepScalars()
+        for value in ([1.0, 2.0] if rank == 0 else [3.0]):
+            scalars.add({"ce": value})
+        assert scalars.pop_means() == {"ce": 2.0}
     finally:
         dist.destroy_process_group()
 

@@ -24,6 +24,14 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, args.set)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the option in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sdlora.engine.launch import launched, relaunch
 
@@ -213,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     continuing.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--device", help="cpu, cuda, cuda:1... (default: the config's, auto)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    t.add_argument("--nproc", type=int, default=1, metavar="N",
+    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                    help="train on N processes of this machine (torchrun --standalone --nproc-per-node N; one GPU "
                         "each, or CPU processes); the global batch stays train.batch_size")
     t.set_defaults(func=cmd_train)

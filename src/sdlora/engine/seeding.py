@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -36,9 +38,8 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "python": [py_state[0], list(py_state[1]), py_state[2]],
     }
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU only: reading every
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()  # device's state would open a context on each of them
     return meta, tensors
 
 
@@ -48,6 +49,33 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
     p = meta["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if not torch.cuda.is_available():
+        return
+    if "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    else:  # checkpoints before: every device's state, "rng.cuda.<i>"
+        index = torch.cuda.current_device()
+        if f"rng.cuda.{index}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{index}"])
+
+
+@contextmanager
+def rank_streams(seed: int, task: int, epoch: int, rank: int, world_size: int) -> Iterator[None]:
+    """One training epoch's random draws (dropout, augmentation, DataLoader workers' seeds) from a stream of this
+    rank's own under torchrun. Every rank seeds alike (the model must start equal), so without this rank r's k-th
+    sample would get rank 0's k-th dropout masks and crops: N processes, 1/N of the independent draws. The stream is
+    seeded from (seed, task, epoch, rank), and afterwards every global RNG is put back as it was, so the ranks'
+    streams stay equal outside the epochs (a new task's random head rows) and a checkpoint resumes exactly. One
+    process: nothing changes."""
+    if world_size == 1:
+        yield
+        return
+    meta, tensors = rng_state()
+    stream = ((seed * 1_000_003 + task * 10_007 + epoch) * 65_537 + rank) % 2**63
+    random.seed(stream)
+    np.random.seed(stream % 2**32)
+    torch.manual_seed(stream)  # and every CUDA device's generator
+    try:
+        yield
+    finally:
+        set_rng_state(meta, tensors)

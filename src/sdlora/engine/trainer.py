@@ -39,7 +39,7 @@ from sdlora.engine.loggers import Loggers, Resume
 from sdlora.engine.loop import StepContext, TrainingStep, evaluate, read_interval, train_epoch
 from sdlora.engine.optim import build_optimizer, build_scheduler, task_schedule
 from sdlora.engine.results import RunRecord
-from sdlora.engine.seeding import data_generator, rng_state, set_rng_state
+from sdlora.engine.seeding import data_generator, rank_streams, rng_state, set_rng_state
 from sdlora.methods.base import Method
 from sdlora.typed import ConfigError
 
@@ -295,7 +295,8 @@ class Trainer:
                 self.step += 1
                 self.loggers.log(self.step, task.index + 1, epoch + 1, {"train/loss": value, "train/lr": lr})
 
-            with tqdm(total=len(loader), desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True) as bar:
+            with (tqdm(total=len(loader), desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True) as bar,
+                  rank_streams(self.seed, task.index, epoch, distributed.rank(), distributed.world_size())):
                 loss = train_epoch(ctx, loader, task, bar, on_step)
             self.loggers.log(self.step, task.index + 1, epoch + 1,
                              {"epoch/loss": loss, "epoch/lr": lr, **self._method_scalars()})

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sdlora.backbones.base import Backbone
+from sdlora.collectives import all_reduce_sum
 from sdlora.config import TrainConfig
 from sdlora.data.scenario import TaskInfo
 from sdlora.method_config import ClassifierConfig, ClassifierSupport
@@ -65,9 +66,15 @@ class StepScalars:
             self.counts[name] = self.counts.get(name, 0) + 1
 
     def pop_means(self) -> dict[str, float]:
-        means = {name: float(total) / self.counts[name] for name, total in self.sums.items()}
+        """The means since the last call over every process's steps (each rank saw its own shard of the batches;
+        every rank calls this, with the same names)."""
+        names = sorted(self.sums)
+        if not names:
+            return {}
+        totals = torch.tensor([[float(self.sums[n]), float(self.counts[n])] for n in names], dtype=torch.float64)
+        totals = all_reduce_sum(totals)
         self.sums, self.counts = {}, {}
-        return means
+        return {name: float(total / count) for name, (total, count) in zip(names, totals.tolist(), strict=True)}
 
 
 def param_group(params: list[Any], lr: float | None = None, **extra: Any) -> dict[str, Any]:

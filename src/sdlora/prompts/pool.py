@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sdlora.collectives import all_reduce_sum
+
 
 def cosine_match(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """cos(q_b, k_i): [B, D] x [M, D] -> [B, M]."""
@@ -56,8 +58,9 @@ class KeyedPool(nn.Module):
         if balance and self.training:
             distance = distance * self.frequency_penalty()
         idx = distance.topk(top_n, dim=1, largest=False).indices
-        if self.training:
-            self.current_counts += torch.bincount(idx.flatten(), minlength=self.size).to(self.current_counts)
+        if self.training:  # over every process's batch: the counts (and balancing) a single process would have
+            counted = torch.bincount(idx.flatten(), minlength=self.size).to(self.current_counts)
+            self.current_counts += all_reduce_sum(counted)
         return idx
 
     @torch.no_grad()
