@@ -124,6 +124,8 @@ def test_peft_export_matches_the_merged_model(tiny_vit_run, tiny_text_run, tmp_p
     manifest = json.loads((out / "sdlora_export.json").read_text())
     assert set(manifest["ranks"].values()) == {2 * 2 * 3}  # q and v slices x rank 2 x 3 tasks
     run = restore_run(tiny_vit_run)
+    kwargs = "".join(f", {k}={v!r}" for k, v in manifest_kwargs(run).items())  # the base the card builds: this model
+    assert f'pretrained=True, num_classes=6{kwargs})' in (out / "README.md").read_text()
     base = timm.create_model(manifest["base_model"], pretrained=False, num_classes=6, **manifest_kwargs(run))
     seed_everything(run.seed)  # the seeded random init plays the pretrained weights
     original = build.build_backbone(run.cfg).model.state_dict()

@@ -73,6 +73,8 @@ def test_learn_refuses_known_classes_and_unfinished_input(finished, tmp_path, ca
     assert not (run / "learned.json").exists()
     assert main(["learn", str(run)]) == 1
     assert "--data" in capsys.readouterr().err
+    assert main(["learn", str(run), "--resume"]) == 1
+    assert "has no interrupted learn to resume; to learn a new task, give" in capsys.readouterr().err
     assert main(["learn", str(run), "--data", str(tmp_path / "clash"), "--test", clash["test_file"]]) == 1
     assert "no images in class sub-folders" in capsys.readouterr().err
     pictures = image_folder(tmp_path / "pictures", ["cat"], 1, 0)

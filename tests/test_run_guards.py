@@ -59,3 +59,13 @@ def test_overwrite_that_fails_on_its_data_keeps_the_old_run(tmp_path):
 def test_a_seed_given_twice_is_refused():
     with pytest.raises(ConfigError, match=r"seeds: \[1\] given more than once"):
         load_config(data=tiny(seeds=[1, 2, 1]))
+
+
+def test_nproc_refuses_a_batch_the_processes_cannot_share_before_launching(tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny(train={"batch_size": 5})))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2  # no torchrun started
+    assert "train.batch_size (5) is the global batch: it must be a multiple of processes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

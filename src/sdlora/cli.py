@@ -1,4 +1,4 @@
-"""`sdlora train | eval | export | report | list | data check`."""
+"""`sdlora train | eval | predict | learn | export | report | list | data check`."""
 
 from __future__ import annotations
 
@@ -36,12 +36,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sdlora.engine.launch import launched, relaunch
 
     cfg = _config(args)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
     if args.nproc > 1 and not launched():
+        from sdlora.engine.runner import check_output
+        from sdlora.engine.trainer import micro_batch_size
+
+        # what every process would refuse at once, refused here: one line, not one per process and torchrun's trace
+        micro_batch_size(cfg.train, args.nproc)
+        check_output(out, args.resume, args.overwrite)
         return relaunch(args.argv, args.nproc)
     from sdlora.engine import distributed
     from sdlora.engine.runner import run_config
 
-    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(args.config).stem)
     try:
         run_config(cfg, out, device=args.device, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     except KeyboardInterrupt:  # Ctrl-C: a line that says how to go on, not a traceback
@@ -128,10 +134,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise ValueError("give the new task's files with --data and --test (or --resume an interrupted learn)")
     from sdlora.engine.runner import print_table
     from sdlora.serving.learn import learn
+    from sdlora.terminal import interactive
 
     result = learn(Path(args.run_dir), Path(args.data) if args.data else None, Path(args.test) if args.test else None,
                    seed=args.seed, device=args.device or "cpu", text_column=args.text_column,
-                   label_column=args.label_column, overrides=args.set, quiet=args.quiet)
+                   label_column=args.label_column, overrides=args.set, quiet=args.quiet or not interactive())
     print_table(result, sys.stdout)
     return 0
 

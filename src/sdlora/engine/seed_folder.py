@@ -14,7 +14,7 @@ def find_seed_folder(run_dir: Path, seed: int | None = None) -> Path:
     if run_dir.is_file():
         raise ValueError(f"{run_dir} is a file: give a run folder (or one of its seed-N folders), or, to predict, an "
                          "export folder written with --format timm or hf (a single .safetensors export holds the "
-                         "weights only; docs/export.md loads it with safetensors)")
+                         "weights and names: docs/export.md, \"The single file\", loads it)")
     if (run_dir / "checkpoints").is_dir():
         return run_dir
     every = sorted(run_dir.glob("seed-*"))

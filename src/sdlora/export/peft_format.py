@@ -98,9 +98,10 @@ def packaged_model(hub_id: str) -> Any:
 
 
 def peft_recipe(source: ExportSource, manifest: dict[str, Any]) -> str:
-    if manifest["modules_to_save"]:
+    if manifest["modules_to_save"]:  # the run's model_kwargs too: the adapter's shapes are that model's
+        kwargs = "".join(f", {k}={v!r}" for k, v in dict(source.backbone.options.model_kwargs).items())
         base = (f'import timm\nbase = timm.create_model("{manifest["base_model"]}", pretrained=True, '
-                f'num_classes={source.num_classes})  # the head comes from the adapter')
+                f'num_classes={source.num_classes}{kwargs})  # the head comes from the adapter')
     else:
         base = f'from transformers import AutoModel\nbase = AutoModel.from_pretrained("{manifest["base_model"]}")'
         packaged = packaged_model(manifest["base_model"])

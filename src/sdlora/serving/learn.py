@@ -135,6 +135,9 @@ def _start(run: RunFolder, train_file: Path | None, test_file: Path | None, text
     if run.cfg.eval_split != "test":
         raise ValueError(f"{run.folder} was evaluated on the {run.cfg.eval_split!r} split; learn evaluates on test "
                          "files, so it continues runs with eval_split: test only")
+    if train_file is None and test_file is None:  # `learn RUN --resume` with nothing interrupted
+        raise ValueError(f"{run.folder} has no interrupted learn to resume; to learn a new task, give its training "
+                         "and test files (--data, --test)")
     if train_file is None or test_file is None:
         raise ValueError("give the new task's training and test files (--data, --test)")
     cfg = learn_config(run, overrides)
