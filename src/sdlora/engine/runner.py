@@ -221,7 +221,7 @@ def run_summary(cfg: RunConfig, data: Any, device: torch.device, out: Path, size
     evaluated = evaluated if evaluated is not None else []
     options = cfg.backbone.options
     model = "random init" if options.get("random_init_config") else options.get("model")
-    if model and options.get("pretrained") is False:
+    if model and options.get("pretrained") is False and not options.get("pretrained_file"):
         model += ", random init"
     per_class = b.options.get("max_per_class")
     lines = [f"{cfg.method.name} on {b.name}: {shape} ({sum(sizes)} of {data.num_classes} classes"
