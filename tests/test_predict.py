@@ -143,5 +143,5 @@ def test_predict_on_a_single_file_export_names_what_it_can_read(tiny_text_run, t
     assert main(["predict", str(single), str(tmp_path / "in.txt")]) == 1
     err = capsys.readouterr().err
     assert "is a file: give a run folder" in err and "--format timm or hf" in err
-    with pytest.raises(ValueError, match="single .safetensors export holds the weights only"):
+    with pytest.raises(ValueError, match="single .safetensors export holds the weights and names: docs/export.md"):
         sdlora.load(single)
