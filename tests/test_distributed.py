@@ -206,6 +206,7 @@ def test_two_processes_equal_one_seq_lora_with_accumulation(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run written to") == 1  # rank 0 alone reports
     assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert [final_state(tmp_path / run)[0]["processes"] for run in ("one", "two")] == [1, 2]  # recorded
     assert sorted(p.name for p in (tmp_path / "two" / "seed-3").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "seed-3").iterdir())
 

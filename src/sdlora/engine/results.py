@@ -51,6 +51,8 @@ class RunRecord:
     task_times_s: list[float] = field(default_factory=list)
     task_info: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
+    #: training processes (torchrun) of the session that wrote the record: the global batch is split over them
+    processes: int = 1
     #: `sdlora.engine.cost.inference_cost` of the finished run (None until the last task, or if it failed)
     inference_cost: dict[str, Any] | None = None
     status: str = "running"

@@ -73,6 +73,7 @@ class Trainer:
         self.backbone = self.method.backbone
         compile_backbone(self.backbone, cfg.train.compile, device)
         self.record = record.start(cfg, seed, self.scenario, self.backbone.info(), data.info)
+        self.record.processes = distributed.world_size()
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.counter = 0
         self.step = 0  # optimiser steps so far (the x axis of the scalar logs)
@@ -286,6 +287,10 @@ class Trainer:
                           model=distributed.wrap(TrainingStep(self.method), self.device),
                           accumulate=self.cfg.train.accumulate_steps, read_every=read_interval(self.device))
         train_set = self.scenario.train_set(task.index)
+        extra = -len(train_set) % distributed.world_size()
+        if extra and distributed.is_main():  # `EpochShareSampler`: every rank takes the same number of samples
+            log.warning("task %d: %d training samples over %d processes: each epoch repeats %d of them (one process "
+                        "would not)", task.index + 1, len(train_set), distributed.world_size(), extra)
         for epoch in range(start_epoch, schedule.epochs):
             loader = self._loader(train_set, shuffle=True, task=task.index, epoch=epoch)
             desc = f"task {task.index + 1}/{task.num_tasks} epoch {epoch + 1}/{schedule.epochs}"
