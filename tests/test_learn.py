@@ -142,6 +142,8 @@ def test_learn_without_the_old_training_file(finished, tmp_path):
     # the old tasks keep their last measured accuracy and count, flagged as not re-evaluated
     assert result["task_test_counts"] == [6, 6, 6] and result["task_info"][2]["not_re_evaluated"] == [0, 1]
     assert result["accuracy_matrix"][2][:2] == before["accuracy_matrix"][1]
+    logged = [line for line in (run / "train.log").read_text().splitlines() if "task 3/3: accuracy" in line][-1]
+    assert logged.endswith("(" + " ".join(f"{a:.1f}" for a in result["accuracy_matrix"][2]) + ")")  # not 0.0
     moved = tmp_path / "gone.csv"
     shutil.move(old_train, moved)  # the old data unreachable again, now for eval
     try:

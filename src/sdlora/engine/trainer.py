@@ -221,8 +221,9 @@ class Trainer:
             if row is None:
                 log.info("task %d/%d: not evaluated (eval_every %d)", t + 1, task.num_tasks, self.cfg.eval_every)
             else:
+                recorded = cast(list[float], self.record.accuracy_matrix[-1])  # `learn` carries unreadable old tasks'
                 log.info("task %d/%d: accuracy %.2f%% over %d classes (%s)", t + 1, task.num_tasks,
-                         self.record.accuracy_curve[-1], task.total, " ".join(f"{a:.1f}" for a in row))
+                         self.record.accuracy_curve[-1], task.total, " ".join(f"{a:.1f}" for a in recorded))
             self.record.add_time(time.perf_counter() - clock)
             clock = time.perf_counter()
             self._save(t, task_schedule(self.cfg.train, t).epochs, True, None)
