@@ -244,6 +244,9 @@ def test_empty_files_and_empty_texts_are_errors(tmp_path):
             load_files(tmp_path, train_file=name, test_file=name)
     with pytest.raises(TextFileError, match="blank.jsonl line 2: empty text"):
         load_files(tmp_path, train_file="blank.jsonl", test_file="blank.jsonl")
+    write_jsonl(tmp_path / "number.jsonl", [{"text": "ok", "label": 1}, {"text": 42, "label": 2}])
+    with pytest.raises(TextFileError, match="number.jsonl line 2: the text in column 'text' must be a string, got 42"):
+        load_files(tmp_path, train_file="number.jsonl", test_file="number.jsonl")
 
 
 def test_unseen_test_labels_and_missing_files_are_errors(tmp_path):

@@ -125,6 +125,9 @@ def _read_rows(rows: Iterator[Row], path: Path, text_column: str, label_column: 
                 f"{path} {where}: no column {' or '.join(map(repr, missing))}; columns found: {found} ({column_fix})"
             )
         text = row[text_column]
+        if text is not None and not isinstance(text, str):  # JSON: a number or a list where a text belongs
+            raise TextFileError(f"{path} line {line}: the text in column {text_column!r} must be a string, got "
+                                f"{text!r}")
         if not isinstance(text, str) or not text.strip():
             raise TextFileError(f"{path} line {line}: empty text in column {text_column!r}")
         texts.append(text)
