@@ -163,8 +163,9 @@ def run_config(cfg: RunConfig, out: Path, device: str | None = None, resume: boo
 def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, overwrite: bool, quiet: bool,
                 on_checkpoint: CheckpointHook | None, stream: TextIO | None) -> dict[str, Any]:
     data = build.build_benchmark(cfg)  # before --overwrite clears the folder: data that fails leaves the old run
-    for seed in cfg.seeds:  # the class order may depend on the seed
-        build.build_scenario(cfg, data, seed).check_samples(cfg.eval_split)
+    scenarios = {seed: build.build_scenario(cfg, data, seed) for seed in cfg.seeds}  # the order may depend on it
+    for scenario in scenarios.values():
+        scenario.check_samples(cfg.eval_split)
     distributed.from_main(lambda: _prepare_locked(cfg, out, resume, overwrite))
     main = distributed.is_main()
     log.info("%s", run_summary(cfg, data, dev, out))
@@ -184,7 +185,8 @@ def _run_locked(cfg: RunConfig, out: Path, dev: torch.device, resume: bool, over
             log.info("seed %d: %s on %s with %s, device %s%s", seed, cfg.method.name, cfg.benchmark.name,
                      cfg.backbone.name, dev,
                      f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
-            trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint)
+            trainer = Trainer(cfg, seed, folder, dev, data, quiet=quiet, on_checkpoint=on_checkpoint,
+                              scenario=scenarios[seed])
             result = trainer.run(resume=resume)
             if main:
                 write_seed_reports(result, folder)

@@ -61,14 +61,10 @@ class ExportSource:
         method = run.method
         state = {k: v.detach().cpu() for k, v in method.export_state_dict().items()}
         merged = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        results = run.folder / "results.json"
-        record = json.loads(results.read_text()) if results.is_file() else {}
-        num = state["head.weight"].shape[0]
-        names = class_names_of(run, num)
         return cls(backbone=method.backbone, method=method, merged_backbone=merged,
                    head_weight=state["head.weight"], head_bias=state["head.bias"],
-                   classifier=classifier_kind(method), class_names=names,
-                   record=record, backbone_config={"name": run.cfg.backbone.name,
+                   classifier=classifier_kind(method), class_names=class_names_of(run, state["head.weight"].shape[0]),
+                   record=run.run.record, backbone_config={"name": run.cfg.backbone.name,
                                                    "options": dict(run.cfg.backbone.options)},
                    preprocess=run_preprocess(run.cfg) or {})
 
